@@ -1,0 +1,3 @@
+from ddip.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""Reading real volumes (NIfTI, DICOM series, NumPy) and preparing them as slice stacks in [0, 1].
+
+Two steps, kept apart so each choice is explicit and recorded:
+
+1. :func:`read_volume` returns the voxels in a canonical orientation (closest RAS+ for NIfTI and DICOM, the array as
+   stored for ``.npy``) with the voxel spacing, in the file's own units (Hounsfield for CT).
+2. :func:`prepare_volume` picks the slice axis, keeps a contiguous slab, pads each slice to a square and resamples it
+   to the prior's size, and scales to [0, 1]: CT through a fixed Hounsfield window (attenuation
+   ``µ = µ_water·(1 + HU/1000)`` is linear in HU, so a HU window is an attenuation window), MRI by the volume maximum.
+   It returns the ``(D, 1, size, size)`` tensor and a JSON-able record of every choice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ddip.errors import DdipError
+
+Modality = Literal["ct", "mri"]
+CT_WINDOW_HU = (-1024.0, 2048.0)  # fixed window: air -> 0, soft tissue ≈ 0.33, dense bone -> 1
+
+
+@dataclass(frozen=True)
+class RawVolume:
+    """Voxels ``(X, Y, Z)`` in file units, canonical orientation, with spacing in mm (1 where unknown)."""
+
+    data: np.ndarray
+    spacing: tuple[float, float, float]
+    source: str
+    orientation: str = "RAS"
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreparedVolume:
+    """A slab of slices ``(D, 1, size, size)`` scaled to [0, 1], and how it was made."""
+
+    slices: Tensor
+    record: dict
+
+
+def read_volume(path: str | os.PathLike) -> RawVolume:
+    """Read a NIfTI file (``.nii``, ``.nii.gz``), a DICOM series folder or a ``.npy`` array (3D).
+
+    Raises :class:`DdipError` naming the file for a missing or unreadable file, an unknown format, a wrong number of
+    dimensions or non-finite voxels.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DdipError(f"{p}: no such file or folder")
+    name = p.name.lower()
+    try:
+        if p.is_dir():
+            raw = _read_dicom_folder(p)
+        elif name.endswith((".nii", ".nii.gz")):
+            raw = _read_nifti(p)
+        elif name.endswith(".npy"):
+            raw = _read_npy(p)
+        elif name.endswith(".dcm"):
+            raw = _read_dicom_folder(p.parent)
+        else:
+            raise DdipError(f"{p}: unknown volume format (expected .nii, .nii.gz, .npy or a DICOM folder)")
+    except DdipError:
+        raise
+    except Exception as exc:  # a reader library failed on a corrupt file: report it as bad input
+        raise DdipError(f"{p}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    _check_voxels(raw.data, p)
+    return raw
+
+
+def _check_voxels(data: np.ndarray, path: Path) -> None:
+    if data.ndim != 3:
+        raise DdipError(f"{path}: expected a 3D volume, got {data.ndim} dimension(s) with shape {data.shape}")
+    if min(data.shape) < 1:
+        raise DdipError(f"{path}: volume is empty, shape {data.shape}")
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise DdipError(f"{path}: voxels must be real numbers, got dtype {data.dtype}")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise DdipError(f"{path}: volume contains {int(bad.sum())} NaN or Inf voxel(s)")
+
+
+def _read_nifti(path: Path) -> RawVolume:
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    spacing = zooms + (1.0,) * (3 - len(zooms))
+    return RawVolume(data, spacing, str(path), "RAS")
+
+
+def _read_npy(path: Path) -> RawVolume:
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.ndarray):
+        raise DdipError(f"{path}: not a NumPy array file")
+    return RawVolume(np.asarray(data, dtype=np.float64) if np.issubdtype(data.dtype, np.number) and not
+                     np.iscomplexobj(data) else data, (1.0, 1.0, 1.0), str(path), "array")
+
+
+def _read_dicom_folder(folder: Path) -> RawVolume:
+    """A single DICOM series: slices sorted by position along the slice normal, rescale slope/intercept applied.
+
+    The voxel-to-patient affine is built from ImageOrientationPatient / ImagePositionPatient / PixelSpacing, turned
+    from DICOM's LPS to RAS, and nibabel reorients the array to the closest canonical (RAS+) orientation.
+    """
+    import nibabel as nib
+    import pydicom
+
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    datasets = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=False)
+        except pydicom.errors.InvalidDicomError:
+            continue
+        if "PixelData" in ds:
+            datasets.append(ds)
+    if not datasets:
+        raise DdipError(f"{folder}: no DICOM images found")
+    series = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in datasets}
+    if len(series) > 1:
+        raise DdipError(f"{folder}: holds {len(series)} DICOM series; put one series per folder")
+    orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=np.float64)
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    positions = [float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=np.float64))) for ds in datasets]
+    order = np.argsort(positions)
+    datasets = [datasets[i] for i in order]
+    positions = [positions[i] for i in order]
+    shapes = {ds.pixel_array.shape for ds in datasets}
+    if len(shapes) != 1:
+        raise DdipError(f"{folder}: DICOM slices have different sizes {sorted(shapes)}")
+    stack = np.stack(
+        [ds.pixel_array.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1.0))
+         + float(getattr(ds, "RescaleIntercept", 0.0)) for ds in datasets], axis=-1
+    )  # (rows, cols, slices)
+    data = stack.transpose(1, 0, 2)  # (cols, rows, slices): i runs along row_dir, j along col_dir
+    row_spacing, col_spacing = (float(v) for v in getattr(datasets[0], "PixelSpacing", (1.0, 1.0)))
+    dz = float(np.median(np.diff(positions))) if len(positions) > 1 else float(
+        getattr(datasets[0], "SliceThickness", 1.0))
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_dir * col_spacing
+    affine_lps[:3, 1] = col_dir * row_spacing
+    affine_lps[:3, 2] = normal * dz
+    affine_lps[:3, 3] = np.asarray(datasets[0].ImagePositionPatient, dtype=np.float64)
+    affine_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps  # DICOM patient axes are LPS
+    img = nib.as_closest_canonical(nib.Nifti1Image(data, affine_ras))
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    meta = {"modality": str(getattr(datasets[0], "Modality", "")), "n_files": len(datasets)}
+    return RawVolume(data, spacing, str(folder), "RAS", meta)
+
+
+def prepare_volume(
+    raw: RawVolume,
+    *,
+    modality: Modality,
+    size: int = 64,
+    slice_axis: int = 2,
+    slab: tuple[int, int] | None = None,
+    n_slices: int | None = None,
+    ct_window_hu: tuple[float, float] = CT_WINDOW_HU,
+) -> PreparedVolume:
+    """Slices along ``slice_axis`` as ``(D, 1, size, size)`` in [0, 1].
+
+    Args:
+        modality: ``"ct"`` (Hounsfield window ``ct_window_hu`` mapped to [0, 1], clipped) or ``"mri"`` (divided by the
+            volume maximum).
+        slab: ``(start, stop)`` slice indices (Python slice semantics) of a contiguous block; or
+        n_slices: the central ``n_slices`` slices. Neither: all slices.
+        size: the in-plane size; each slice is zero-padded to a square (keeping its aspect ratio) and resampled with
+            antialiased bilinear interpolation.
+
+    Slices are shown with the second in-plane axis pointing up (anterior up for axial slices of a RAS volume).
+    """
+    if modality not in ("ct", "mri"):
+        raise DdipError(f"unknown modality {modality!r}; choose 'ct' or 'mri'")
+    if slice_axis not in (0, 1, 2):
+        raise DdipError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    if size < 2:
+        raise DdipError(f"size must be >= 2, got {size}")
+    data = np.moveaxis(raw.data, slice_axis, 0)  # (D, a, b)
+    depth = data.shape[0]
+    if slab is not None and n_slices is not None:
+        raise DdipError("give either slab or n_slices, not both")
+    if n_slices is not None:
+        if n_slices < 1:
+            raise DdipError(f"{raw.source}: n_slices must be >= 1, got {n_slices}")
+        start = max(0, depth // 2 - n_slices // 2)
+        slab = (start, min(depth, start + n_slices))
+    start, stop = slab if slab is not None else (0, depth)
+    start, stop, _ = slice(start, stop).indices(depth)
+    if stop <= start:
+        raise DdipError(f"{raw.source}: slab {slab} is empty (the volume has {depth} slices along axis {slice_axis})")
+    block = torch.from_numpy(np.ascontiguousarray(data[start:stop])).to(torch.float64)
+    block = block.transpose(1, 2).flip(1)  # rows = second in-plane axis (pointing up), columns = first
+
+    if modality == "ct":
+        lo, hi = ct_window_hu
+        if not hi > lo:
+            raise DdipError(f"ct_window_hu must be increasing, got {ct_window_hu}")
+        scaled = ((block - lo) / (hi - lo)).clamp(0.0, 1.0)
+        scaling = {"kind": "hu_window", "window_hu": [lo, hi],
+                   "note": "attenuation mu = mu_water (1 + HU/1000) is linear in HU; HU below -1024 is padding"}
+    else:
+        peak = float(block.max())
+        if peak <= 0:
+            raise DdipError(f"{raw.source}: MRI slab has no positive voxel")
+        scaled = (block / peak).clamp(min=0.0)
+        scaling = {"kind": "divide_by_max", "max": peak}
+
+    col_axis, row_axis = (axis for axis in range(3) if axis != slice_axis)
+    d, h, w = scaled.shape
+    side = max(h, w)
+    pad = (side - w) // 2, side - w - (side - w) // 2, (side - h) // 2, side - h - (side - h) // 2
+    square = F.pad(scaled.unsqueeze(1), pad)
+    slices = F.interpolate(square, size=(size, size), mode="bilinear", antialias=side > size,
+                           align_corners=False).clamp(0.0, 1.0).to(torch.float32)
+    record = {
+        "source": raw.source,
+        "orientation": raw.orientation,
+        "raw_shape": list(raw.data.shape),
+        "spacing_mm": list(raw.spacing),
+        "slice_axis": slice_axis,
+        "slab": [start, stop],
+        "in_plane_pad": list(pad),
+        "size": size,
+        "pixel_spacing_mm": {"rows": raw.spacing[row_axis] * side / size, "cols": raw.spacing[col_axis] * side / size},
+        "modality": modality,
+        "scaling": scaling,
+    }
+    return PreparedVolume(slices, record)
+
+
+__all__ = ["CT_WINDOW_HU", "PreparedVolume", "RawVolume", "prepare_volume", "read_volume"]

@@ -1,0 +1,111 @@
+"""Writing results atomically: JSON, NIfTI volumes and PNG views (temporary name, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure remove it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def volume_array(volume: Tensor) -> np.ndarray:
+    """``(D, 1, H, W)`` slices (magnitude if complex) -> ``(W, H, D)`` array, undoing the display flip of
+    :func:`ddip.data.volumes.prepare_volume` so the NIfTI axes read as the source's (x, y, z)."""
+    v = volume.detach().cpu()
+    v = v.abs() if v.is_complex() else v
+    v = v[:, 0].flip(1).transpose(1, 2)  # (D, x, y)
+    return np.ascontiguousarray(v.permute(1, 2, 0).numpy().astype(np.float32))
+
+
+def write_nifti(path: str | os.PathLike, volume: Tensor, *, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+                ) -> None:
+    """Write slices ``(D, 1, H, W)`` as a float32 NIfTI with a diagonal affine of the given voxel spacing."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(volume_array(volume), np.diag([*spacing, 1.0]))
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def write_png_views(path: str | os.PathLike, volumes: dict[str, Tensor], *, error_of: str | None = None,
+                    reference: str | None = None) -> None:
+    """One figure: a row per volume (axial, coronal, sagittal central planes), plus an error row if asked.
+
+    ``volumes`` maps a title to ``(D, 1, H, W)`` slices in [0, 1]; ``error_of`` / ``reference`` name two of them
+    whose absolute difference is drawn as the last row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(title, _planes(v), "gray", (0.0, 1.0)) for title, v in volumes.items()]
+    if error_of is not None and reference is not None:
+        err = (_mag(volumes[error_of]) - _mag(volumes[reference])).abs()
+        rows.append((f"|{error_of} - {reference}|", _planes(err), "inferno", (0.0, 0.2)))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
+    for r, (title, planes, cmap, (lo, hi)) in enumerate(rows):
+        for c, (name, img) in enumerate(zip(("axial", "coronal", "sagittal"), planes)):
+            ax = axes[r][c]
+            ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, aspect="auto" if c else "equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(title, fontsize=9)
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _mag(v: Tensor) -> Tensor:
+    v = v.detach().cpu()
+    return v.abs() if v.is_complex() else v
+
+
+def _planes(volume: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    v = _mag(volume)[:, 0].to(torch.float32)  # (D, H, W)
+    d, h, w = v.shape
+    axial = v[d // 2]
+    coronal = v[:, h // 2, :].flip(0)  # slices up
+    sagittal = v[:, :, w // 2].flip(0)
+    return axial.numpy(), coronal.numpy(), sagittal.numpy()

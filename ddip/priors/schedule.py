@@ -1,0 +1,43 @@
+"""The VP (DDPM) noise schedule: linear β from 1e-4 to 0.02 over T = 1000 steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ddip.errors import DdipError
+
+
+@dataclass(frozen=True)
+class VPSchedule:
+    """``ᾱ_t = Π_{s≤t} (1 − β_s)`` for integer ``t ∈ [0, T)`` (float64), with ``ᾱ_{−1} = 1`` by convention."""
+
+    alpha_bar: Tensor
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> "VPSchedule":
+        if T < 2 or not 0 < beta_start < beta_end < 1:
+            raise DdipError(f"VPSchedule.linear: need T >= 2 and 0 < beta_start < beta_end < 1, got "
+                            f"{T}, {beta_start}, {beta_end}")
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        return cls(torch.cumprod(1.0 - betas, dim=0))
+
+    @property
+    def T(self) -> int:
+        return int(self.alpha_bar.shape[0])
+
+    def at(self, t: Tensor | int) -> Tensor:
+        """``ᾱ_t`` (float64), with ``t = −1`` giving 1 (the last DDIM step lands on the clean image)."""
+        t = torch.as_tensor(t, dtype=torch.long)
+        padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar])
+        return padded[(t + 1).cpu()]
+
+    def timesteps(self, n_steps: int = 50, t_start: int | None = None) -> Tensor:
+        """Descending sampling grid ``t_start, t_start − Δ, …, 0`` with ``Δ = T // n_steps`` (default 980 … 0)."""
+        if not 1 <= n_steps <= self.T:
+            raise DdipError(f"n_steps must be in [1, {self.T}], got {n_steps}")
+        skip = self.T // n_steps
+        start = skip * (n_steps - 1) if t_start is None else int(t_start)
+        return torch.arange(start, -1, -skip, dtype=torch.long)

@@ -1,0 +1,161 @@
+"""Training a prior on ELLIPSES phantoms made on the fly, with EMA, checkpoints and exact resume.
+
+A run folder holds:
+
+* ``checkpoint.pt``: everything needed to continue bit-exactly (network, EMA, optimiser, step, both RNG states),
+  written atomically every few minutes and loadable with ``torch.load(..., weights_only=True)``;
+* ``ema.safetensors`` + ``config.json``: the shippable prior (EMA weights) and its configuration;
+* ``loss_log.csv``: step, images seen, mean loss since the last line, images/s, elapsed seconds;
+* ``snapshots/ema_<images>.safetensors``: EMA weights every ``snapshot_every`` images, for tracking the quality gate
+  against images seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ddip.data.phantoms import random_ellipses
+from ddip.errors import DdipError
+from ddip.io import atomic_path, write_json
+from ddip.priors.prior import DiffusionPrior
+from ddip.priors.unet import UNetConfig, build_unet
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of ``ddip train-prior`` (saved as ``config.json``; a resumed run must match them)."""
+
+    out: str
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    batch_size: int = 16
+    lr: float = 1e-4
+    ema_decay: float = 0.999
+    max_images: int = 1_000_000
+    max_hours: float = float("inf")
+    bf16: bool = False
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    snapshot_every: int = 25_000
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
+            raise DdipError("train-prior: need batch_size >= 1, lr > 0, 0 <= ema_decay < 1 and max_images >= 1")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["unet"] = self.unet.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["unet"] = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["unet"].items()})
+        return cls(**d)
+
+
+# Settings that may change between a run and its resumption without changing what is trained.
+_OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapshot_every", "log_every")
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _save_weights(path: Path, state_dict: dict, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in metadata.items()})
+
+
+def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Train (or resume) the run in ``cfg.out`` until ``max_images`` images or ``max_hours``; returns a summary."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    cfg_path = out / "config.json"
+    net = build_unet(cfg.unet)
+    prior = DiffusionPrior(net)
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    data_rng = torch.Generator().manual_seed(cfg.seed)
+    noise_rng = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    step = images = 0
+    if ckpt_path.exists():
+        saved_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
+        mine = {k: v for k, v in cfg.to_dict().items() if k not in _OPERATIONAL}
+        theirs = {k: v for k, v in (saved_cfg or {}).items() if k not in _OPERATIONAL}
+        if saved_cfg is not None and theirs != mine:
+            raise DdipError(f"{cfg_path}: the run was started with other settings; resume with the same ones "
+                            f"(differs in {sorted(k for k in mine if mine.get(k) != theirs.get(k))})")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"])
+        ema = state["ema"]
+        opt.load_state_dict(state["optimizer"])
+        data_rng.set_state(state["data_rng"])
+        noise_rng.set_state(state["noise_rng"])
+        step, images = int(state["step"]), int(state["images"])
+    write_json(cfg_path, cfg.to_dict())
+
+    def checkpoint() -> None:
+        _save_checkpoint(ckpt_path, {"model": net.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
+                                     "data_rng": data_rng.get_state(), "noise_rng": noise_rng.get_state(),
+                                     "step": step, "images": images})
+        _save_weights(out / "ema.safetensors", ema, {"unet": cfg.unet.to_dict(), "images_seen": images,
+                                                     "schedule": "vp-linear-1e-4-2e-2-T1000", "data_range": "[0,1]"})
+
+    log_path = out / "loss_log.csv"
+    if not log_path.exists():
+        log_path.write_text("step,images,loss,images_per_s,elapsed_s\n")
+    t_start = t_ckpt = t_log = time.time()
+    losses: list[float] = []
+    bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress, dynamic_ncols=True)
+    net.train()
+    while images < cfg.max_images and (time.time() - t_start) / 3600 < cfg.max_hours:
+        x0 = random_ellipses(cfg.batch_size, cfg.unet.image_size, generator=data_rng)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = prior.loss(x0, generator=noise_rng).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss = loss.detach()
+        step += 1
+        images += cfg.batch_size
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
+        with torch.no_grad():
+            for k, v in net.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                else:
+                    ema[k].copy_(v)
+        losses.append(loss.item())
+        bar.update(cfg.batch_size)
+        if step % cfg.log_every == 0:
+            now = time.time()
+            rate = cfg.log_every * cfg.batch_size / max(now - t_log, 1e-9)
+            mean_loss = sum(losses) / len(losses)
+            with open(log_path, "a") as fh:
+                fh.write(f"{step},{images},{mean_loss:.6f},{rate:.2f},{now - t_start:.1f}\n")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
+            losses.clear()
+            t_log = now
+        if cfg.snapshot_every and images % cfg.snapshot_every < cfg.batch_size:
+            _save_weights(out / "snapshots" / f"ema_{images:09d}.safetensors", ema, {"images_seen": images})
+        if (time.time() - t_ckpt) / 60 >= cfg.checkpoint_minutes:
+            checkpoint()
+            t_ckpt = time.time()
+    bar.close()
+    checkpoint()
+    return {"step": step, "images": images, "out": str(out), "finished": images >= cfg.max_images,
+            "elapsed_s": time.time() - t_start, "last_loss": math.nan if not losses else losses[-1]}

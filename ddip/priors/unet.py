@@ -1,0 +1,72 @@
+"""The denoiser network: ``diffusers.UNet2DModel`` configured as guided-diffusion's ADM UNet.
+
+ADM settings expressed in diffusers' terms: scale-shift normalisation of the time embedding
+(``resnet_time_scale_shift="scale_shift"``), residual blocks for down/up-sampling (``downsample_type="resnet"``),
+attention at chosen resolutions (``AttnDownBlock2D`` / ``AttnUpBlock2D``, plus the middle block), GroupNorm with 32
+groups, sinusoidal time embedding of the raw integer t with cos first (``flip_sin_to_cos=True``, ``freq_shift=0``),
+and ``num_res_blocks`` residual blocks per level on the way down (``layers_per_block``; diffusers, like ADM, uses one
+more on the way up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ddip.errors import DdipError
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Hyper-parameters of the ADM-style UNet (names follow guided-diffusion where they exist)."""
+
+    image_size: int = 64
+    in_channels: int = 1
+    out_channels: int = 1
+    model_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = (16,)  # feature-map sizes (pixels) that get attention
+    num_head_channels: int = 32
+
+    def __post_init__(self) -> None:
+        levels = len(self.channel_mult)
+        if self.image_size % (2 ** (levels - 1)):
+            raise DdipError(f"image_size {self.image_size} is not divisible by 2^{levels - 1} for {levels} levels")
+        for c in self.block_out_channels:
+            if c % 32:
+                raise DdipError(f"channel count {c} is not a multiple of 32 (GroupNorm groups)")
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+
+    @property
+    def block_out_channels(self) -> tuple[int, ...]:
+        return tuple(self.model_channels * m for m in self.channel_mult)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def build_unet(cfg: UNetConfig):
+    """An ADM-style ``diffusers.UNet2DModel`` for ``cfg``."""
+    from diffusers import UNet2DModel
+
+    levels = len(cfg.channel_mult)
+    attn = [cfg.image_size // 2**i in cfg.attention_resolutions for i in range(levels)]
+    return UNet2DModel(
+        sample_size=cfg.image_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.num_res_blocks,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        attention_head_dim=cfg.num_head_channels,
+        resnet_time_scale_shift="scale_shift",
+        downsample_type="resnet",
+        upsample_type="resnet",
+        norm_num_groups=32,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        time_embedding_type="positional",
+        dropout=0.0,
+    )
