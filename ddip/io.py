@@ -22,8 +22,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     suffix = "".join(target.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=suffix)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the result ordinary file permissions
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -7,7 +7,7 @@ import math
 from torch import Tensor
 
 from ddip.metrics.image import psnr, psnr_volume, ssim
-from ddip.metrics.lpips import lpips, lpips_available
+from ddip.metrics.perceptual import lpips, lpips_available
 
 
 def _mean(values: list[float] | None) -> float | None:

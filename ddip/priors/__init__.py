@@ -1,0 +1,7 @@
+"""Diffusion priors: the VP schedule, the ADM-style network and the object that owns both."""
+
+from ddip.priors.prior import DiffusionPrior
+from ddip.priors.schedule import VPSchedule
+from ddip.priors.unet import UNetConfig, build_unet
+
+__all__ = ["DiffusionPrior", "UNetConfig", "VPSchedule", "build_unet"]

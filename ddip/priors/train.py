@@ -85,7 +85,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     cfg_path = out / "config.json"
-    net = build_unet(cfg.unet)
+    net = build_unet(cfg.unet, seed=cfg.seed)
     prior = DiffusionPrior(net)
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)

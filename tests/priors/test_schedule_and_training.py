@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from ddip.priors.prior import DiffusionPrior
+from ddip.priors.schedule import VPSchedule
+from ddip.priors.train import TrainConfig, train_prior
+from ddip.priors.unet import UNetConfig, build_unet
+from ddip.errors import DdipError
+
+TINY = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 1), attention_resolutions=(8,))
+
+
+def test_schedule_is_strictly_decreasing_with_the_reference_values():
+    s = VPSchedule.linear()
+    assert s.T == 1000 and s.alpha_bar.dtype == torch.float64
+    assert bool((s.alpha_bar[1:] < s.alpha_bar[:-1]).all())
+    for t, expected, rel in ((980, 5.90e-5, 0.01), (960, 8.74e-5, 0.01), (40, 0.9798, 1e-4), (20, 0.9937, 1e-4)):
+        assert float(s.at(t)) == pytest.approx(expected, rel=rel)
+    assert float(s.at(-1)) == 1.0
+    assert s.timesteps(50).tolist() == list(range(980, -1, -20))
+
+
+def test_tweedie_estimate_inverts_the_forward_process():
+    class Oracle(torch.nn.Module):  # returns the true noise, so x0 must be recovered exactly
+        def forward(self, x, t):
+            return self.eps
+
+    oracle = Oracle()
+    prior = DiffusionPrior(oracle)
+    x0 = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    oracle.eps = torch.randn_like(x0)
+    t = torch.tensor([10, 500, 980])
+    ab = prior.schedule.at(t).view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * oracle.eps
+    assert torch.allclose(prior.x0(x_t, t), x0, atol=1e-8)
+
+
+def test_loss_falls_over_a_few_dozen_seeded_steps(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path), unet=TINY, batch_size=8, lr=1e-3, max_images=8 * 60, log_every=10,
+                      snapshot_every=0)
+    train_prior(cfg, progress=False)
+    rows = [line.split(",") for line in (tmp_path / "loss_log.csv").read_text().splitlines()[1:]]
+    losses = [float(r[2]) for r in rows]
+    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    common = dict(unet=TINY, batch_size=4, max_images=4 * 12, snapshot_every=0, log_every=4)
+    train_prior(TrainConfig(out=str(tmp_path / "straight"), **common), progress=False)
+    train_prior(TrainConfig(out=str(tmp_path / "resumed"), **{**common, "max_images": 4 * 5}), progress=False)
+    train_prior(TrainConfig(out=str(tmp_path / "resumed"), **common), progress=False)
+    a = load_file(str(tmp_path / "straight" / "ema.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "ema.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(DdipError, match="other settings"):
+        train_prior(TrainConfig(out=str(tmp_path / "resumed"), **{**common, "lr": 5e-4}), progress=False)
+
+
+def test_unet_is_configured_adm_style():
+    net = build_unet(UNetConfig(image_size=32, model_channels=32, channel_mult=(1, 2, 2), attention_resolutions=(16,)))
+    cfg = net.config
+    assert cfg.resnet_time_scale_shift == "scale_shift" and cfg.downsample_type == "resnet"
+    assert cfg.flip_sin_to_cos and cfg.freq_shift == 0
+    assert list(cfg.down_block_types) == ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"]
+    assert net(torch.zeros(2, 1, 32, 32), torch.tensor([0, 999])).sample.shape == (2, 1, 32, 32)
+    with pytest.raises(DdipError, match="multiple of 32"):
+        UNetConfig(model_channels=48)
