@@ -63,7 +63,8 @@ def test_unet_is_configured_adm_style():
     cfg = net.config
     assert cfg.resnet_time_scale_shift == "scale_shift" and cfg.downsample_type == "resnet"
     assert cfg.flip_sin_to_cos and cfg.freq_shift == 0
-    assert list(cfg.down_block_types) == ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"]
+    assert list(cfg.down_block_types) == ["ResnetDownsampleBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"]
+    assert cfg.attn_norm_num_groups == 32
     assert net(torch.zeros(2, 1, 32, 32), torch.tensor([0, 999])).sample.shape == (2, 1, 32, 32)
     with pytest.raises(DdipError, match="multiple of 32"):
         UNetConfig(model_channels=48)

@@ -1,0 +1,93 @@
+"""ADM (guided-diffusion) checkpoints load into our UNet2DModel and reproduce the original network."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddip.errors import DdipError
+from ddip.priors.adm import adm_parameters, convert_adm_state_dict, load_adm_checkpoint, unet_config_from_adm
+from ddip.priors.unet import build_unet
+
+FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "adm"
+pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures/adm is not beside the repository")
+CONFIG_256 = dict(image_size=256, model_channels=256, channel_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=1,
+                  attention_resolutions=[16], num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True,
+                  in_channels=1, out_channels=1)
+
+
+def _tsv(name):
+    rows = [line.split("\t") for line in (FIXTURES / name).read_text().splitlines()[1:]]
+    return [(r[1], tuple(int(s) for s in r[2].split("x"))) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def small_config():
+    return json.loads((FIXTURES / "adm_small_config.json").read_text())
+
+
+def test_parameter_order_matches_guided_diffusion(small_config):
+    assert adm_parameters(small_config) == _tsv("adm_small_parameters.tsv")
+    assert adm_parameters(CONFIG_256) == _tsv("adm_ellipses256_parameters.tsv")
+
+
+@pytest.mark.parametrize("filename", ["adm_small_state_dict.pt", "adm_small_ema_positional.pt"])
+def test_converted_network_reproduces_guided_diffusion(small_config, filename):
+    io = torch.load(FIXTURES / "adm_small_io.pt", map_location="cpu", weights_only=True)
+    prior = load_adm_checkpoint(FIXTURES / filename, small_config)
+    with torch.no_grad():
+        eps = prior.eps(io["x"], io["t"].long())
+    assert (eps - io["eps"]).abs().max() < 1e-5
+
+
+def test_paper_ellipses_network_matches_name_for_name_after_conversion():
+    adm = {name: torch.empty(shape, device="meta") for name, shape in _tsv("adm_ellipses256_parameters.tsv")}
+    assert sum(t.numel() for t in adm.values()) == 374_020_353
+    converted = convert_adm_state_dict(adm, CONFIG_256)
+    with torch.device("meta"):
+        net = build_unet(unet_config_from_adm(CONFIG_256))
+    ours = net.state_dict()
+    assert set(converted) == set(ours)
+    assert all(converted[k].shape == ours[k].shape for k in ours)
+    assert sum(p.numel() for p in net.parameters()) == 374_020_353
+
+
+def test_truncated_file_is_reported(small_config, tmp_path):
+    data = (FIXTURES / "adm_small_state_dict.pt").read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DdipError, match="truncated.pt: cannot be loaded"):
+        load_adm_checkpoint(bad, small_config)
+
+
+def test_mismatched_tensors_are_named(small_config, tmp_path):
+    state = torch.load(FIXTURES / "adm_small_state_dict.pt", map_location="cpu", weights_only=True)
+    del state["middle_block.1.qkv.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "mismatch.pt"
+    torch.save(state, path)
+    with pytest.raises(DdipError, match=r"missing tensors \['middle_block.1.qkv.weight'\].*unexpected tensors "
+                                        r"\['extra.weight'\]"):
+        load_adm_checkpoint(path, small_config)
+    ema = torch.load(FIXTURES / "adm_small_ema_positional.pt", map_location="cpu", weights_only=True)
+    ema["shadow_params"] = ema["shadow_params"][:-3]
+    torch.save(ema, path)
+    with pytest.raises(DdipError, match="holds 141 tensors.*has 144"):
+        load_adm_checkpoint(path, small_config)
+
+
+def test_pickled_code_is_refused_without_running(small_config, tmp_path):
+    import os
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"shadow_params": Exploit()}, fh)
+    with pytest.raises(DdipError, match="cannot be loaded as a weights-only checkpoint"):
+        load_adm_checkpoint(path, small_config)
+    assert not (tmp_path / "pwned").exists()
