@@ -59,18 +59,21 @@ def conjugate_gradient(
     r = rhs - normal(x)
     p = r
     rs = _dot(r, r, reduce)
+    # A slice whose residual has fallen to rounding level stops moving: on a singular system (a masked FFT, a
+    # projector with a null space) further steps would divide rounding noise by rounding noise and blow up.
+    floor = (100 * torch.finfo(rs.dtype).eps) ** 2 * rs.detach()
     stop = (tol * _dot(rhs, rhs, reduce).sqrt()) if tol > 0 else None
     for _ in range(n_iter):
         if stop is not None and bool((rs.sqrt() <= stop).all()):
             break
         ap = normal(p)
         pap = _dot(p, ap, reduce)
-        # A converged slice (rs = 0, hence pAp = 0) takes no step instead of dividing by zero.
-        alpha = torch.where(pap > 0, rs / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+        active = (rs > floor) & (pap > 0)
+        alpha = torch.where(active, rs / torch.where(active, pap, torch.ones_like(pap)), torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap
         rs_new = _dot(r, r, reduce)
-        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+        beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), torch.zeros_like(rs))
         p = r + beta * p
         rs = rs_new
     return x

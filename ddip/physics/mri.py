@@ -128,6 +128,10 @@ class MultiCoilMRI(_MaskedFourier):
         return (f"MultiCoilMRI(shape={tuple(self.mask.shape)}, n_coils={self.n_coils}, "
                 f"acceleration={self.acceleration:.2f})")
 
+    def subset(self, index: slice | Tensor) -> "MultiCoilMRI":
+        """The operator for a subset of the slices (only per-slice coil maps need selecting)."""
+        return self if self.coil_maps.ndim == 3 else MultiCoilMRI(self.mask, self.coil_maps[index])
+
     def _maps_like(self, t: Tensor, n_slices: int) -> Tensor:
         dtype = _complex_dtype(t)
         key = (t.device, dtype)
