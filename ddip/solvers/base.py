@@ -203,6 +203,7 @@ def solve(
     generator: torch.Generator | None = None,
     n_steps: int | None = None,
     init: Init = "slerp",
+    x_T: Tensor | None = None,
     max_batch: int = 16,
     before_step: Callable[[int, int, Tensor, dict], None] | None = None,
     callback: Callable[[int, int, StepOutput], None] | None = None,
@@ -215,6 +216,7 @@ def solve(
         y: measurements of all slices ``(D, ...)``; ``physics`` any object with ``A`` and ``A_adjoint``.
         init: initialisation of x_T' (Eq. 16): ``"slerp"`` (paper), ``"independent"`` noise per slice (the
             authors' code), or ``"noise"`` (pure noise, no A^†y).
+        x_T: a given starting state (network layout) instead of ``init``, e.g. one slice of a volume's init.
         max_batch: network inputs per forward pass, which bounds memory whatever the number of slices.
         before_step: ``before_step(i, t, x_t, state)``, called before each step (the adaptation hook).
         callback: ``callback(i, t, output)`` after each step.
@@ -222,9 +224,10 @@ def solve(
     Returns the final data-consistent estimate in image layout ``(D, 1, H, W)`` (complex for complex images).
     """
     n = int(n_steps or step.n_steps)
+    prior.net.eval()  # sampling is deterministic given the generator: no train-mode code paths
     timesteps = prior.schedule.timesteps(n).tolist()
     complex_image = is_complex_image(physics, y)
-    x = initialise(prior, y, physics, timesteps[0], mode=init, generator=generator)
+    x = initialise(prior, y, physics, timesteps[0], mode=init, generator=generator) if x_T is None else x_T
     state = step.init_state(to_image(x, complex_image)) if hasattr(step, "init_state") else {}
     from tqdm import tqdm
 

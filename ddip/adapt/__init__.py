@@ -1,0 +1,35 @@
+"""Adapting the diffusion prior to the volume during sampling: LoRA, the adaptation hook and the paper's methods."""
+
+from ddip.adapt.adapter import AdaptConfig, Replay, VolumeAdapter, adaptation_loss, load_trajectory, save_trajectory
+from ddip.adapt.lora import (
+    LoRAConfig,
+    count_parameters,
+    inject_lora,
+    merge_lora,
+    restore,
+    snapshot,
+    trainable_parameters,
+)
+from ddip.adapt.methods import AdaptReport, d3ip, d3ip_mbir, d3ip_meta, ddip, scd
+
+__all__ = [
+    "AdaptConfig",
+    "AdaptReport",
+    "LoRAConfig",
+    "Replay",
+    "VolumeAdapter",
+    "adaptation_loss",
+    "count_parameters",
+    "d3ip",
+    "d3ip_mbir",
+    "d3ip_meta",
+    "ddip",
+    "inject_lora",
+    "load_trajectory",
+    "merge_lora",
+    "restore",
+    "save_trajectory",
+    "scd",
+    "snapshot",
+    "trainable_parameters",
+]

@@ -1,0 +1,183 @@
+"""The adaptation hook: fit the LoRA parameters to the measurements before a sampling step (paper Eq. 11/13).
+
+At an adapted timestep t (inside the horizon [ζ, T' − ζ]) the hook runs L AdamW steps on
+
+    ℒ(θ) = mean |y_K − A · DC(x̂₀(x_t,K; θ))|²                                        (Alg. 1 L5, Alg. 2 L6–7)
+
+over K slices of the volume (K = 1 and a single slice for DDIP), where DC is the sampler's own data-consistency
+step — CG for DDS/DDNM, ADMM-TV along z for DiffusionMBIR — with gradients flowing through it. The sampling step
+that follows then uses the adapted network for every slice. The hook plugs into :func:`ddip.solvers.solve` as
+``before_step``; no sampler knows about it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ddip.adapt.lora import has_lora_dropout, restore, snapshot, trainable_parameters
+from ddip.errors import DdipError
+from ddip.priors.prior import DiffusionPrior
+from ddip.solvers.base import is_complex_image, physics_subset, predict_eps, to_image, tweedie
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Hyper-parameters of one adaptation method (paper Table 5; reference-notes §5 for the code's choices)."""
+
+    lr: float = 1e-3
+    n_iters: int = 10  # L: optimiser steps per adapted timestep
+    n_slices: int = 6  # K: slices per optimiser step (D3IP); 1 for DDIP/SCD
+    horizon: tuple[int, int] | None = (40, 940)  # adapt for lo <= t <= hi; None adapts at every step
+    loss_cg_iters: int | None = None  # CG steps of DC inside the loss (None: as in sampling; SCD: 1)
+    loss_admm_iters: int = 1  # ADMM iterations of the MBIR DC inside the loss (the code uses 1)
+    optimizer: Literal["reset", "persistent"] = "reset"  # AdamW re-created every timestep (code) or kept
+    weight_decay: float = 0.01  # AdamW's default
+    draw: Literal["per_iter", "per_step"] = "per_iter"  # new K slices every optimiser step (code) or per timestep
+    neighbours: bool = False  # K contiguous slices (D3IP mbir, Eq. 15)
+    reptile: tuple[float, float] | None = None  # D3IP meta: α decays linearly from the first to the second value
+    max_batch: int = 6  # slices per forward/backward; K larger than this is reached by gradient accumulation
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.n_iters < 1 or self.n_slices < 1 or self.max_batch < 1:
+            raise DdipError("adaptation needs lr > 0, n_iters >= 1, n_slices >= 1 and max_batch >= 1")
+        if self.horizon is not None and self.horizon[0] > self.horizon[1]:
+            raise DdipError(f"adaptation horizon {self.horizon} is empty")
+
+    def adapts_at(self, t: int) -> bool:
+        return self.horizon is None or self.horizon[0] <= t <= self.horizon[1]
+
+
+def loss_step(step, cfg: AdaptConfig):
+    """The sampler's step with the data-consistency effort of the adaptation loss."""
+    changes = {}
+    if cfg.loss_cg_iters is not None and hasattr(step, "cg_iters"):
+        changes["cg_iters"] = cfg.loss_cg_iters
+    if hasattr(step, "n_admm"):
+        changes["n_admm"] = cfg.loss_admm_iters
+    return dataclasses.replace(step, **changes) if changes else step
+
+
+def adaptation_loss(prior: DiffusionPrior, step, x_t: Tensor, t: int, y: Tensor, physics) -> Tensor:
+    """mean |y − A·DC(x̂₀(x_t; θ))|² with gradients through the network and the data-consistency step."""
+    complex_image = x_t.shape[1] == 2 and is_complex_image(physics, y)
+    eps = predict_eps(prior, x_t, t, max_batch=x_t.shape[0])
+    x0 = to_image(tweedie(prior, x_t, t, eps), complex_image)
+    x0_dc, _ = step.data_consistency(x0, y, physics, {})
+    residual = physics.A(x0_dc) - y
+    return residual.abs().pow(2).mean()
+
+
+@dataclass
+class VolumeAdapter:
+    """``before_step`` hook adapting one LoRA state to (a subset of) the volume's measurements.
+
+    Keeps a record of the losses, of the network passes it costs, and (optionally) of the trainable state after each
+    adapted step, so that sampling can be replayed without adapting (:class:`Replay`).
+    """
+
+    prior: DiffusionPrior
+    step: object
+    y: Tensor
+    physics: object
+    cfg: AdaptConfig
+    generator: torch.Generator | None = None
+    record_trajectory: bool = False
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    trajectory: dict[int, dict[str, Tensor]] = field(default_factory=dict)
+    passes: int = 0  # network forward+backward passes, counted in images
+    n_total_adapted: int = 1  # adapted timesteps in the whole run (Reptile's α schedule needs it)
+    _optimizer: torch.optim.Optimizer | None = None
+    _n_adapted: int = 0
+
+    def __post_init__(self) -> None:
+        self._dc_step = loss_step(self.step, self.cfg)
+        if not trainable_parameters(self.prior.net):
+            raise DdipError("the prior has no trainable parameters: inject LoRA first (ddip.adapt.inject_lora)")
+
+    def _draw(self, n_total: int) -> Tensor:
+        k = min(self.cfg.n_slices, n_total)
+        if self.cfg.neighbours:
+            start = int(torch.randint(0, n_total - k + 1, (1,), generator=self.generator))
+            return torch.arange(start, start + k)
+        return torch.randperm(n_total, generator=self.generator)[:k].sort().values
+
+    def __call__(self, i: int, t: int, x_t: Tensor, state: dict) -> None:
+        if not self.cfg.adapts_at(t):
+            return
+        net = self.prior.net
+        params = list(trainable_parameters(net).values())
+        if self._optimizer is None or self.cfg.optimizer == "reset":
+            self._optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        before = snapshot(net) if self.cfg.reptile is not None else None
+        x_t = x_t.detach()
+        index = self._draw(x_t.shape[0])
+        # Train mode only matters for LoRA dropout; otherwise stay in eval mode so the adapted function is exactly
+        # the one sampling evaluates (attention kernels differ by ~1e-6 between modes).
+        net.train(has_lora_dropout(net))
+        for _ in range(self.cfg.n_iters):
+            if self.cfg.draw == "per_iter":
+                index = self._draw(x_t.shape[0])
+            self._optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for chunk in index.split(self.cfg.max_batch):
+                weight = chunk.numel() / index.numel()
+                sub = chunk if not self.cfg.neighbours else slice(int(chunk[0]), int(chunk[-1]) + 1)
+                loss = adaptation_loss(self.prior, self._dc_step, x_t[sub], t, self.y[sub],
+                                       physics_subset(self.physics, sub)) * weight
+                loss.backward()
+                total += float(loss.detach())
+                self.passes += chunk.numel()
+            self._optimizer.step()
+            self.losses.append((t, total))
+        net.eval()
+        if before is not None:
+            self._reptile_interpolate(before)
+        self._n_adapted += 1
+        if self.record_trajectory:
+            self.trajectory[i] = snapshot(net)
+
+    def _reptile_interpolate(self, before: dict[str, Tensor]) -> None:
+        """θ ← θ_t + α_n(θ̃ − θ_t), α_n linear from ``reptile[0]`` to ``reptile[1]`` over the adapted steps (App. B)."""
+        a0, a1 = self.cfg.reptile
+        frac = min(self._n_adapted / max(self.n_total_adapted - 1, 1), 1.0)
+        alpha = a0 + (a1 - a0) * frac
+        after = snapshot(self.prior.net)
+        restore(self.prior.net, {k: before[k] + alpha * (after[k] - before[k]) for k in before})
+
+
+@dataclass
+class Replay:
+    """``before_step`` hook that loads a recorded trajectory instead of adapting (paper App. E)."""
+
+    prior: DiffusionPrior
+    trajectory: dict[int, dict[str, Tensor]]
+
+    def __call__(self, i: int, t: int, x_t: Tensor, state: dict) -> None:
+        if i in self.trajectory:
+            restore(self.prior.net, self.trajectory[i])
+
+
+def save_trajectory(path, trajectory: dict[int, dict[str, Tensor]]) -> None:
+    """Write a LoRA trajectory as one safetensors file (keys ``step/param``)."""
+    from safetensors.torch import save_file
+
+    from ddip.io import atomic_path
+
+    flat = {f"{i:04d}/{name}": v.contiguous() for i, state in trajectory.items() for name, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp))
+
+
+def load_trajectory(path) -> dict[int, dict[str, Tensor]]:
+    from safetensors.torch import load_file
+
+    out: dict[int, dict[str, Tensor]] = {}
+    for key, v in load_file(str(path)).items():
+        step, name = key.split("/", 1)
+        out.setdefault(int(step), {})[name] = v
+    return out

@@ -1,0 +1,170 @@
+"""LoRA injection and the adaptation hook, on a tiny untrained network (fast, CPU)."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddip.adapt import (
+    AdaptConfig,
+    LoRAConfig,
+    Replay,
+    VolumeAdapter,
+    adaptation_loss,
+    count_parameters,
+    d3ip,
+    d3ip_mbir,
+    d3ip_meta,
+    ddip,
+    inject_lora,
+    load_trajectory,
+    merge_lora,
+    save_trajectory,
+    scd,
+    snapshot,
+    trainable_parameters,
+)
+from ddip.data import load_fixture
+from ddip.errors import DdipError
+from ddip.physics import add_noise, sparse_view_ct
+from ddip.priors import DiffusionPrior, UNetConfig, build_unet
+from ddip.solvers import DDS, DiffusionMBIR, solve
+
+TINY = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(8,))
+
+
+def _prior(seed=0, **lora):
+    prior = DiffusionPrior(build_unet(TINY, seed=seed))
+    inject_lora(prior.net, LoRAConfig(**lora), generator=torch.Generator().manual_seed(seed))
+    return prior
+
+
+@pytest.fixture
+def problem():
+    x = F.interpolate(load_fixture("chest-ct").slices[8:16], size=16, mode="area")
+    op = sparse_view_ct(16, 6)
+    return x, op, add_noise(op.A(x), 0.01, generator=torch.Generator().manual_seed(0))
+
+
+def test_lora_at_initialisation_leaves_the_output_bit_identical():
+    net = build_unet(TINY)
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([3, 400, 999])
+    with torch.no_grad():
+        before = net(x, t).sample
+    names = inject_lora(net, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        after = net(x, t).sample
+    assert torch.equal(before, after)
+    assert any("time_emb_proj" in n for n in names) and any("to_q" in n for n in names)
+    assert any("downsamplers" in n for n in names) and not any("conv_in" in n or "conv_out" in n for n in names)
+    assert all("lora_" in n for n in trainable_parameters(net))
+    with pytest.raises(DdipError, match="already carries LoRA"):
+        inject_lora(net)
+
+
+def test_bias_training_is_an_option_excluding_time_embedding_projections():
+    prior = _prior(train_biases=True)
+    names = list(trainable_parameters(prior.net))
+    assert any(n.endswith("conv1.base_layer.bias") for n in names)
+    assert not any("time_emb_proj" in n and "lora_" not in n for n in names)
+    counts = count_parameters(prior.net)
+    assert 0 < counts["trainable"] < 0.2 * counts["total"]
+
+
+def test_adaptation_changes_only_the_chosen_parameters_and_lowers_the_loss(problem):
+    x, op, y = problem
+    prior = _prior()
+    base = {k: v.clone() for k, v in prior.net.state_dict().items() if "lora_" not in k}
+    lora_before = snapshot(prior.net)
+    g = torch.Generator().manual_seed(0)
+    t = 500
+    ab = float(prior.schedule.at(t))
+    x_t = ab**0.5 * x + (1 - ab) ** 0.5 * torch.randn(x.shape, generator=g)
+    step = DDS()
+    with torch.no_grad():
+        first = float(adaptation_loss(prior, step, x_t, t, y, op))
+    adapter = VolumeAdapter(prior, step, y, op, AdaptConfig(n_iters=30, n_slices=8, lr=1e-3, horizon=None),
+                            generator=g)
+    adapter(0, t, x_t, {})
+    with torch.no_grad():
+        last = float(adaptation_loss(prior, step, x_t, t, y, op))
+    assert last < 0.8 * first
+    after = prior.net.state_dict()
+    assert all(torch.equal(base[k], after[k]) for k in base)  # base weights bit-identical
+    lora_after = snapshot(prior.net)
+    assert any(not torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
+
+
+def test_horizon_is_respected(problem):
+    x, op, y = problem
+    prior = _prior()
+    cfg = AdaptConfig(n_iters=2, n_slices=2, horizon=(200, 600))
+    _, report = d3ip(DDS(n_steps=10), prior, y, op, cfg, generator=torch.Generator().manual_seed(0),
+                     adapt_generator=torch.Generator().manual_seed(1))
+    adapted_t = {t for t, _ in report.losses}
+    assert adapted_t == {t for t in range(0, 1000, 100) if 200 <= t <= 600}
+    assert len(report.losses) == 2 * len(adapted_t)
+    assert report.passes_adapt == 2 * 2 * len(adapted_t) and report.passes_forward == 10 * 8
+
+
+def test_replaying_a_saved_trajectory_reproduces_the_volume(problem, tmp_path):
+    x, op, y = problem
+    prior = _prior()
+    fresh = snapshot(prior.net)
+    cfg = AdaptConfig(n_iters=2, n_slices=3)
+    out, report = d3ip(DDS(n_steps=8), prior, y, op, cfg, generator=torch.Generator().manual_seed(4),
+                       adapt_generator=torch.Generator().manual_seed(5), record_trajectory=True)
+    save_trajectory(tmp_path / "lora.safetensors", report.trajectory)
+    prior2 = _prior()
+    from ddip.adapt import restore
+
+    restore(prior2.net, fresh)
+    replayed = solve(DDS(n_steps=8), prior2, y, op, generator=torch.Generator().manual_seed(4),
+                     before_step=Replay(prior2, load_trajectory(tmp_path / "lora.safetensors")))
+    assert torch.equal(out, replayed)
+
+
+def test_merging_folds_lora_into_the_base_weights(problem):
+    x, op, y = problem
+    prior = _prior()
+    x_in, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 700])
+    prior.net.eval()
+    with torch.no_grad():
+        base = prior.net(x_in, t).sample
+    d3ip(DDS(n_steps=4), prior, y, op, AdaptConfig(n_iters=3, n_slices=2, horizon=None),
+         generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        unmerged = prior.net(x_in, t).sample
+        assert merge_lora(prior.net) > 0
+        merged = prior.net(x_in, t).sample
+    assert (unmerged - base).abs().max() > 1e-4  # the adaptation changed the function
+    assert torch.allclose(unmerged, merged, atol=1e-5)  # merging does not
+
+
+@pytest.mark.parametrize("method", ["d3ip", "d3ip_mbir", "ddip", "scd", "d3ip_meta"])
+def test_every_method_runs_with_its_own_settings(method, problem):
+    x, op, y = problem
+    prior = _prior()
+    fns = {"d3ip": d3ip, "d3ip_mbir": d3ip_mbir, "ddip": ddip, "scd": scd, "d3ip_meta": d3ip_meta}
+    step = DiffusionMBIR(n_steps=5, rho=1.0, lam=0.01) if method == "d3ip_mbir" else DDS(n_steps=5)
+    y_sub = y[:4]
+    out, report = fns[method](step, prior, y_sub, op, AdaptConfig(n_iters=1, n_slices=2),
+                              generator=torch.Generator().manual_seed(0),
+                              adapt_generator=torch.Generator().manual_seed(1))
+    assert out.shape == (4, 1, 16, 16) and bool(torch.isfinite(out).all()) and report.passes_adapt > 0
+    if method == "scd":
+        assert {t for t, _ in report.losses} == set(range(0, 1000, 200))  # no horizon: every step adapts
+
+
+def test_d3ip_costs_one_lora_state_and_ddip_one_per_slice(problem):
+    x, op, y = problem
+    prior = _prior()
+    cfg = AdaptConfig(n_iters=2, n_slices=3, horizon=None)
+    _, r3 = d3ip(DDS(n_steps=4), prior, y, op, cfg, generator=torch.Generator().manual_seed(0))
+    _, r1 = ddip(DDS(n_steps=4), prior, y, op, dataclasses.replace(cfg, n_slices=1),
+                 generator=torch.Generator().manual_seed(0))
+    n = y.shape[0]
+    assert r3.passes_adapt == 4 * 2 * 3  # T_a · L · K
+    assert r1.passes_adapt == n * 4 * 2  # N · T_a · L
+    assert r3.passes_forward == r1.passes_forward == 4 * n  # T · N
