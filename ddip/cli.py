@@ -1,132 +1,179 @@
-"""The ``ddip`` command line.
+"""The ``ddip`` command line: simulate, reconstruct, demo, train-prior.
 
-``ddip demo`` is the README's main job. Until the diffusion solvers land it runs the end-to-end path that exists:
-a slab of the bundled real chest CT, simulated 60-view sparse-view CT with noise, reconstructed by filtered
-back-projection and by least squares (CG on the normal equations), written as NIfTI, PNG views, ``config.json`` and
-``metrics.json``.
+Every command validates its settings once, prints one clear ``ddip: error: ...`` line and exits with status 2 on bad
+input, and writes its outputs atomically with the resolved configuration beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ddip.errors import DdipError
 
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Settings of ``ddip demo`` (validated once, saved as ``config.json`` next to the results)."""
-
-    out: str = "out/demo"
-    volume: str = "chest-ct"
-    n_slices: int = 16
-    n_views: int = 60
-    noise_sigma: float = 0.01
-    cg_iters: int = 30
-    seed: int = 0
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.n_slices <= 32:
-            raise DdipError(f"--slices must be in [1, 32] (the bundled slab has 32), got {self.n_slices}")
-        if self.n_views < 1:
-            raise DdipError(f"--views must be >= 1, got {self.n_views}")
-        if self.noise_sigma < 0:
-            raise DdipError(f"--noise must be >= 0, got {self.noise_sigma}")
-        if self.cg_iters < 1:
-            raise DdipError(f"--cg-iters must be >= 1, got {self.cg_iters}")
+DEMO_PRIOR = "ellipses-64"
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    from ddip.data.fixtures import load_fixture
+# -- helpers ---------------------------------------------------------------------------------------------------------
+def _slab(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        a, b = text.split(":")
+        return int(a), int(b)
+    except ValueError as exc:
+        raise DdipError(f"--slices must look like START:STOP, got {text!r}") from exc
+
+
+def _load_config_file(path: str | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise DdipError(f"{p}: no such config file")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise DdipError(f"{p}: not valid JSON ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise DdipError(f"{p}: a config file holds one JSON object of option names and values")
+    return cfg
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise DdipError(f"{out}: output exists and is not empty (pass --overwrite to replace its files)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _volume(spec: str, modality: str, size: int, slab: tuple[int, int] | None, n_slices: int | None):
+    """A prepared volume from a path, a development volume name or a bundled fixture name."""
+    from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
+    from ddip.data.fixtures import FIXTURES, load_fixture
+
+    if spec.startswith("fixture:"):
+        name = spec.split(":", 1)[1]
+        if name not in FIXTURES:
+            raise DdipError(f"unknown fixture {name!r}; choose one of {sorted(FIXTURES)}")
+        prepared = load_fixture(name)
+        if size != prepared.slices.shape[-1]:
+            raise DdipError(f"the bundled fixtures are 64 px; use --size 64 or the full volume {name!r}")
+        x = prepared.slices
+        if slab is not None:
+            x = x[slab[0] : slab[1]]
+        elif n_slices is not None:
+            start = (x.shape[0] - n_slices) // 2
+            x = x[start : start + n_slices]
+        if x.shape[0] == 0:
+            raise DdipError(f"slab {slab} of fixture {name!r} is empty")
+        return x, dict(prepared.record, fixture=name)
+    path = dev_volume_path(spec) if spec in DEV_VOLUMES else Path(spec)
+    prepared = prepare_volume(read_volume(path), modality=modality, size=size, slab=slab, n_slices=n_slices)
+    return prepared.slices, prepared.record
+
+
+def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *, method: str, wall: float,
+                 peak_mb: float, report: dict, config: dict) -> dict:
+    """NIfTI, PNG views (with ground truth and error when known), config.json and metrics.json."""
     from ddip.io import write_json, write_nifti, write_png_views
     from ddip.metrics import evaluate_volume
-    from ddip.physics import add_noise, conjugate_gradient, sparse_view_ct
 
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise DdipError(f"{out}: output folder exists and is not empty (pass --overwrite to replace its files)")
-    prepared = load_fixture(cfg.volume)
-    start = (prepared.slices.shape[0] - cfg.n_slices) // 2
-    x_true = prepared.slices[start : start + cfg.n_slices]
-    op = sparse_view_ct(x_true.shape[-1], cfg.n_views)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    y = add_noise(op.A(x_true), cfg.noise_sigma, generator=generator)
-
-    results, timings = {}, {}
-    t0 = time.perf_counter()
-    results["fbp"] = op.fbp(y).clamp(0, 1)
-    timings["fbp"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rhs = op.A_adjoint(y)
-    results["least_squares"] = conjugate_gradient(op.normal, rhs, torch.zeros_like(rhs), n_iter=cfg.cg_iters,
-                                                  reduce="slice").clamp(0, 1)
-    timings["least_squares"] = time.perf_counter() - t0
-
-    metrics = {}
-    for name, x in results.items():
-        m = evaluate_volume(x, x_true)
-        m.update(method=name, wall_time_s=timings[name])
-        metrics[name] = m
-        write_nifti(out / f"{name}.nii.gz", x)
-    write_nifti(out / "ground_truth.nii.gz", x_true)
-    write_png_views(out / "views.png", {"ground truth": x_true, "FBP": results["fbp"],
-                                        "least squares": results["least_squares"]},
-                    error_of="least squares", reference="ground truth")
-    write_json(out / "config.json", {"command": "demo", **asdict(cfg), "volume_record": prepared.record,
-                                     "slab_in_fixture": [start, start + cfg.n_slices], "operator": repr(op)})
+    write_nifti(out / "reconstruction.nii.gz", volume)
+    if truth is not None:
+        metrics = evaluate_volume(volume, truth)
+        views = {"ground truth": truth, method: volume}
+        write_png_views(out / "views.png", views, error_of=method, reference="ground truth")
+    else:
+        metrics = {"psnr": None, "ssim": None, "lpips": None, "psnr_volume": None, "per_slice": {}}
+        write_png_views(out / "views.png", {method: volume})
+    metrics.update(method=method, wall_time_s=wall, peak_memory_mb=peak_mb, report=report)
+    write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="reconstruct a slab of the bundled chest CT and write a report",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = DemoConfig()
-    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
-    p.add_argument("--slices", dest="n_slices", type=int, default=d.n_slices, help="number of slices (1-32)")
-    p.add_argument("--views", dest="n_views", type=int, default=d.n_views, help="CT projection angles")
-    p.add_argument("--noise", dest="noise_sigma", type=float, default=d.noise_sigma, help="measurement noise sigma")
-    p.add_argument("--cg-iters", type=int, default=d.cg_iters, help="CG steps of the least-squares baseline")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+# -- commands ----------------------------------------------------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from ddip.tasks import TaskConfig, save_measurement, simulate
+
+    cfg = TaskConfig(task=args.task, size=args.size, views=args.views, acceleration=args.acceleration,
+                     noise=args.noise, seed=args.seed)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise DdipError(f"{out}: exists (pass --overwrite to replace it)")
+    modality = "ct" if args.task == "sv-ct" else "mri"
+    volume, record = _volume(args.volume, modality, args.size, _slab(args.slices), args.n_slices)
+    m = simulate(volume, cfg, record=record)
+    save_measurement(out, m)
+    print(f"{args.task}: {volume.shape[0]} slices of {args.size} px -> {out}")
 
 
-def _train_parser(sub: argparse._SubParsersAction) -> None:
-    from ddip.priors.train import TrainConfig
-    from ddip.priors.unet import UNetConfig
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from ddip.priors import load_prior
+    from ddip.reconstruct import ReconstructConfig, reconstruct
+    from ddip.tasks import load_measurement
 
-    u, t = UNetConfig(), TrainConfig(out="")
-    p = sub.add_parser("train-prior", help="train a diffusion prior on ELLIPSES phantoms made on the fly",
-                       description="Train (or resume, if OUT holds a checkpoint) an ADM-style prior on ELLIPSES.")
-    p.add_argument("--out", required=True, help="run folder (checkpoint, EMA weights, config, loss log)")
-    p.add_argument("--size", type=int, default=u.image_size, help="image size in pixels")
-    p.add_argument("--channels", type=int, default=u.model_channels, help="base channel count (multiple of 32)")
-    p.add_argument("--mult", type=lambda s: tuple(int(v) for v in s.split(",")), default=u.channel_mult,
-                   help="channel multipliers per level, e.g. 1,2,2,4")
-    p.add_argument("--res-blocks", type=int, default=u.num_res_blocks, help="residual blocks per level")
-    p.add_argument("--attn", type=lambda s: tuple(int(v) for v in s.split(",") if v), default=u.attention_resolutions,
-                   help="feature-map sizes with attention, e.g. 16")
-    p.add_argument("--head-channels", type=int, default=u.num_head_channels)
-    p.add_argument("--batch", type=int, default=t.batch_size)
-    p.add_argument("--lr", type=float, default=t.lr)
-    p.add_argument("--ema", type=float, default=t.ema_decay)
-    p.add_argument("--max-images", type=int, default=t.max_images)
-    p.add_argument("--max-hours", type=float, default=t.max_hours, help="stop (after a checkpoint) after this long")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU (faster; weights stay fp32)")
-    p.add_argument("--seed", type=int, default=t.seed)
-    p.add_argument("--checkpoint-minutes", type=float, default=t.checkpoint_minutes)
-    p.add_argument("--snapshot-every", type=int, default=t.snapshot_every, help="EMA snapshot every N images")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    m = load_measurement(args.measurement)
+    cfg = ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
+                            init=args.init, noise_mix=args.noise_mix, n_slices=args.k, n_iters=args.iters,
+                            lr=args.lr)
+    out = Path(args.out)
+    _prepare_out(out, args.overwrite)
+    prior = None if args.method == "admm-tv" else load_prior(args.prior)
+    result = reconstruct(m, cfg, prior, device=args.device, progress=not args.quiet)
+    config = {"command": "reconstruct", "measurement": str(args.measurement), "prior": args.prior,
+              "device": args.device, **asdict(cfg), "task": asdict(m.config), "volume_record": m.record}
+    metrics = write_result(out, result.volume, m.ground_truth, method=args.method, wall=result.wall_time_s,
+                           peak_mb=result.peak_memory_mb, report=result.report, config=config)
+    _print_metrics(args.method, metrics)
+    print(f"results in {out}")
 
 
-def _run_train(args: argparse.Namespace) -> None:
+def cmd_demo(args: argparse.Namespace) -> None:
+    """DDS and D3IP on a slab of the bundled chest CT (64 px, the paper's angular undersampling)."""
+    from ddip.io import write_json, write_png_views
+    from ddip.priors import load_prior
+    from ddip.reconstruct import ReconstructConfig, reconstruct
+    from ddip.tasks import TaskConfig, paper_views, simulate
+
+    out = Path(args.out)
+    _prepare_out(out, args.overwrite)
+    volume, record = _volume("fixture:chest-ct", "ct", 64, None, args.n_slices)
+    views = args.views or paper_views(64)
+    m = simulate(volume, TaskConfig(task="sv-ct", size=64, views=views, noise=0.01, seed=args.seed), record=record)
+    prior = load_prior(args.prior)
+    results = {}
+    for method in ("dds", "d3ip"):
+        cfg = ReconstructConfig(method=method, seed=args.seed, n_steps=args.steps)
+        res = reconstruct(m, cfg, prior, progress=not args.quiet)
+        config = {"command": "demo", "prior": args.prior, **asdict(cfg), "task": asdict(m.config),
+                  "volume_record": record}
+        results[method] = (res, write_result(out / method, res.volume, m.ground_truth, method=method,
+                                             wall=res.wall_time_s, peak_mb=res.peak_memory_mb, report=res.report,
+                                             config=config))
+        _print_metrics(method, results[method][1])
+    write_png_views(out / "comparison.png", {"ground truth": m.ground_truth, "DDS": results["dds"][0].volume,
+                                             "D3IP": results["d3ip"][0].volume},
+                    error_of="D3IP", reference="ground truth")
+    gain = results["d3ip"][1]["psnr"] - results["dds"][1]["psnr"]
+    write_json(out / "summary.json", {"psnr_dds": results["dds"][1]["psnr"], "psnr_d3ip": results["d3ip"][1]["psnr"],
+                                      "psnr_gain_db": gain, "views": views, "slices": int(volume.shape[0]),
+                                      "prior": args.prior})
+    print(f"D3IP - DDS: {gain:+.2f} dB PSNR; pictures in {out / 'comparison.png'}")
+
+
+def _print_metrics(name: str, m: dict) -> None:
+    fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    print(f"{name:>10}: PSNR {fmt(m['psnr'], 2)} dB  SSIM {fmt(m['ssim'], 3)}  LPIPS {fmt(m['lpips'], 3)}  "
+          f"{m['wall_time_s']:.1f} s  {m['peak_memory_mb']:.0f} MB")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
     from ddip.priors.train import TrainConfig, train_prior
     from ddip.priors.unet import UNetConfig
 
@@ -142,24 +189,108 @@ def _run_train(args: argparse.Namespace) -> None:
     print(f"trained to {summary['images']} images ({summary['step']} steps); weights in {summary['out']}")
 
 
-def main(argv: list[str] | None = None) -> int:
+# -- parsers ---------------------------------------------------------------------------------------------------------
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ddip.priors.train import TrainConfig
+    from ddip.priors.unet import UNetConfig
+    from ddip.reconstruct import METHODS
+    from ddip.tasks import TASKS
+
     parser = argparse.ArgumentParser(prog="ddip", description="Diffusion priors adapted to 3D volumes (DDIP/D3IP)")
     sub = parser.add_subparsers(dest="command", required=True)
-    _demo_parser(sub)
-    _train_parser(sub)
+
+    p = sub.add_parser("simulate", help="simulate measurements of a volume for one of the paper's tasks")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--volume", required=True,
+                   help="NIfTI / DICOM folder / .npy path, a development volume (chest-ct, mni-t1) or fixture:NAME")
+    p.add_argument("--slices", help="contiguous slab START:STOP along the slice axis")
+    p.add_argument("--n-slices", type=int, help="the central N slices (instead of --slices)")
+    p.add_argument("--size", type=int, default=64, help="in-plane size (the prior's)")
+    p.add_argument("--views", type=int, default=60, help="CT views (paper: 60; 60*size/256 keeps its undersampling)")
+    p.add_argument("--acceleration", type=float, help="MRI acceleration (default x8 mri3d, x4 csmri)")
+    p.add_argument("--noise", type=float, default=0.01, help="measurement noise sigma")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="measurement file (.safetensors)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("reconstruct", help="reconstruct a measurement file with one method")
+    p.add_argument("measurement")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--prior", default=DEMO_PRIOR, help="a shipped prior name or a .safetensors path")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=int, help="network evaluations (default 50; DPS 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-batch", type=int, default=16, help="network inputs per forward pass")
+    p.add_argument("--init", default="slerp", choices=("slerp", "independent", "noise"))
+    p.add_argument("--noise-mix", default="paper", choices=("paper", "code", "ddim"))
+    p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
+    p.add_argument("--iters", type=int, help="adaptation optimiser steps per timestep (default: Table 5)")
+    p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("demo", help="DDS vs D3IP on the bundled chest CT (the README's main job)")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--prior", default=DEMO_PRIOR)
+    p.add_argument("--n-slices", type=int, default=16, help="central slices of the bundled 32-slice slab")
+    p.add_argument("--views", type=int, help="CT views (default 15: the paper's undersampling at 64 px)")
+    p.add_argument("--steps", type=int, help="network evaluations (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
+    p.set_defaults(func=cmd_demo)
+
+    u, t = UNetConfig(), TrainConfig(out="")
+    p = sub.add_parser("train-prior", help="train a diffusion prior on ELLIPSES phantoms made on the fly",
+                       description="Train (or resume, if OUT holds a checkpoint) an ADM-style prior on ELLIPSES.")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, EMA weights, config, loss log)")
+    p.add_argument("--size", type=int, default=u.image_size, help="image size in pixels")
+    p.add_argument("--channels", type=int, default=u.model_channels, help="base channel count (multiple of 32)")
+    p.add_argument("--mult", type=_ints, default=u.channel_mult, help="channel multipliers per level, e.g. 1,2,2,4")
+    p.add_argument("--res-blocks", type=int, default=u.num_res_blocks, help="residual blocks per level")
+    p.add_argument("--attn", type=_ints, default=u.attention_resolutions, help="feature-map sizes with attention")
+    p.add_argument("--head-channels", type=int, default=u.num_head_channels)
+    p.add_argument("--batch", type=int, default=t.batch_size)
+    p.add_argument("--lr", type=float, default=t.lr)
+    p.add_argument("--ema", type=float, default=t.ema_decay)
+    p.add_argument("--max-images", type=int, default=t.max_images)
+    p.add_argument("--max-hours", type=float, default=t.max_hours, help="stop (after a checkpoint) after this long")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU (faster; weights stay fp32)")
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--checkpoint-minutes", type=float, default=t.checkpoint_minutes)
+    p.add_argument("--snapshot-every", type=int, default=t.snapshot_every, help="EMA snapshot every N images")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k != "command"})
-            metrics = run_demo(cfg)
-            for name, m in metrics.items():
-                print(f"{name:>14}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}  "
-                      f"LPIPS {m['lpips'] if m['lpips'] is None else round(m['lpips'], 3)}  ({m['wall_time_s']:.2f} s)")
-            print(f"results in {cfg.out}")
-        elif args.command == "train-prior":
-            _run_train(args)
+        if getattr(args, "config", None):
+            # Values from the config file fill in every option not given on the command line.
+            given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+            for key, value in _load_config_file(args.config).items():
+                dest = key.replace("-", "_")
+                if not hasattr(args, dest):
+                    raise DdipError(f"{args.config}: unknown option {key!r} for '{args.command}'")
+                if dest not in given:
+                    setattr(args, dest, value)
+        args.func(args)
     except DdipError as exc:
         print(f"ddip: error: {exc}", file=sys.stderr)
         return 2
     return 0
-

@@ -1,0 +1,65 @@
+"""Finding priors: the shipped ones by name, or a safetensors file written by ``ddip train-prior``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ddip.errors import DdipError
+from ddip.priors.prior import DiffusionPrior
+from ddip.priors.unet import UNetConfig, build_unet
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+def shipped_priors() -> list[str]:
+    """Names of the priors that ship with the package."""
+    return sorted(p.stem for p in WEIGHTS.glob("*.safetensors"))
+
+
+def _unet_config(path: Path, metadata: dict) -> UNetConfig:
+    raw = metadata.get("unet")
+    if raw is None:
+        side = path.with_suffix(".json")
+        sibling = path.parent / "config.json"
+        for candidate in (side, sibling):
+            if candidate.is_file():
+                cfg = json.loads(candidate.read_text())
+                raw = json.dumps(cfg.get("unet", cfg))
+                break
+    if raw is None:
+        raise DdipError(f"{path}: no network configuration (neither 'unet' metadata nor a config.json beside it)")
+    d = json.loads(raw)
+    return UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def load_prior(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> DiffusionPrior:
+    """A ready :class:`DiffusionPrior`: a shipped name (``ellipses-64``) or a ``.safetensors`` path."""
+    from safetensors import safe_open
+
+    name = str(name_or_path)
+    path = WEIGHTS / f"{name}.safetensors" if name in shipped_priors() else Path(name)
+    if not path.is_file():
+        raise DdipError(f"prior {name!r}: not a shipped prior ({', '.join(shipped_priors()) or 'none'}) "
+                        f"and no such file")
+    if path.suffix != ".safetensors":
+        raise DdipError(f"{path}: priors are read from safetensors files; for guided-diffusion .pt checkpoints use "
+                        f"ddip.priors.load_adm_checkpoint(path, config)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise DdipError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    cfg = _unet_config(path, metadata)
+    net = build_unet(cfg)
+    own = net.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise DdipError(f"{path}: weights do not match the network: missing {missing[:5]}, unexpected "
+                        f"{unexpected[:5]}")
+    net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return DiffusionPrior(net.to(device).eval())

@@ -1,0 +1,172 @@
+"""Reconstruct a measurement with any method: the one entry point the CLI, the demo and the benchmark share."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ddip.errors import DdipError
+from ddip.tasks import Measurement, mbir_parameters
+
+METHODS = ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
+ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
+
+# Paper Table 5: (K slices, L optimiser steps, learning rate) per task and method.
+TABLE5 = {
+    "sv-ct": {"scd": (1, 10, 1e-3), "ddip": (1, 10, 1e-3), "d3ip": (6, 10, 1e-3), "d3ip-mbir": (6, 10, 1e-3),
+              "d3ip-meta": (6, 10, 1e-3)},
+    "mri3d": {"scd": (1, 10, 1e-5), "ddip": (1, 10, 1e-5), "d3ip": (6, 10, 1e-4), "d3ip-mbir": (6, 5, 1e-5),
+              "d3ip-meta": (6, 10, 1e-5)},
+    "csmri": {"scd": (1, 5, 1e-3), "ddip": (1, 5, 1e-3), "d3ip": (3, 5, 1e-3), "d3ip-mbir": (3, 5, 1e-3),
+              "d3ip-meta": (3, 5, 1e-3)},
+}
+# ADMM-TV (no prior): λ and ρ per task, tuned on the development volumes (see benchmarks/).
+ADMM_TV = {"sv-ct": {"lam": 0.02, "rho": 1.0}, "mri3d": {"lam": 2e-3, "rho": 0.05},
+           "csmri": {"lam": 2e-3, "rho": 0.05}}
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    """Settings of one reconstruction (defaults: the paper's; ``None`` means the per-task default)."""
+
+    method: str
+    n_steps: int | None = None  # network evaluations (50; DPS 1000)
+    seed: int = 0
+    max_batch: int = 16
+    init: str = "slerp"
+    noise_mix: str = "paper"
+    n_slices: int | None = None  # K
+    n_iters: int | None = None  # L
+    lr: float | None = None
+    lora_rank: int = 4
+    train_biases: bool = False
+    horizon: tuple[int, int] | None = (40, 940)
+    loss_cg_iters: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise DdipError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.init not in ("slerp", "independent", "noise"):
+            raise DdipError(f"unknown init {self.init!r}; choose slerp, independent or noise")
+        if self.noise_mix not in ("paper", "code", "ddim"):
+            raise DdipError(f"unknown noise_mix {self.noise_mix!r}; choose paper, code or ddim")
+        if self.max_batch < 1 or (self.n_steps is not None and self.n_steps < 1):
+            raise DdipError("max_batch and n_steps must be >= 1")
+
+
+@dataclass
+class Result:
+    volume: Tensor
+    wall_time_s: float
+    peak_memory_mb: float
+    report: dict = field(default_factory=dict)
+
+
+class _PeakMemory:
+    """Peak resident memory of this process during a block (a 5 ms polling thread; CUDA: allocator peak)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def __enter__(self):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.base = self._proc.memory_info().rss
+        self.peak = self.base
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return self.peak / 2**20
+
+
+def build_step(cfg: ReconstructConfig, m: Measurement):
+    from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR
+
+    common = {"noise_mix": cfg.noise_mix}
+    if cfg.n_steps is not None:
+        common["n_steps"] = cfg.n_steps
+    if cfg.method == "dps":
+        return DPS(**({"n_steps": cfg.n_steps} if cfg.n_steps else {}))
+    if cfg.method == "ddnm":
+        return DDNM(**common)
+    if cfg.method in ("mbir", "d3ip-mbir"):
+        return DiffusionMBIR(**mbir_parameters(m.config), **common)
+    return DDS(**common)
+
+
+def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: str | torch.device = "cpu",
+                progress: bool = False) -> Result:
+    """Run ``cfg.method`` on measurement ``m``; returns the volume (image layout, on the CPU) and its costs."""
+    from ddip.adapt import AdaptConfig, LoRAConfig, count_parameters, d3ip, d3ip_mbir, d3ip_meta, ddip, inject_lora
+    from ddip.adapt import scd
+    from ddip.solvers import admm_tv_reconstruct, solve
+
+    device = torch.device(device)
+    y = m.y.to(device)
+    physics = m.physics
+    report: dict = {"method": cfg.method, "task": m.config.task}
+    if cfg.method != "admm-tv" and prior is None:
+        raise DdipError(f"method {cfg.method!r} needs a prior (--prior)")
+    if prior is not None:
+        size = int(prior.net.config.sample_size)
+        if size != m.config.size:
+            raise DdipError(f"the prior's image size is {size} but the data are {m.config.size} px "
+                            f"(simulate with --size {size})")
+        prior = prior.to(device)
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    with _PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        if cfg.method == "admm-tv":
+            x = admm_tv_reconstruct(y, physics, **ADMM_TV[m.config.task])
+        elif cfg.method not in ADAPTED:
+            step = build_step(cfg, m)
+            x = solve(step, prior, y, physics, generator=generator, init=cfg.init, max_batch=cfg.max_batch,
+                      progress=progress)
+            report["network_forward_passes"] = step.n_steps * y.shape[0]
+        else:
+            k, n_iters, lr = TABLE5[m.config.task][cfg.method]
+            acfg = AdaptConfig(lr=cfg.lr or lr, n_iters=cfg.n_iters or n_iters, n_slices=cfg.n_slices or k,
+                               horizon=cfg.horizon, loss_cg_iters=cfg.loss_cg_iters,
+                               max_batch=min(cfg.max_batch, 6))
+            prior = copy.deepcopy(prior)  # the caller's prior stays free of LoRA layers
+            names = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
+                                generator=torch.Generator().manual_seed(cfg.seed + 1))
+            step = build_step(cfg, m)
+            fn = {"scd": scd, "ddip": ddip, "d3ip": d3ip, "d3ip-mbir": d3ip_mbir, "d3ip-meta": d3ip_meta}[cfg.method]
+            kwargs = dict(generator=generator, adapt_generator=torch.Generator().manual_seed(cfg.seed + 2),
+                          max_batch=cfg.max_batch)
+            if cfg.method != "scd":
+                kwargs["init"] = cfg.init
+            x, rep = fn(step, prior, y, physics, acfg, **kwargs)
+            report.update({"network_forward_passes": rep.passes_forward, "network_adapt_passes": rep.passes_adapt,
+                           "lora_layers": len(names), "adapted_parameters": count_parameters(prior.net)["trainable"],
+                           "adapt": dataclasses.asdict(acfg),
+                           "loss_first": rep.losses[0][1] if rep.losses else None,
+                           "loss_last": rep.losses[-1][1] if rep.losses else None})
+        wall = time.perf_counter() - t0
+    if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
+        raise DdipError(f"{cfg.method} produced NaN or Inf values")
+    return Result(x.detach().cpu(), wall, mem.mb, report)
