@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ddip.checkpoint import Checkpointer
 from ddip.errors import DdipError
 
 DEMO_PRIOR = "ellipses-64"
@@ -123,15 +124,26 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
                             init=args.init, noise_mix=args.noise_mix, n_slices=args.k, n_iters=args.iters,
                             lr=args.lr)
     out = Path(args.out)
-    _prepare_out(out, args.overwrite)
+    _prepare_out(out, args.overwrite or args.resume)
     prior = None if args.method == "admm-tv" else load_prior(args.prior)
-    result = reconstruct(m, cfg, prior, device=args.device, progress=not args.quiet)
     config = {"command": "reconstruct", "measurement": str(args.measurement), "prior": args.prior,
               "device": args.device, **asdict(cfg), "task": asdict(m.config), "volume_record": m.record}
+    ckpt = Checkpointer(out / "checkpoint.pt", config, every=args.checkpoint_every)
+    if not args.resume:
+        _remove_checkpoints(ckpt)
+    elif not any(out.glob("checkpoint*.pt")):
+        print(f"ddip: no checkpoint in {out}; starting from the beginning", file=sys.stderr)
+    result = reconstruct(m, cfg, prior, device=args.device, progress=not args.quiet, checkpointer=ckpt)
     metrics = write_result(out, result.volume, m.ground_truth, method=args.method, wall=result.wall_time_s,
                            peak_mb=result.peak_memory_mb, report=result.report, config=config)
+    _remove_checkpoints(ckpt)
     _print_metrics(args.method, metrics)
     print(f"results in {out}")
+
+
+def _remove_checkpoints(ckpt) -> None:
+    for path in ckpt.path.parent.glob(f"{ckpt.path.stem}*{ckpt.path.suffix}"):
+        path.unlink()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -234,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt")
+    p.add_argument("--checkpoint-every", type=int, default=5, help="save the whole state every N steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_reconstruct)

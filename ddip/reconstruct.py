@@ -118,11 +118,17 @@ def build_step(cfg: ReconstructConfig, m: Measurement):
 
 
 def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: str | torch.device = "cpu",
-                progress: bool = False) -> Result:
-    """Run ``cfg.method`` on measurement ``m``; returns the volume (image layout, on the CPU) and its costs."""
+                progress: bool = False, checkpointer=None) -> Result:
+    """Run ``cfg.method`` on measurement ``m``; returns the volume (image layout, on the CPU) and its costs.
+
+    With a :class:`~ddip.checkpoint.Checkpointer` the run saves its whole state every few steps and, if the
+    checkpoint already exists, resumes from it to the same result an uninterrupted run gives.
+    """
+    from ddip.checkpoint import resumable_solve
+
     from ddip.adapt import AdaptConfig, LoRAConfig, count_parameters, d3ip, d3ip_mbir, d3ip_meta, ddip, inject_lora
     from ddip.adapt import scd
-    from ddip.solvers import admm_tv_reconstruct, solve
+    from ddip.solvers import admm_tv_reconstruct
 
     device = torch.device(device)
     y = m.y.to(device)
@@ -143,8 +149,8 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             x = admm_tv_reconstruct(y, physics, **ADMM_TV[m.config.task])
         elif cfg.method not in ADAPTED:
             step = build_step(cfg, m)
-            x = solve(step, prior, y, physics, generator=generator, init=cfg.init, max_batch=cfg.max_batch,
-                      progress=progress)
+            x = resumable_solve(step, prior, y, physics, generator=generator, checkpointer=checkpointer,
+                                init=cfg.init, max_batch=cfg.max_batch, progress=progress)
             report["network_forward_passes"] = step.n_steps * y.shape[0]
         else:
             k, n_iters, lr = TABLE5[m.config.task][cfg.method]
@@ -157,7 +163,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             step = build_step(cfg, m)
             fn = {"scd": scd, "ddip": ddip, "d3ip": d3ip, "d3ip-mbir": d3ip_mbir, "d3ip-meta": d3ip_meta}[cfg.method]
             kwargs = dict(generator=generator, adapt_generator=torch.Generator().manual_seed(cfg.seed + 2),
-                          max_batch=cfg.max_batch)
+                          max_batch=cfg.max_batch, checkpointer=checkpointer)
             if cfg.method != "scd":
                 kwargs["init"] = cfg.init
             x, rep = fn(step, prior, y, physics, acfg, **kwargs)

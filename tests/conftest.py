@@ -19,3 +19,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session converts LPIPS weights into its own cache folder, never the user's."""
     cache = tmp_path_factory.getbasetemp() / "ddip-cache"
     monkeypatch.setenv("DDIP_CACHE", str(cache))
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tmp_path_factory):
+    """A barely trained 64 px prior written by our own training loop (enough to exercise pipelines, not quality)."""
+    from ddip.priors.train import TrainConfig, train_prior
+    from ddip.priors.unet import UNetConfig
+
+    out = tmp_path_factory.mktemp("prior")
+    cfg = TrainConfig(out=str(out), unet=UNetConfig(image_size=64, model_channels=32, channel_mult=(1, 1),
+                                                    attention_resolutions=()),
+                      batch_size=2, max_images=4, snapshot_every=0)
+    train_prior(cfg, progress=False)
+    return str(out / "ema.safetensors")

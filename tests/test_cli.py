@@ -6,21 +6,8 @@ import math
 import pytest
 
 from ddip.cli import main
-from ddip.priors.train import TrainConfig, train_prior
-from ddip.priors.unet import UNetConfig
 
 METRIC_KEYS = {"psnr", "ssim", "lpips", "psnr_volume", "wall_time_s", "peak_memory_mb", "method", "per_slice"}
-
-
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory):
-    """A barely trained 64 px prior written by our own training loop (enough to exercise the pipeline)."""
-    out = tmp_path_factory.mktemp("prior")
-    cfg = TrainConfig(out=str(out), unet=UNetConfig(image_size=64, model_channels=32, channel_mult=(1, 1),
-                                                    attention_resolutions=()),
-                      batch_size=2, max_images=4, snapshot_every=0)
-    train_prior(cfg, progress=False)
-    return str(out / "ema.safetensors")
 
 
 @pytest.fixture(scope="module")

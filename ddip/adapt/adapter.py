@@ -13,6 +13,8 @@ that follows then uses the adapted network for every slice. The hook plugs into 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +25,8 @@ from ddip.adapt.lora import has_lora_dropout, restore, snapshot, trainable_param
 from ddip.errors import DdipError
 from ddip.priors.prior import DiffusionPrior
 from ddip.solvers.base import is_complex_image, physics_subset, predict_eps, to_image, tweedie
+
+log = logging.getLogger("ddip.adapt")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class VolumeAdapter:
     record_trajectory: bool = False
     losses: list[tuple[int, float]] = field(default_factory=list)
     trajectory: dict[int, dict[str, Tensor]] = field(default_factory=dict)
+    events: list[dict] = field(default_factory=list)  # numerical incidents (non-finite loss rolled back)
     passes: int = 0  # network forward+backward passes, counted in images
     n_total_adapted: int = 1  # adapted timesteps in the whole run (Reptile's α schedule needs it)
     _optimizer: torch.optim.Optimizer | None = None
@@ -123,6 +128,7 @@ class VolumeAdapter:
             if self.cfg.draw == "per_iter":
                 index = self._draw(x_t.shape[0])
             self._optimizer.zero_grad(set_to_none=True)
+            good = snapshot(net)
             total = 0.0
             for chunk in index.split(self.cfg.max_batch):
                 weight = chunk.numel() / index.numel()
@@ -132,7 +138,11 @@ class VolumeAdapter:
                 loss.backward()
                 total += float(loss.detach())
                 self.passes += chunk.numel()
-            self._optimizer.step()
+            if self._finite(total, params):
+                self._optimizer.step()
+            if not self._finite(total, params, check_grads=False):
+                self._roll_back(good, i, t, total)
+                continue
             self.losses.append((t, total))
         net.eval()
         if before is not None:
@@ -140,6 +150,42 @@ class VolumeAdapter:
         self._n_adapted += 1
         if self.record_trajectory:
             self.trajectory[i] = snapshot(net)
+
+    @staticmethod
+    def _finite(loss: float, params: list, check_grads: bool = True) -> bool:
+        if not math.isfinite(loss):
+            return False
+        tensors = [p.grad for p in params if p.grad is not None] if check_grads else [p.detach() for p in params]
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+    def _roll_back(self, good: dict[str, Tensor], i: int, t: int, loss: float) -> None:
+        """Non-finite loss, gradient or weights: restore the last good LoRA state, halve the learning rate."""
+        restore(self.prior.net, good)
+        for group in self._optimizer.param_groups:
+            group["lr"] *= 0.5
+        self.events.append({"step": i, "t": t, "loss": loss, "event": "non-finite: rolled back, lr halved",
+                            "lr": self._optimizer.param_groups[0]["lr"]})
+        log.warning("adaptation at step %d (t = %d): non-finite loss or gradient; LoRA rolled back, lr halved to %g",
+                    i, t, self._optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue adapting bit-exactly (for resumable reconstructions)."""
+        return {"lora": snapshot(self.prior.net),
+                "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
+                "generator": None if self.generator is None else self.generator.get_state(),
+                "passes": self.passes, "n_adapted": self._n_adapted,
+                "losses": torch.tensor([[float(t), v] for t, v in self.losses], dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        restore(self.prior.net, state["lora"])
+        if state["optimizer"] is not None:
+            params = list(trainable_parameters(self.prior.net).values())
+            self._optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            self._optimizer.load_state_dict(state["optimizer"])
+        if self.generator is not None and state["generator"] is not None:
+            self.generator.set_state(state["generator"])
+        self.passes, self._n_adapted = int(state["passes"]), int(state["n_adapted"])
+        self.losses = [(int(t), float(v)) for t, v in state["losses"].tolist()]
 
     def _reptile_interpolate(self, before: dict[str, Tensor]) -> None:
         """θ ← θ_t + α_n(θ̃ − θ_t), α_n linear from ``reptile[0]`` to ``reptile[1]`` over the adapted steps (App. B)."""

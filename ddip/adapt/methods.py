@@ -23,7 +23,8 @@ from torch import Tensor
 from ddip.adapt.adapter import AdaptConfig, VolumeAdapter
 from ddip.adapt.lora import restore, snapshot
 from ddip.priors.prior import DiffusionPrior
-from ddip.solvers.base import Init, initialise, physics_subset, solve
+from ddip.checkpoint import Checkpointer, resumable_solve
+from ddip.solvers.base import Init, initialise, physics_subset
 
 
 @dataclass
@@ -41,14 +42,15 @@ class AdaptReport:
 def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
          generator: torch.Generator | None = None, adapt_generator: torch.Generator | None = None,
          init: Init = "slerp", max_batch: int = 16, record_trajectory: bool = False, progress: bool = False,
-         method: str = "d3ip") -> tuple[Tensor, AdaptReport]:
+         checkpointer: Checkpointer | None = None, method: str = "d3ip") -> tuple[Tensor, AdaptReport]:
     """D3IP (Alg. 2), or D3IP mbir / the Reptile stage of meta according to ``step`` and ``cfg``."""
     timesteps = prior.schedule.timesteps(step.n_steps).tolist()
+    generator = generator if generator is not None else torch.Generator()
     adapter = VolumeAdapter(prior, step, y, physics, cfg, generator=adapt_generator,
                             record_trajectory=record_trajectory,
                             n_total_adapted=sum(cfg.adapts_at(t) for t in timesteps))
-    x = solve(step, prior, y, physics, generator=generator, init=init, max_batch=max_batch,
-              before_step=adapter, progress=progress)
+    x = resumable_solve(step, prior, y, physics, generator=generator, checkpointer=checkpointer, adapter=adapter,
+                        init=init, max_batch=max_batch, progress=progress)
     report = AdaptReport(method, passes_forward=len(timesteps) * y.shape[0], passes_adapt=adapter.passes,
                          losses=adapter.losses, trajectory=adapter.trajectory)
     return x, report
@@ -62,25 +64,36 @@ def d3ip_mbir(step, prior, y, physics, cfg: AdaptConfig = AdaptConfig(neighbours
 def ddip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(n_slices=1), *,
          generator: torch.Generator | None = None, adapt_generator: torch.Generator | None = None,
          init: Init = "slerp", carry_over: bool = False, start_state: dict | None = None, max_batch: int = 16,
-         record_trajectory: bool = False, method: str = "ddip") -> tuple[Tensor, AdaptReport]:
+         record_trajectory: bool = False, checkpointer: Checkpointer | None = None, method: str = "ddip"
+         ) -> tuple[Tensor, AdaptReport]:
     """DDIP (Alg. 1): every slice adapted on its own, from a fresh LoRA state (or the previous slice's).
 
     The initial state of all slices is drawn once for the volume (so the slerp of Eq. 16 spans the volume).
+    A checkpoint holds the finished slices, the volume's initial state and the current slice's sampling state.
     """
     cfg = dataclasses.replace(cfg, n_slices=1, neighbours=False)
+    generator = generator if generator is not None else torch.Generator()
     fresh = snapshot(prior.net) if start_state is None else start_state
-    x_T = initialise(prior, y, physics, prior.schedule.timesteps(step.n_steps)[0].item(), mode=init,
-                     generator=generator)
+    resume = checkpointer.load() if checkpointer is not None else None
+    if resume is not None:
+        x_T, first = resume["x_T"].to(y.device), int(resume["slice"])
+        slices = list(resume["done"].to(y.device).split(1)) if resume["done"].numel() else []
+    else:
+        x_T = initialise(prior, y, physics, prior.schedule.timesteps(step.n_steps)[0].item(), mode=init,
+                         generator=generator)
+        first, slices = 0, []
     report = AdaptReport(method)
-    slices = []
-    for i in range(y.shape[0]):
+    for i in range(first, y.shape[0]):
         if not carry_over or i == 0:
             restore(prior.net, fresh)
         phys_i = physics_subset(physics, slice(i, i + 1))
         adapter = VolumeAdapter(prior, step, y[i : i + 1], phys_i, cfg, generator=adapt_generator,
                                 record_trajectory=record_trajectory)
-        slices.append(solve(step, prior, y[i : i + 1], phys_i, generator=generator, x_T=x_T[i : i + 1],
-                            max_batch=max_batch, before_step=adapter))
+        inner = None if checkpointer is None else _SliceCheckpointer(
+            checkpointer, {"slice": i, "done": torch.cat(slices) if slices else torch.zeros(0), "x_T": x_T},
+            resume["inner"] if resume is not None and i == first else None)
+        slices.append(resumable_solve(step, prior, y[i : i + 1], phys_i, generator=generator, checkpointer=inner,
+                                      adapter=adapter, x_T=x_T[i : i + 1], max_batch=max_batch))
         report.passes_forward += step.n_steps
         report.passes_adapt += adapter.passes
         report.losses.extend(adapter.losses)
@@ -88,6 +101,22 @@ def ddip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Ada
             report.trajectory[i] = adapter.trajectory
     out = torch.cat(slices)
     return out, report
+
+
+class _SliceCheckpointer:
+    """The checkpointer of one slice's solve inside DDIP: its payload is nested in the volume's checkpoint."""
+
+    def __init__(self, outer: Checkpointer, extra: dict, resume: dict | None):
+        self.outer, self.extra, self.resume, self.every = outer, extra, resume, outer.every
+
+    def due(self, i: int) -> bool:
+        return self.outer.due(i)
+
+    def save(self, payload: dict) -> None:
+        self.outer.save({**self.extra, "inner": payload})
+
+    def load(self) -> dict | None:
+        return self.resume
 
 
 def scd(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(n_slices=1), **kwargs):
@@ -99,20 +128,43 @@ def scd(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Adap
 
 def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
               finetune: AdaptConfig | None = None, generator: torch.Generator | None = None,
-              adapt_generator: torch.Generator | None = None, init: Init = "slerp", max_batch: int = 16
-              ) -> tuple[Tensor, AdaptReport]:
-    """D3IP (meta), App. B: Reptile D3IP (α 1.0 → 0.5) gives θ_vol; then DDIP on every slice started from θ_vol."""
+              adapt_generator: torch.Generator | None = None, init: Init = "slerp", max_batch: int = 16,
+              checkpointer: Checkpointer | None = None) -> tuple[Tensor, AdaptReport]:
+    """D3IP (meta), App. B: Reptile D3IP (α 1.0 → 0.5) gives θ_vol; then DDIP on every slice started from θ_vol.
+
+    Each stage checkpoints beside ``checkpointer`` (``.stage1`` / ``.stage2``); θ_vol is kept once stage 1 ends.
+    """
+    generator = generator if generator is not None else torch.Generator()
     meta_cfg = dataclasses.replace(cfg, reptile=cfg.reptile or (1.0, 0.5))
-    _, stage1 = d3ip(step, prior, y, physics, meta_cfg, generator=generator, adapt_generator=adapt_generator,
-                     init=init, max_batch=max_batch, method="d3ip-meta")
-    theta_vol = snapshot(prior.net)
+    done = checkpointer.sibling("theta_vol").load() if checkpointer is not None else None
+    if done is None:
+        _, stage1 = d3ip(step, prior, y, physics, meta_cfg, generator=generator, adapt_generator=adapt_generator,
+                         init=init, max_batch=max_batch, method="d3ip-meta",
+                         checkpointer=None if checkpointer is None else checkpointer.sibling("stage1"))
+        theta_vol = snapshot(prior.net)
+        if checkpointer is not None:
+            checkpointer.sibling("theta_vol").save({"theta_vol": theta_vol, "generator": generator.get_state(),
+                                                    "adapt_generator": _gen_state(adapt_generator),
+                                                    "passes_forward": stage1.passes_forward,
+                                                    "passes_adapt": stage1.passes_adapt})
+    else:
+        theta_vol = done["theta_vol"]
+        generator.set_state(done["generator"])
+        if adapt_generator is not None and done["adapt_generator"] is not None:
+            adapt_generator.set_state(done["adapt_generator"])
+        stage1 = AdaptReport("d3ip-meta", passes_forward=int(done["passes_forward"]),
+                             passes_adapt=int(done["passes_adapt"]))
     x, stage2 = ddip(step, prior, y, physics, finetune or dataclasses.replace(cfg, n_slices=1), generator=generator,
                      adapt_generator=adapt_generator, init=init, start_state=theta_vol, max_batch=max_batch,
-                     method="d3ip-meta")
+                     method="d3ip-meta", checkpointer=None if checkpointer is None else checkpointer.sibling("stage2"))
     report = AdaptReport("d3ip-meta", passes_forward=stage1.passes_forward + stage2.passes_forward,
                          passes_adapt=stage1.passes_adapt + stage2.passes_adapt,
                          losses=stage1.losses + stage2.losses, theta_vol=theta_vol)
     return x, report
+
+
+def _gen_state(generator: torch.Generator | None):
+    return None if generator is None else generator.get_state()
 
 
 __all__ = ["AdaptReport", "d3ip", "d3ip_meta", "d3ip_mbir", "ddip", "scd"]

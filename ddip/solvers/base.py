@@ -204,6 +204,8 @@ def solve(
     n_steps: int | None = None,
     init: Init = "slerp",
     x_T: Tensor | None = None,
+    start: int = 0,
+    state: dict | None = None,
     max_batch: int = 16,
     before_step: Callable[[int, int, Tensor, dict], None] | None = None,
     callback: Callable[[int, int, StepOutput], None] | None = None,
@@ -217,6 +219,7 @@ def solve(
         init: initialisation of x_T' (Eq. 16): ``"slerp"`` (paper), ``"independent"`` noise per slice (the
             authors' code), or ``"noise"`` (pure noise, no A^†y).
         x_T: a given starting state (network layout) instead of ``init``, e.g. one slice of a volume's init.
+        start, state: resume before step ``start`` from ``x_T`` with the step's carried ``state`` (checkpoints).
         max_batch: network inputs per forward pass, which bounds memory whatever the number of slices.
         before_step: ``before_step(i, t, x_t, state)``, called before each step (the adaptation hook).
         callback: ``callback(i, t, output)`` after each step.
@@ -227,13 +230,19 @@ def solve(
     prior.net.eval()  # sampling is deterministic given the generator: no train-mode code paths
     timesteps = prior.schedule.timesteps(n).tolist()
     complex_image = is_complex_image(physics, y)
+    if start and x_T is None:
+        raise DdipError("resuming at a later step needs the state x_T to resume from")
     x = initialise(prior, y, physics, timesteps[0], mode=init, generator=generator) if x_T is None else x_T
-    state = step.init_state(to_image(x, complex_image)) if hasattr(step, "init_state") else {}
+    if state is None:
+        state = step.init_state(to_image(x, complex_image)) if hasattr(step, "init_state") else {}
     from tqdm import tqdm
 
-    bar = tqdm(total=len(timesteps), disable=not progress, unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=len(timesteps), initial=start, disable=not progress, unit="step", dynamic_ncols=True,
+               leave=False)
     out = None
     for i, t in enumerate(timesteps):
+        if i < start:
+            continue
         s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         if before_step is not None:
             before_step(i, t, x, state)
@@ -247,5 +256,6 @@ def solve(
         bar.update(1)
         bar.set_postfix(t=t, nfe=getattr(step, "nfe_per_step", 1) * (i + 1))
     bar.close()
-    assert out is not None
+    if out is None:  # resumed after the last step: x is already the result
+        return to_image(x, complex_image)
     return to_image(out.x0_hat, complex_image)

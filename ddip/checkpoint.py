@@ -1,0 +1,89 @@
+"""Resumable reconstructions: the whole sampling state, saved atomically every few steps.
+
+A checkpoint holds what the next step needs to continue bit-exactly — the diffusion state ``x``, the step index, the
+solver's carried state (ADMM ``z``/``u``), every RNG state, and for adapted methods the LoRA parameters, the
+optimiser state and the adaptation counters — plus the run's settings, which a resumed run must repeat exactly.
+Files are written with ``torch.save`` and read with ``torch.load(..., weights_only=True)`` (tensors, numbers, strings
+and containers only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ddip.errors import DdipError
+from ddip.io import atomic_path
+
+
+class Checkpointer:
+    """Saves ``payload`` dicts to ``path`` every ``every`` steps and reads them back for ``--resume``."""
+
+    def __init__(self, path: str | os.PathLike, settings: dict, *, every: int = 5):
+        if every < 1:
+            raise DdipError(f"checkpoint interval must be >= 1 step, got {every}")
+        self.path, self.every = Path(path), int(every)
+        self.settings_dict = settings
+        self.settings = json.dumps(settings, sort_keys=True, default=str)
+
+    def sibling(self, suffix: str) -> "Checkpointer":
+        """A checkpointer for one stage of a multi-stage method, beside this one."""
+        return Checkpointer(self.path.with_name(f"{self.path.stem}.{suffix}{self.path.suffix}"), self.settings_dict,
+                            every=self.every)
+
+    def due(self, i: int) -> bool:
+        return (i + 1) % self.every == 0
+
+    def save(self, payload: dict) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save({**payload, "settings": self.settings}, tmp)
+
+    def load(self) -> dict | None:
+        """The saved payload, or None when there is no checkpoint; a mismatched or corrupt one is an error."""
+        if not self.path.exists():
+            return None
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DdipError(f"{self.path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(payload, dict) or "settings" not in payload:
+            raise DdipError(f"{self.path}: not a ddip reconstruction checkpoint")
+        if payload["settings"] != self.settings:
+            mine, theirs = json.loads(self.settings), json.loads(payload["settings"])
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise DdipError(f"{self.path}: the checkpoint was made with other settings (differs in {diff}); "
+                            f"resume with the same command")
+        return payload
+
+    def remove(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+
+
+def resumable_solve(step, prior, y, physics, *, generator: torch.Generator, checkpointer: Checkpointer | None,
+                    adapter=None, **solve_kwargs):
+    """:func:`ddip.solvers.solve` that saves its state every few steps and, if a checkpoint exists, resumes from it.
+
+    The payload: the index of the last finished step, the next state ``x``, the step's carried state, the sampling
+    generator's state and, for adapted methods, the adapter's full state. No checkpoint is written after the last
+    step (the run then finishes and writes its result).
+    """
+    from ddip.solvers import solve
+
+    n_total = int(solve_kwargs.get("n_steps") or step.n_steps)
+    resume = checkpointer.load() if checkpointer is not None else None
+    if resume is not None:
+        generator.set_state(resume["generator"])
+        if adapter is not None:
+            adapter.load_state_dict(resume["adapter"])
+        solve_kwargs.update(x_T=resume["x"].to(y.device), start=int(resume["i"]) + 1, state=resume["state"])
+
+    def save(i: int, t: int, out) -> None:
+        if checkpointer is not None and checkpointer.due(i) and i < n_total - 1:
+            checkpointer.save({"i": i, "x": out.x_next, "state": out.state, "generator": generator.get_state(),
+                               "adapter": None if adapter is None else adapter.state_dict()})
+
+    return solve(step, prior, y, physics, generator=generator, before_step=adapter, callback=save, **solve_kwargs)
