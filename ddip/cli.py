@@ -185,6 +185,19 @@ def _print_metrics(name: str, m: dict) -> None:
           f"{m['wall_time_s']:.1f} s  {m['peak_memory_mb']:.0f} MB")
 
 
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from ddip.benchmark import TABLES, BenchConfig, run_benchmark
+
+    tables = tuple(args.tables.split(",")) if args.tables else TABLES
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        raise DdipError(f"unknown table(s) {unknown}; choose from {', '.join(TABLES)}")
+    cfg = BenchConfig.quick_config(args.prior) if args.quick else BenchConfig(prior=args.prior, size=args.size,
+                                                                              n_slices=args.n_slices)
+    run_benchmark(cfg, tables, args.out)
+    print(f"results in {args.out}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from ddip.priors.train import TrainConfig, train_prior
     from ddip.priors.unet import UNetConfig
@@ -263,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("benchmark", help="reproduce the paper's tables on the development volumes")
+    p.add_argument("--quick", action="store_true", help="4 slices, 10 network evaluations: a smoke test")
+    p.add_argument("--prior", default=DEMO_PRIOR)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--n-slices", type=int, default=16)
+    p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
+    p.set_defaults(func=cmd_benchmark)
 
     u, t = UNetConfig(), TrainConfig(out="")
     p = sub.add_parser("train-prior", help="train a diffusion prior on ELLIPSES phantoms made on the fly",

@@ -1,0 +1,185 @@
+"""``ddip benchmark``: the paper's tables on the development volumes, at our scale.
+
+Tables (each a list of rows in ``benchmarks/results/<table>.json``, a markdown table and, for the cost scaling, a
+PNG plot):
+
+* ``table2``: every method × {SV-CT (60 views and the paper's 60·size/256), 3D MRI, CS-MRI}: PSNR, SSIM, LPIPS, wall
+  time, peak memory (DPS on fewer slices: its 1000 network evaluations per slice are the cost);
+* ``table1``: DDIP with 1 (SCD), 3 and 5 CG steps inside the adaptation loss;
+* ``table3``: D3IP baseline (no horizon, pure-noise init) → + horizon → + init;
+* ``table4``: D3IP with K = 1, 2, 3, 6, 12;
+* ``scaling``: wall time and peak memory of DDIP and D3IP for N = 8, 16, 32, 64 slices, with the network-pass counts
+  T_a·L·K (+ T·N) and N·(T_a·L + T).
+
+``--quick`` runs everything on 4 slices with 10 network evaluations: a smoke test of the pipeline, not results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from ddip.io import write_json
+from ddip.metrics import evaluate_volume
+from ddip.reconstruct import METHODS, ReconstructConfig, reconstruct
+from ddip.tasks import TaskConfig, paper_views, simulate
+
+TABLES = ("table2", "table1", "table3", "table4", "scaling")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    prior: str = "ellipses-64"
+    size: int = 64
+    n_slices: int = 16
+    n_steps: int | None = None
+    dps_slices: int = 2
+    seed: int = 0
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls, prior: str) -> "BenchConfig":
+        return cls(prior=prior, n_slices=4, n_steps=10, dps_slices=1, quick=True)
+
+
+def _volume(task: str, cfg: BenchConfig, n_slices: int):
+    from ddip.data import dev_volume_path, prepare_volume, read_volume
+
+    name, modality = ("chest-ct", "ct") if task == "sv-ct" else ("mni-t1", "mri")
+    prepared = prepare_volume(read_volume(dev_volume_path(name)), modality=modality, size=cfg.size,
+                              n_slices=n_slices)
+    return prepared.slices, prepared.record
+
+
+def _measure(task: str, cfg: BenchConfig, n_slices: int, views: int = 60):
+    volume, record = _volume(task, cfg, n_slices)
+    return simulate(volume, TaskConfig(task=task, size=cfg.size, views=views, seed=cfg.seed), record=record)
+
+
+def _row(m, rcfg: ReconstructConfig, prior, label: dict) -> dict:
+    res = reconstruct(m, rcfg, prior)
+    metrics = evaluate_volume(res.volume, m.ground_truth)
+    row = {**label, "method": rcfg.method, "slices": int(m.y.shape[0]), "psnr": metrics["psnr"],
+           "ssim": metrics["ssim"], "lpips": metrics["lpips"], "psnr_volume": metrics["psnr_volume"],
+           "wall_time_s": res.wall_time_s, "peak_memory_mb": res.peak_memory_mb,
+           "forward_passes": res.report.get("network_forward_passes"),
+           "adapt_passes": res.report.get("network_adapt_passes")}
+    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    return row
+
+
+def table2(cfg: BenchConfig, prior) -> list[dict]:
+    rows = []
+    settings = [("sv-ct", 60), ("sv-ct", paper_views(cfg.size)), ("mri3d", 60), ("csmri", 60)]
+    for task, views in settings:
+        m_full = _measure(task, cfg, cfg.n_slices, views)
+        m_dps = _measure(task, cfg, cfg.dps_slices, views)
+        for method in METHODS:
+            if task == "csmri" and method in ("mbir", "d3ip-mbir"):
+                continue  # the paper runs no MBIR variant on CS-MRI (no 3D coupling in its knee data)
+            m = m_dps if method == "dps" else m_full
+            steps = None if method == "dps" and not cfg.quick else cfg.n_steps
+            rows.append(_row(m, ReconstructConfig(method=method, n_steps=steps, seed=cfg.seed), prior,
+                             {"task": task, "views": views if task == "sv-ct" else None}))
+    return rows
+
+
+def table1(cfg: BenchConfig, prior) -> list[dict]:
+    m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
+    return [_row(m, ReconstructConfig(method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k, seed=cfg.seed), prior,
+                 {"table": "1", "loss_cg_iters": k}) for k in (1, 3, 5)]
+
+
+def table3(cfg: BenchConfig, prior) -> list[dict]:
+    m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
+    variants = [("baseline", None, "noise"), ("+ horizon", (40, 940), "noise"), ("+ init", (40, 940), "slerp")]
+    return [_row(m, ReconstructConfig(method="d3ip", n_steps=cfg.n_steps, horizon=h, init=init, seed=cfg.seed),
+                 prior, {"table": "3", "variant": name}) for name, h, init in variants]
+
+
+def table4(cfg: BenchConfig, prior) -> list[dict]:
+    m = _measure("sv-ct", cfg, max(cfg.n_slices, 12), paper_views(cfg.size))
+    return [_row(m, ReconstructConfig(method="d3ip", n_steps=cfg.n_steps, n_slices=k, seed=cfg.seed), prior,
+                 {"table": "4", "K": k}) for k in (1, 2, 3, 6, 12)]
+
+
+def scaling(cfg: BenchConfig, prior) -> list[dict]:
+    rows = []
+    sizes = (2, 4) if cfg.quick else (8, 16, 32, 64)
+    for n in sizes:
+        m = _measure("sv-ct", cfg, n, paper_views(cfg.size))
+        for method in ("ddip", "d3ip"):
+            row = _row(m, ReconstructConfig(method=method, n_steps=cfg.n_steps, seed=cfg.seed), prior,
+                       {"table": "scaling", "N": n})
+            rows.append(row)
+    return rows
+
+
+def _markdown(name: str, rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    keys = [k for k in rows[0] if k not in ("psnr_volume",)]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))  # noqa: E731
+    lines = [f"### {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _scaling_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ddip.io import atomic_path
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for method in ("ddip", "d3ip"):
+        rs = [r for r in rows if r["method"] == method]
+        ns = [r["N"] for r in rs]
+        a.plot(ns, [r["wall_time_s"] for r in rs], "o-", label=f"{method} wall time")
+        a.plot(ns, [(r["adapt_passes"] * 3 + r["forward_passes"]) * rs[0]["wall_time_s"] /
+                    (rs[0]["adapt_passes"] * 3 + rs[0]["forward_passes"]) for r in rs], "--",
+               label=f"{method} pass count (scaled)")
+        b.plot(ns, [r["peak_memory_mb"] for r in rs], "o-", label=method)
+    a.set_xlabel("slices N"), a.set_ylabel("s"), a.set_xscale("log", base=2), a.set_yscale("log"), a.legend(fontsize=7)
+    b.set_xlabel("slices N"), b.set_ylabel("peak memory (MB)"), b.set_xscale("log", base=2), b.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def run_benchmark(cfg: BenchConfig, tables: tuple[str, ...] = TABLES, out: str | os.PathLike = "benchmarks/results"
+                  ) -> dict:
+    from ddip.priors import load_prior
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prior = load_prior(cfg.prior)
+    header = {"command": "ddip benchmark" + (" --quick" if cfg.quick else "") + f" --prior {cfg.prior}",
+              "date": date.today().isoformat(), "config": dataclasses.asdict(cfg),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+    results = {}
+    fns = {"table2": table2, "table1": table1, "table3": table3, "table4": table4, "scaling": scaling}
+    for name in tables:
+        t0 = time.perf_counter()
+        rows = fns[name](cfg, prior)
+        results[name] = rows
+        suffix = "-quick" if cfg.quick else ""
+        write_json(out / f"{name}{suffix}.json", {**header, "elapsed_s": time.perf_counter() - t0, "rows": rows})
+        if name == "scaling":
+            _scaling_plot(rows, out / f"scaling{suffix}.png")
+    md = [f"# ddip benchmark ({header['date']})", "", f"Command: `{header['command']}`", "",
+          f"Machine: {header['machine']}", ""] + [_markdown(k, v) for k, v in results.items()]
+    (out / f"results{'-quick' if cfg.quick else ''}.md").write_text("\n".join(md))
+    return results
