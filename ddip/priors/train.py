@@ -43,6 +43,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     snapshot_every: int = 25_000
     log_every: int = 20
+    init_weights: str | None = None  # warm start (network and EMA) from a safetensors file of the same network
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
@@ -61,7 +62,8 @@ class TrainConfig:
 
 
 # Settings that may change between a run and its resumption without changing what is trained.
-_OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapshot_every", "log_every")
+_OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapshot_every", "log_every",
+                "init_weights")
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -106,6 +108,14 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         data_rng.set_state(state["data_rng"])
         noise_rng.set_state(state["noise_rng"])
         step, images = int(state["step"]), int(state["images"])
+    elif cfg.init_weights is not None:
+        from safetensors.torch import load_file
+
+        try:
+            net.load_state_dict(load_file(cfg.init_weights))
+        except Exception as exc:
+            raise DdipError(f"{cfg.init_weights}: cannot warm-start this network from it ({exc})") from exc
+        ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     write_json(cfg_path, cfg.to_dict())
 
     def checkpoint() -> None:

@@ -68,3 +68,18 @@ def test_unet_is_configured_adm_style():
     assert net(torch.zeros(2, 1, 32, 32), torch.tensor([0, 999])).sample.shape == (2, 1, 32, 32)
     with pytest.raises(DdipError, match="multiple of 32"):
         UNetConfig(model_channels=48)
+
+
+def test_warm_start_from_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    common = dict(unet=TINY, batch_size=2, snapshot_every=0)
+    train_prior(TrainConfig(out=str(tmp_path / "a"), max_images=4, **common), progress=False)
+    weights = str(tmp_path / "a" / "ema.safetensors")
+    train_prior(TrainConfig(out=str(tmp_path / "b"), max_images=2, lr=1e-12, init_weights=weights, **common),
+                progress=False)
+    a, b = load_file(weights), load_file(str(tmp_path / "b" / "ema.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(DdipError, match="cannot warm-start"):
+        train_prior(TrainConfig(out=str(tmp_path / "c"), max_images=2, init_weights=str(tmp_path / "a" / "config.json"),
+                                **common), progress=False)
