@@ -33,6 +33,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; a missing or unreadable file is a DdipError."""
+    from safetensors import safe_open
+
+    from ddip.errors import DdipError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DdipError(f"{p}: no such {what} file")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+    except Exception as exc:
+        raise DdipError(f"{p}: not a readable safetensors {what} file ({type(exc).__name__}: {exc})") from exc
+
+
 def write_json(path: str | os.PathLike, obj: object) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")

@@ -143,17 +143,10 @@ def save_measurement(path: str | os.PathLike, m: Measurement) -> None:
 
 def load_measurement(path: str | os.PathLike) -> Measurement:
     """Read a file written by :func:`save_measurement`, checking it is complete and consistent."""
-    from safetensors import safe_open
+    from ddip.io import read_safetensors
 
     p = Path(path)
-    if not p.is_file():
-        raise DdipError(f"{p}: no such measurement file")
-    try:
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:
-        raise DdipError(f"{p}: not a readable safetensors measurement file ({type(exc).__name__}: {exc})") from exc
+    tensors, meta = read_safetensors(p, "measurement")
     if meta.get("format") != "ddip-measurement":
         raise DdipError(f"{p}: not a ddip measurement file (no 'format: ddip-measurement' metadata)")
     try:

@@ -33,3 +33,14 @@ def tiny_prior(tmp_path_factory):
                       batch_size=2, max_images=4, snapshot_every=0)
     train_prior(cfg, progress=False)
     return str(out / "ema.safetensors")
+
+
+@pytest.fixture(scope="session")
+def ct_measurement(tmp_path_factory):
+    """A 3-slice, 15-view sparse-view CT measurement file of the bundled chest CT."""
+    from ddip.cli import main
+
+    path = tmp_path_factory.mktemp("meas") / "ct.safetensors"
+    assert main(["simulate", "--task", "sv-ct", "--volume", "fixture:chest-ct", "--n-slices", "3", "--views", "15",
+                 "--out", str(path)]) == 0
+    return path

@@ -10,18 +10,12 @@ from ddip.cli import main
 METRIC_KEYS = {"psnr", "ssim", "lpips", "psnr_volume", "wall_time_s", "peak_memory_mb", "method", "per_slice"}
 
 
-@pytest.fixture(scope="module")
-def measurement(tmp_path_factory):
-    path = tmp_path_factory.mktemp("meas") / "ct.safetensors"
-    assert main(["simulate", "--task", "sv-ct", "--volume", "fixture:chest-ct", "--n-slices", "3", "--views", "15",
-                 "--out", str(path)]) == 0
-    return path
 
 
 @pytest.mark.parametrize("method", ["admm-tv", "dds", "d3ip"])
-def test_reconstruct_writes_volume_views_config_and_metrics(method, measurement, tiny_prior, tmp_path):
+def test_reconstruct_writes_volume_views_config_and_metrics(method, ct_measurement, tiny_prior, tmp_path):
     out = tmp_path / method
-    args = ["reconstruct", str(measurement), "--method", method, "--prior", tiny_prior, "--out", str(out),
+    args = ["reconstruct", str(ct_measurement), "--method", method, "--prior", tiny_prior, "--out", str(out),
             "--steps", "4", "--quiet"]
     assert main(args + (["--iters", "1", "--k", "2"] if method == "d3ip" else [])) == 0
     assert {"reconstruction.nii.gz", "views.png", "config.json", "metrics.json"} <= {p.name for p in out.iterdir()}
@@ -85,14 +79,14 @@ def test_bad_input_gives_one_clear_error(args, message, tmp_path, capsys):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-def test_existing_output_is_refused_without_overwrite(measurement, tmp_path, capsys):
+def test_existing_output_is_refused_without_overwrite(ct_measurement, tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
-    assert main(["reconstruct", str(measurement), "--method", "admm-tv", "--out", str(tmp_path)]) == 2
+    assert main(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--out", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
-def test_unknown_method_lists_the_valid_ones(measurement, capsys):
+def test_unknown_method_lists_the_valid_ones(ct_measurement, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["reconstruct", str(measurement), "--method", "magic", "--out", "x"])
+        main(["reconstruct", str(ct_measurement), "--method", "magic", "--out", "x"])
     assert info.value.code == 2 and "d3ip-meta" in capsys.readouterr().err

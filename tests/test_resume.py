@@ -37,18 +37,12 @@ def _progress(path):
     return int(payload["i"])
 
 
-@pytest.fixture(scope="module")
-def measurement(tmp_path_factory):
-    path = tmp_path_factory.mktemp("meas") / "ct.safetensors"
-    assert main(["simulate", "--task", "sv-ct", "--volume", "fixture:chest-ct", "--n-slices", "3", "--views", "15",
-                 "--out", str(path)]) == 0
-    return path
 
 
 @pytest.mark.parametrize("method,extra", [("d3ip", ["--k", "2", "--iters", "2"]), ("ddip", ["--iters", "1"]),
                                           ("mbir", [])])
-def test_sigkill_then_resume_gives_the_same_volume(method, extra, measurement, tiny_prior, tmp_path):
-    common = ["reconstruct", str(measurement), "--method", method, "--prior", tiny_prior, "--steps", STEPS,
+def test_sigkill_then_resume_gives_the_same_volume(method, extra, ct_measurement, tiny_prior, tmp_path):
+    common = ["reconstruct", str(ct_measurement), "--method", method, "--prior", tiny_prior, "--steps", STEPS,
               "--quiet", "--checkpoint-every", "1", *extra]
     straight = tmp_path / "straight"
     assert _run([*common, "--out", str(straight)]).wait(timeout=300) == 0
@@ -73,21 +67,21 @@ def test_sigkill_then_resume_gives_the_same_volume(method, extra, measurement, t
     assert not ckpt.exists()  # cleaned up after success
 
 
-def test_resume_with_other_settings_is_refused(measurement, tiny_prior, tmp_path, capsys):
+def test_resume_with_other_settings_is_refused(ct_measurement, tiny_prior, tmp_path, capsys):
     from ddip.checkpoint import Checkpointer
 
     out = tmp_path / "o"
     out.mkdir()
     Checkpointer(out / "checkpoint.pt", {"method": "dds", "seed": 99}).save({"i": 0})
-    assert main(["reconstruct", str(measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "4",
+    assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "4",
                  "--out", str(out), "--resume", "--quiet"]) == 2
     assert "other settings" in capsys.readouterr().err
 
 
-def test_truncated_checkpoint_is_reported(measurement, tiny_prior, tmp_path, capsys):
+def test_truncated_checkpoint_is_reported(ct_measurement, tiny_prior, tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
-    assert main(["reconstruct", str(measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "4",
+    assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "4",
                  "--out", str(out), "--resume", "--quiet"]) == 2
     assert "corrupt or truncated checkpoint" in capsys.readouterr().err

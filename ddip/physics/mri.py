@@ -245,16 +245,3 @@ def simulate_multicoil(
     kspace = fft2c(maps.unsqueeze(0) * image)
     return MultiCoilSimulation(image.to(torch.complex64), maps.to(torch.complex64), kspace.to(torch.complex64))
 
-
-__all__ = [
-    "MultiCoilMRI",
-    "MultiCoilSimulation",
-    "SingleCoilMRI",
-    "estimate_coil_maps",
-    "fft2c",
-    "ifft2c",
-    "mri_multi_coil",
-    "mri_single_coil",
-    "n_acs_lines",
-    "simulate_multicoil",
-]

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ddip.errors import DdipError
+from ddip.io import read_safetensors
 from ddip.priors.prior import DiffusionPrior
 from ddip.priors.unet import UNetConfig, build_unet
 
@@ -38,8 +39,6 @@ def _unet_config(path: Path, metadata: dict) -> UNetConfig:
 
 def load_prior(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> DiffusionPrior:
     """A ready :class:`DiffusionPrior`: a shipped name (``ellipses-64``) or a ``.safetensors`` path."""
-    from safetensors import safe_open
-
     name = str(name_or_path)
     path = WEIGHTS / f"{name}.safetensors" if name in shipped_priors() else Path(name)
     if not path.is_file():
@@ -48,12 +47,7 @@ def load_prior(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     if path.suffix != ".safetensors":
         raise DdipError(f"{path}: priors are read from safetensors files; for guided-diffusion .pt checkpoints use "
                         f"ddip.priors.load_adm_checkpoint(path, config)")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:
-        raise DdipError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    state, metadata = read_safetensors(path, "prior")
     cfg = _unet_config(path, metadata)
     net = build_unet(cfg)
     own = net.state_dict()

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from ddip.errors import DdipError
+from ddip.priors import load_prior
+from ddip.priors.gate import least_squares_psnr, quality_gate, sample_grid
+
+
+def test_load_prior_from_a_training_run(tiny_prior):
+    prior = load_prior(tiny_prior)
+    assert prior.net.config.sample_size == 64 and not prior.net.training
+    x = torch.rand(2, 1, 64, 64)
+    assert prior.x0(x, 500).shape == x.shape
+
+
+def test_load_prior_errors_name_the_problem(tmp_path, tiny_prior):
+    with pytest.raises(DdipError, match="not a shipped prior"):
+        load_prior(tmp_path / "nothing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 20)
+    with pytest.raises(DdipError, match="not a readable safetensors prior file"):
+        load_prior(bad)
+    pt = tmp_path / "adm.pt"
+    pt.write_bytes(b"x")
+    with pytest.raises(DdipError, match="load_adm_checkpoint"):
+        load_prior(pt)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tiny_prior)
+    state.pop(next(iter(state)))
+    cut = tmp_path / "cut.safetensors"
+    import json
+
+    save_file(state, str(cut), metadata={"unet": json.dumps({"image_size": 64, "model_channels": 32,
+                                                            "channel_mult": [1, 1], "attention_resolutions": []})})
+    with pytest.raises(DdipError, match="missing"):
+        load_prior(cut)
+
+
+def test_gate_reports_dds_against_the_best_least_squares(tiny_prior, tmp_path):
+    report = quality_gate(load_prior(tiny_prior), n_images=1, n_steps=2)
+    assert report["least_squares_psnr"] == max(report["least_squares_by_iters"].values())
+    assert report["passed"] == (report["margin_db"] >= 3.0) and report["n_views"] == 15
+    samples = sample_grid(load_prior(tiny_prior), tmp_path / "grid.png", n=2, n_steps=2)
+    assert samples.shape == (2, 1, 64, 64) and (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_least_squares_improves_then_reports_each_iteration_count():
+    from ddip.data import random_ellipses
+    from ddip.physics import sparse_view_ct
+
+    g = torch.Generator().manual_seed(0)
+    x = random_ellipses(2, 32, generator=g)
+    op = sparse_view_ct(32, 15)
+    out = least_squares_psnr(op, op.A(x), x, iters=(2, 20))
+    assert set(out) == {2, 20} and out[20] > out[2]
