@@ -46,10 +46,12 @@ def _load_config_file(path: str | None) -> dict:
     return cfg
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output folder unless told; the folder itself is created only when results are written."""
+    if out.exists() and not out.is_dir():
+        raise DdipError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise DdipError(f"{out}: output exists and is not empty (pass --overwrite to replace its files)")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _volume(spec: str, modality: str, size: int, slab: tuple[int, int] | None, n_slices: int | None):
@@ -124,7 +126,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
                             init=args.init, noise_mix=args.noise_mix, n_slices=args.k, n_iters=args.iters,
                             lr=args.lr)
     out = Path(args.out)
-    _prepare_out(out, args.overwrite or args.resume)
+    _check_out(out, args.overwrite or args.resume)
     prior = None if args.method == "admm-tv" else load_prior(args.prior)
     config = {"command": "reconstruct", "measurement": str(args.measurement), "prior": args.prior,
               "device": args.device, **asdict(cfg), "task": asdict(m.config), "volume_record": m.record}
@@ -154,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from ddip.tasks import TaskConfig, paper_views, simulate
 
     out = Path(args.out)
-    _prepare_out(out, args.overwrite)
+    _check_out(out, args.overwrite)
     volume, record = _volume("fixture:chest-ct", "ct", 64, None, args.n_slices)
     views = args.views or paper_views(64)
     m = simulate(volume, TaskConfig(task="sv-ct", size=64, views=views, noise=0.01, seed=args.seed), record=record)

@@ -90,3 +90,18 @@ def test_unknown_method_lists_the_valid_ones(ct_measurement, capsys):
     with pytest.raises(SystemExit) as info:
         main(["reconstruct", str(ct_measurement), "--method", "magic", "--out", "x"])
     assert info.value.code == 2 and "d3ip-meta" in capsys.readouterr().err
+
+
+def test_prior_size_mismatch_is_refused_and_nothing_is_written(tiny_prior, tmp_path, capsys):
+    import hashlib
+
+    meas = tmp_path / "ct32.safetensors"
+    assert main(["simulate", "--task", "sv-ct", "--volume", "chest-ct", "--n-slices", "2", "--size", "32",
+                 "--out", str(meas)]) == 0
+    digest = hashlib.sha256(meas.read_bytes()).hexdigest()
+    out = tmp_path / "never"
+    assert main(["reconstruct", str(meas), "--method", "dds", "--prior", tiny_prior, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "image size is 64 but the data are 32 px" in err and "--size 64" in err
+    assert not out.exists()  # nothing written
+    assert hashlib.sha256(meas.read_bytes()).hexdigest() == digest  # input untouched
