@@ -206,13 +206,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    channels = 2 if args.data == "ellipses-complex" else 1
     unet = UNetConfig(image_size=args.size, model_channels=args.channels, channel_mult=args.mult,
                       num_res_blocks=args.res_blocks, attention_resolutions=args.attn,
-                      num_head_channels=args.head_channels)
+                      num_head_channels=args.head_channels, in_channels=channels, out_channels=channels)
     cfg = TrainConfig(out=args.out, unet=unet, batch_size=args.batch, lr=args.lr, ema_decay=args.ema,
                       max_images=args.max_images, max_hours=args.max_hours, bf16=args.bf16, seed=args.seed,
                       checkpoint_minutes=args.checkpoint_minutes, snapshot_every=args.snapshot_every,
-                      init_weights=args.init_weights)
+                      init_weights=args.init_weights, data=args.data)
     summary = train_prior(cfg)
     print(f"trained to {summary['images']} images ({summary['step']} steps); weights in {summary['out']}")
 
@@ -311,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-every", type=int, default=t.snapshot_every, help="EMA snapshot every N images")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--init-weights", help="warm start a new run from these weights (e.g. a shipped prior)")
+    p.add_argument("--data", default="ellipses", choices=("ellipses", "ellipses-complex"),
+                   help="ellipses-complex: smooth random phase, 2 channels (the CS-MRI prior)")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_train)
     return parser

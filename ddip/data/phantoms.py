@@ -102,3 +102,31 @@ def random_ellipses(
         raise DdipError(f"random_ellipses: need n_images >= 1 and img_size >= 2, got {n_images}, {img_size}")
     params = random_ellipse_parameters(n_images, max_ellipses=max_ellipses, diameter=diameter, generator=generator)
     return normalise_phantom(ellipse_phantom(params, img_size)).to(dtype)
+
+
+def polynomial_basis(height: int, width: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """The 6 quadratic monomials ``1, x, y, xy, x², y²`` on [-1, 1]², shape ``(6, H, W)`` (smooth phase maps)."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, height, dtype=dtype), torch.linspace(-1, 1, width, dtype=dtype),
+                            indexing="ij")
+    return torch.stack([torch.ones_like(xx), xx, yy, xx * yy, xx**2, yy**2])
+
+
+def smooth_phase(n_images: int, img_size: int, *, generator: torch.Generator | None = None,
+                 max_phase: float = math.pi) -> Tensor:
+    """Random smooth phase maps ``(n, 1, H, W)``: a random quadratic polynomial scaled to a peak of U(0, max_phase)."""
+    basis = polynomial_basis(img_size, img_size)
+    coef = torch.randn(n_images, basis.shape[0], dtype=torch.float64, generator=generator)
+    poly = torch.einsum("nk,khw->nhw", coef, basis)
+    peak = torch.rand(n_images, 1, 1, dtype=torch.float64, generator=generator) * max_phase
+    return (peak * poly / poly.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)).unsqueeze(1)
+
+
+def random_complex_ellipses(n_images: int, img_size: int, *, generator: torch.Generator | None = None,
+                            max_phase: float = math.pi, dtype: torch.dtype = torch.float32) -> Tensor:
+    """ELLIPSES magnitudes with a smooth random phase, as two channels (real, imaginary): ``(n, 2, H, W)``.
+
+    The training data of the complex prior (the analogue of the paper's complex fastMRI prior for CS-MRI).
+    """
+    mag = random_ellipses(n_images, img_size, generator=generator, dtype=torch.float64)
+    phase = smooth_phase(n_images, img_size, generator=generator, max_phase=max_phase)
+    return torch.cat([mag * phase.cos(), mag * phase.sin()], dim=1).to(dtype)

@@ -230,12 +230,12 @@ def simulate_multicoil(
 
     if volume.ndim != 4 or volume.shape[1] != 1 or volume.is_complex():
         raise DdipError(f"simulate_multicoil: expected a real volume (D, 1, H, W), got {tuple(volume.shape)}")
+    from ddip.data.phantoms import polynomial_basis
+
     d, _, h, w = volume.shape
     generator = torch.Generator().manual_seed(int(seed))
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h, dtype=torch.float64),
-                            torch.linspace(-1, 1, w, dtype=torch.float64), indexing="ij")
     zz = torch.linspace(-1, 1, d, dtype=torch.float64).view(d, 1, 1)
-    basis = torch.stack([torch.ones_like(xx), xx, yy, xx * yy, xx**2, yy**2])
+    basis = polynomial_basis(h, w)
     coef = torch.randn(2, basis.shape[0], dtype=torch.float64, generator=generator)
     plane = torch.einsum("k,khw->hw", coef[0], basis) + zz * torch.einsum("k,khw->hw", coef[1], basis) * 0.3
     phase = phase_strength * plane / plane.abs().max().clamp(min=1e-12)

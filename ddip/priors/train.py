@@ -17,10 +17,11 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from ddip.data.phantoms import random_ellipses
+from ddip.data.phantoms import random_complex_ellipses, random_ellipses
 from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
 from ddip.priors.prior import DiffusionPrior
@@ -44,10 +45,16 @@ class TrainConfig:
     snapshot_every: int = 25_000
     log_every: int = 20
     init_weights: str | None = None  # warm start (network and EMA) from a safetensors file of the same network
+    data: Literal["ellipses", "ellipses-complex"] = "ellipses"  # complex: magnitude x smooth phase, 2 channels
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
             raise DdipError("train-prior: need batch_size >= 1, lr > 0, 0 <= ema_decay < 1 and max_images >= 1")
+        channels = 2 if self.data == "ellipses-complex" else 1
+        if self.data not in ("ellipses", "ellipses-complex"):
+            raise DdipError(f"train-prior: unknown data {self.data!r}; choose ellipses or ellipses-complex")
+        if (self.unet.in_channels, self.unet.out_channels) != (channels, channels):
+            raise DdipError(f"train-prior: {self.data} needs a network with {channels} input and output channels")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -97,7 +104,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     if ckpt_path.exists():
         saved_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
         mine = {k: v for k, v in cfg.to_dict().items() if k not in _OPERATIONAL}
-        theirs = {k: v for k, v in (saved_cfg or {}).items() if k not in _OPERATIONAL}
+        defaults = TrainConfig(out=cfg.out, unet=cfg.unet).to_dict()  # settings added since the run was started
+        theirs = {k: v for k, v in {**defaults, **(saved_cfg or {})}.items() if k not in _OPERATIONAL}
         if saved_cfg is not None and theirs != mine:
             raise DdipError(f"{cfg_path}: the run was started with other settings; resume with the same ones "
                             f"(differs in {sorted(k for k in mine if mine.get(k) != theirs.get(k))})")
@@ -133,7 +141,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress, dynamic_ncols=True)
     net.train()
     while images < cfg.max_images and (time.time() - t_start) / 3600 < cfg.max_hours:
-        x0 = random_ellipses(cfg.batch_size, cfg.unet.image_size, generator=data_rng)
+        make = random_complex_ellipses if cfg.data == "ellipses-complex" else random_ellipses
+        x0 = make(cfg.batch_size, cfg.unet.image_size, generator=data_rng)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = prior.loss(x0, generator=noise_rng).mean()
         opt.zero_grad(set_to_none=True)

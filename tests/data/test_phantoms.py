@@ -54,3 +54,17 @@ def test_normalisation_maps_foreground_to_unit_range():
     out = normalise_phantom(img)
     assert out[0, 0, 0, 0] == 0 and out[0, 0, 2, 2] == 1 and abs(float(out[0, 0, 1, 1]) - 0.5) < 1e-12
     assert torch.equal(normalise_phantom(torch.zeros(1, 1, 3, 3)), torch.zeros(1, 1, 3, 3))
+
+
+def test_complex_phantoms_have_ellipse_magnitudes_and_smooth_phase():
+    from ddip.data.phantoms import random_complex_ellipses
+
+    x = random_complex_ellipses(4, 32, generator=torch.Generator().manual_seed(3))
+    assert x.shape == (4, 2, 32, 32)
+    assert torch.equal(x, random_complex_ellipses(4, 32, generator=torch.Generator().manual_seed(3)))
+    mag = x.norm(dim=1)
+    assert float(mag.max()) <= 1.0 + 1e-6 and float((mag > 0).float().mean()) > 0.2
+    z = torch.complex(x[:, 0], x[:, 1])
+    both = (mag[:, :-1] > 0.05) & (mag[:, 1:] > 0.05)
+    jump = (z[:, 1:] * z[:, :-1].conj()).angle().abs()[both]  # phase change between vertical neighbours
+    assert float(jump.median()) < 0.3 and float(z.angle()[mag > 0.05].std()) > 0.05

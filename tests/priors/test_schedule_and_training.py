@@ -83,3 +83,16 @@ def test_warm_start_from_weights(tmp_path):
     with pytest.raises(DdipError, match="cannot warm-start"):
         train_prior(TrainConfig(out=str(tmp_path / "c"), max_images=2, init_weights=str(tmp_path / "a" / "config.json"),
                                 **common), progress=False)
+
+
+def test_complex_prior_trains_on_two_channels(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path), unet=UNetConfig(image_size=16, in_channels=2, out_channels=2,
+                                                          channel_mult=(1, 1), attention_resolutions=()),
+                      data="ellipses-complex", batch_size=2, max_images=4, snapshot_every=0)
+    train_prior(cfg, progress=False)
+    from ddip.priors import load_prior
+
+    prior = load_prior(tmp_path / "ema.safetensors")
+    assert prior.eps(torch.zeros(1, 2, 16, 16), 10).shape == (1, 2, 16, 16)
+    with pytest.raises(DdipError, match="2 input and output channels"):
+        TrainConfig(out=str(tmp_path), unet=TINY, data="ellipses-complex")
