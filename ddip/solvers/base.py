@@ -254,7 +254,7 @@ def solve(
         if callback is not None:
             callback(i, t, out)
         bar.update(1)
-        bar.set_postfix(t=t, nfe=getattr(step, "nfe_per_step", 1) * (i + 1))
+        bar.set_postfix(t=t, nfe=i + 1)
     bar.close()
     if out is None:  # resumed after the last step: x is already the result
         return to_image(x, complex_image)
