@@ -70,7 +70,8 @@ def _row(m, rcfg: ReconstructConfig, prior, label: dict) -> dict:
            "ssim": metrics["ssim"], "lpips": metrics["lpips"], "psnr_volume": metrics["psnr_volume"],
            "wall_time_s": res.wall_time_s, "peak_memory_mb": res.peak_memory_mb,
            "forward_passes": res.report.get("network_forward_passes"),
-           "adapt_passes": res.report.get("network_adapt_passes")}
+           "adapt_passes": res.report.get("network_adapt_passes"),
+           "time_breakdown_s": res.report.get("time_breakdown_s")}
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return row
 
@@ -125,7 +126,7 @@ def scaling(cfg: BenchConfig, prior) -> list[dict]:
 def _markdown(name: str, rows: list[dict]) -> str:
     if not rows:
         return ""
-    keys = [k for k in rows[0] if k not in ("psnr_volume",)]
+    keys = [k for k in rows[0] if k not in ("psnr_volume", "time_breakdown_s")]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))  # noqa: E731
     lines = [f"### {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]

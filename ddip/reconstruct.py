@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ddip.errors import DdipError
 from ddip.tasks import Measurement, mbir_parameters
+from ddip.timing import Timings
 
 METHODS = ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
@@ -143,7 +144,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
                             f"(simulate with --size {size})")
         prior = prior.to(device)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    with _PeakMemory(device) as mem:
+    with _PeakMemory(device) as mem, Timings() as timings:
         t0 = time.perf_counter()
         if cfg.method == "admm-tv":
             x = admm_tv_reconstruct(y, physics, **ADMM_TV[m.config.task])
@@ -175,4 +176,5 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
         wall = time.perf_counter() - t0
     if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
         raise DdipError(f"{cfg.method} produced NaN or Inf values")
+    report["time_breakdown_s"] = timings.as_dict(total=wall)
     return Result(x.detach().cpu(), wall, mem.mb, report)

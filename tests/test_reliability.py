@@ -24,15 +24,15 @@ def test_non_finite_adaptation_loss_rolls_back_and_halves_the_learning_rate(monk
     inject_lora(prior.net, generator=torch.Generator().manual_seed(0))
     op = sparse_view_ct(16, 4)
     y = op.A(torch.rand(2, 1, 16, 16))
-    real_loss = adapter_module.adaptation_loss
+    real_fit = adapter_module.data_fit
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        loss = real_loss(*args, **kwargs)
+        loss = real_fit(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 1 else loss
 
-    monkeypatch.setattr(adapter_module, "adaptation_loss", flaky)
+    monkeypatch.setattr(adapter_module, "data_fit", flaky)
     adapter = VolumeAdapter(prior, DDS(), y, op, AdaptConfig(n_iters=3, n_slices=2, lr=1e-3, horizon=None))
     before = snapshot(prior.net)
     adapter(0, 500, torch.randn(2, 1, 16, 16), {})

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ddip.errors import DdipError
 from ddip.priors.prior import DiffusionPrior
+from ddip.timing import section
 
 NoiseMix = Literal["paper", "code", "ddim"]
 Init = Literal["slerp", "independent", "noise"]
@@ -87,7 +88,8 @@ def predict_eps(prior: DiffusionPrior, x_t: Tensor, t: int, *, max_batch: int = 
     flat = x_t.reshape(d * c, 1, h, w) if c != c_net else x_t
     if c != c_net and c_net != 1:
         raise DdipError(f"prior has {c_net} input channels but the data needs {c}")
-    outs = [prior.eps(flat[i : i + max_batch], t) for i in range(0, flat.shape[0], max_batch)]
+    with section("network_forward"):
+        outs = [prior.eps(flat[i : i + max_batch], t) for i in range(0, flat.shape[0], max_batch)]
     return torch.cat(outs).reshape(d, c, h, w)
 
 
@@ -187,7 +189,8 @@ class DataConsistencyStep:
         with torch.no_grad():
             eps = predict_eps(prior, x_t, t, max_batch=max_batch)
             x0 = tweedie(prior, x_t, t, eps)
-            x0_dc, state = self.data_consistency(to_image(x0, complex_image), y, physics, state)
+            with section("data_consistency"):
+                x0_dc, state = self.data_consistency(to_image(x0, complex_image), y, physics, state)
             x0_dc = to_state(x0_dc)
             x_next = ddim_update(prior, x0_dc, eps, t, s, eta=self.eta, noise_mix=self.noise_mix,
                                  generator=generator)

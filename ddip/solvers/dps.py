@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ddip.priors.prior import DiffusionPrior
+from ddip.timing import section
 from ddip.solvers.base import (
     NoiseMix,
     StepOutput,
@@ -45,7 +46,8 @@ class DPS:
                 x0 = tweedie(prior, xt, t, eps)
                 residual = y[idx] - physics_subset(physics, idx).A(to_image(x0, complex_image))
                 norm = residual.abs().pow(2).flatten(1).sum(1).sqrt().sum()  # Σ over slices of ‖y_i − A x̂₀_i‖
-                (grad,) = torch.autograd.grad(norm, xt)
+                with section("network_backward"):  # (includes the operator's adjoint, negligible beside it)
+                    (grad,) = torch.autograd.grad(norm, xt)
             x_s = ddim_update(prior, x0.detach(), eps.detach(), t, s, eta=self.eta, noise_mix=self.noise_mix,
                               generator=generator)
             nexts.append(x_s - self.rho * grad)

@@ -168,3 +168,31 @@ def test_d3ip_costs_one_lora_state_and_ddip_one_per_slice(problem):
     assert r3.passes_adapt == 4 * 2 * 3  # T_a · L · K
     assert r1.passes_adapt == n * 4 * 2  # N · T_a · L
     assert r3.passes_forward == r1.passes_forward == 4 * n  # T · N
+
+
+def test_split_backward_gives_the_gradient_of_the_adaptation_loss(problem):
+    from ddip.adapt.adapter import adaptation_backward
+
+    x, op, y = problem
+    prior = _prior()
+    x_t = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    params = list(trainable_parameters(prior.net).values())
+    adaptation_loss(prior, DDS(), x_t, 300, y, op).backward()
+    whole = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    adaptation_backward(prior, DDS(), x_t, 300, y, op, weight=1.0)
+    assert all(torch.allclose(a, p.grad, rtol=1e-5, atol=1e-7) for a, p in zip(whole, params))
+
+
+def test_reconstruct_reports_where_the_time_goes(ct_measurement, tiny_prior):
+    from ddip.priors import load_prior
+    from ddip.reconstruct import ReconstructConfig, reconstruct
+    from ddip.tasks import load_measurement
+
+    res = reconstruct(load_measurement(ct_measurement), ReconstructConfig(method="d3ip", n_steps=4, n_iters=1,
+                                                                          n_slices=2), load_prior(tiny_prior))
+    parts = res.report["time_breakdown_s"]
+    assert {"network_forward", "network_backward", "data_consistency", "data_consistency_backward",
+            "other"} <= set(parts)
+    assert sum(parts.values()) == pytest.approx(res.wall_time_s, rel=1e-6)
