@@ -11,6 +11,7 @@ from ddip.priors.prior import DiffusionPrior
 from ddip.timing import section
 from ddip.solvers.base import (
     NoiseMix,
+    normal_op,
     StepOutput,
     ddim_update,
     is_complex_image,
@@ -27,16 +28,25 @@ class DPS:
 
     Defaults: ρ = 0.5 and 1000 ancestral DDPM steps (true DDIM with η = 1). The gradient runs through the network,
     so slices are processed ``max_batch`` at a time to bound memory.
+
+    ``scale_by_norm`` (default) divides the step by the operator norm ‖A‖ (power iteration, once per operator), so
+    that ρ means the same for every operator: the gradient of ‖y − A x̂₀‖ grows with ‖A‖, which is 1 for the
+    orthonormal MRI operators (unchanged) but ≈ 30 for 15-view CT at 64 px, where ρ = 0.5 unscaled diverged (15 dB on
+    a chest CT slice against 27 dB for DDS, 2026-11-25).
     """
 
     rho: float = 0.5
     eta: float = 1.0
     noise_mix: NoiseMix = "ddim"
     n_steps: int = 1000
+    scale_by_norm: bool = True
 
     def __call__(self, x_t: Tensor, t: int, s: int, *, prior: DiffusionPrior, y: Tensor, physics, state: dict,
                  generator: torch.Generator | None, max_batch: int = 16) -> StepOutput:
         complex_image = x_t.shape[1] == 2 and is_complex_image(physics, y)
+        if self.scale_by_norm and "op_norm" not in state:
+            state = {**state, "op_norm": _operator_norm(physics, to_image(x_t[:1], complex_image))}
+        step_size = self.rho / state["op_norm"] if self.scale_by_norm else self.rho
         nexts, x0s = [], []
         for start in range(0, x_t.shape[0], max_batch):
             idx = slice(start, start + max_batch)
@@ -50,6 +60,21 @@ class DPS:
                     (grad,) = torch.autograd.grad(norm, xt)
             x_s = ddim_update(prior, x0.detach(), eps.detach(), t, s, eta=self.eta, noise_mix=self.noise_mix,
                               generator=generator)
-            nexts.append(x_s - self.rho * grad)
+            nexts.append(x_s - step_size * grad)
             x0s.append(x0.detach())
         return StepOutput(torch.cat(nexts), torch.cat(x0s), state)
+
+
+def _operator_norm(physics, like: Tensor, n_iter: int = 20) -> float:
+    """‖A‖ by power iteration on A^H A from a fixed start (deterministic; does not consume the sampling RNG)."""
+    normal = normal_op(physics)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(like.shape, generator=g, dtype=like.real.dtype).to(like.device)
+    if like.is_complex():
+        x = torch.complex(x, torch.randn(like.shape, generator=g, dtype=like.real.dtype).to(like.device))
+    sigma2 = 1.0
+    for _ in range(n_iter):
+        z = normal(x / x.norm())
+        sigma2 = float(z.norm())
+        x = z
+    return sigma2**0.5
