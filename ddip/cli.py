@@ -204,6 +204,15 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(f"results in {args.out}")
 
 
+def cmd_gate(args: argparse.Namespace) -> None:
+    from ddip.priors.gate import gate_curve
+
+    rows = gate_curve(args.run, n_images=args.n_images)
+    for r in rows:
+        print(f"{r['images']:>9} images: DDS {r['dds_psnr']:.2f} dB, least squares {r['least_squares_psnr']:.2f} dB, "
+              f"margin {r['margin_db']:+.2f} dB {'PASS' if r['passed'] else 'fail'}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from ddip.priors.train import TrainConfig, train_prior
     from ddip.priors.unet import UNetConfig
@@ -297,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("prior-gate", help="evaluate the quality gate on every snapshot of a training run")
+    p.add_argument("run", help="a train-prior run folder")
+    p.add_argument("--n-images", type=int, default=8, help="in-distribution phantoms per evaluation")
+    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
+    p.set_defaults(func=cmd_gate)
 
     u, t = UNetConfig(), TrainConfig(out="")
     p = sub.add_parser("train-prior", help="train a diffusion prior on ELLIPSES phantoms made on the fly",

@@ -47,7 +47,7 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = 8, n_views: int = 15,
     rec = solve(DDS(n_steps=n_steps), prior, y, op, generator=g).clamp(0, 1)
     dds = float(psnr(rec, x).mean())
     best_ls = max(ls.values())
-    return {"dds_psnr": dds, "least_squares_psnr": best_ls, "least_squares_by_iters": ls,
+    return {"dds_psnr": dds, "least_squares_psnr": best_ls, "least_squares_by_iters": {str(k): v for k, v in ls.items()},
             "margin_db": dds - best_ls, "passed": dds - best_ls >= GATE_MARGIN_DB, "n_images": n_images,
             "n_views": n_views, "sigma": sigma, "size": size, "seed": seed}
 
@@ -86,3 +86,58 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 50, 
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return x
+
+
+def gate_curve(run_dir, *, n_images: int = 8) -> list[dict]:
+    """Evaluate the gate on every EMA snapshot of a training run not yet evaluated; returns all rows, sorted.
+
+    Rows are appended to ``RUN/gate_curve.jsonl`` (one JSON object per snapshot, with ``images`` seen) and the curve
+    is drawn to ``RUN/gate_curve.png``.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from ddip.priors.registry import load_prior
+
+    run = Path(run_dir)
+    log = run / "gate_curve.jsonl"
+    rows = {r["images"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    prior = None
+    for path in sorted((run / "snapshots").glob("ema_*.safetensors")):
+        images = int(path.stem.split("_")[1])
+        if images in rows:
+            continue
+        prior = prior or load_prior(run / "ema.safetensors")
+        prior.net.load_state_dict(load_file(str(path)))
+        row = {**quality_gate(prior, n_images=n_images), "images": images}
+        rows[images] = row
+        with open(log, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    ordered = [rows[k] for k in sorted(rows)]
+    if ordered:
+        _plot_curve(ordered, run / "gate_curve.png")
+    return ordered
+
+
+def _plot_curve(rows: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ddip.io import atomic_path
+
+    images = [r["images"] / 1000 for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(images, [r["dds_psnr"] for r in rows], "o-", label="DDS with the prior")
+    ax.plot(images, [r["least_squares_psnr"] for r in rows], "s--", label="least squares (best CG count)")
+    ax.plot(images, [r["least_squares_psnr"] + GATE_MARGIN_DB for r in rows], ":", label="gate (+3 dB)")
+    ax.set_xlabel("training images seen (thousands)")
+    ax.set_ylabel("PSNR (dB), 15 views, 64 px")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

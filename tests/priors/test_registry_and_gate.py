@@ -54,3 +54,17 @@ def test_least_squares_improves_then_reports_each_iteration_count():
     op = sparse_view_ct(32, 15)
     out = least_squares_psnr(op, op.A(x), x, iters=(2, 20))
     assert set(out) == {2, 20} and out[20] > out[2]
+
+
+def test_gate_curve_evaluates_each_snapshot_once(tmp_path):
+    from ddip.priors.gate import gate_curve
+    from ddip.priors.train import TrainConfig, train_prior
+    from ddip.priors.unet import UNetConfig
+
+    cfg = TrainConfig(out=str(tmp_path), unet=UNetConfig(image_size=64, model_channels=32, channel_mult=(1, 1),
+                                                          attention_resolutions=()),
+                      batch_size=2, max_images=4, snapshot_every=2)
+    train_prior(cfg, progress=False)
+    rows = gate_curve(tmp_path, n_images=1)
+    assert [r["images"] for r in rows] == [2, 4] and (tmp_path / "gate_curve.png").is_file()
+    assert gate_curve(tmp_path, n_images=1) == rows  # nothing re-evaluated
