@@ -73,6 +73,29 @@ _OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapsho
                 "init_weights")
 
 
+class _StopRequest:
+    """SIGTERM / SIGINT ask the loop to stop after the current step (then it checkpoints) instead of dying."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -140,7 +163,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     losses: list[float] = []
     bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress, dynamic_ncols=True)
     net.train()
-    while images < cfg.max_images and (time.time() - t_start) / 3600 < cfg.max_hours:
+    stop = _StopRequest()
+    while images < cfg.max_images and (time.time() - t_start) / 3600 < cfg.max_hours and not stop.requested:
         make = random_complex_ellipses if cfg.data == "ellipses-complex" else random_ellipses
         x0 = make(cfg.batch_size, cfg.unet.image_size, generator=data_rng)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -175,6 +199,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
             checkpoint()
             t_ckpt = time.time()
     bar.close()
+    stop.restore()
     checkpoint()
     return {"step": step, "images": images, "out": str(out), "finished": images >= cfg.max_images,
             "elapsed_s": time.time() - t_start, "last_loss": math.nan if not losses else losses[-1]}

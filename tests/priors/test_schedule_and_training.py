@@ -96,3 +96,23 @@ def test_complex_prior_trains_on_two_channels(tmp_path):
     assert prior.eps(torch.zeros(1, 2, 16, 16), 10).shape == (1, 2, 16, 16)
     with pytest.raises(DdipError, match="2 input and output channels"):
         TrainConfig(out=str(tmp_path), unet=TINY, data="ellipses-complex")
+
+
+def test_sigterm_stops_training_with_a_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "ddip", "train-prior", "--out", str(tmp_path), "--size", "16",
+                             "--mult", "1,1", "--attn", "", "--batch", "2", "--max-images", "100000",
+                             "--snapshot-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    log = tmp_path / "loss_log.csv"
+    deadline = time.time() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) > 1):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert 40 <= state["images"] < 100000  # stopped early, after at least one logged block, with its state saved
