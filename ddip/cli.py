@@ -19,7 +19,8 @@ from ddip.errors import DdipError
 
 DEMO_PRIOR = "ellipses-64"
 # The demo's D3IP budget: the paper's K = 6, L = 10 cost 2,700 network forward+backward passes at 50 steps, about
-# 2.5 minutes on 2 CPU cores by themselves; K = 3 halves that (paper Table 4: K = 3 is within 0.5 dB of K = 6).
+# 2.5 minutes on 2 CPU cores by themselves; K = 3 halves that (paper Table 4: K = 3 is within 0.5 dB of
+# K = 6); with 8 slices the whole demo stays under 3 minutes here (L = 5 lost 0.4 dB to DDS, 2026-11-25).
 DEMO_K, DEMO_ITERS = 3, 10
 
 
@@ -285,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="DDS vs D3IP on the bundled chest CT (the README's main job)")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--prior", default=DEMO_PRIOR)
-    p.add_argument("--n-slices", type=int, default=16, help="central slices of the bundled 32-slice slab")
+    p.add_argument("--n-slices", type=int, default=8, help="central slices of the bundled 32-slice slab")
     p.add_argument("--views", type=int, help="CT views (default 15: the paper's undersampling at 64 px)")
     p.add_argument("--steps", type=int, help="network evaluations (default 50)")
     p.add_argument("--k", type=int, default=DEMO_K, help=f"D3IP slices per adaptation step (default {DEMO_K})")
