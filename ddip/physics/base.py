@@ -90,17 +90,26 @@ def adjointness_error(op: LinearOperator, x: Tensor, y: Tensor) -> float:
     return float((lhs - rhs).abs() / (ax.norm() * y.norm()))
 
 
-def operator_norm(op: LinearOperator, x0: Tensor, *, n_iter: int = 30, generator: torch.Generator | None = None
-                  ) -> float:
-    """Largest singular value of ``op`` by power iteration on ``A^H A`` started from noise shaped like ``x0``."""
-    x = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
+def normal_of(op) -> Callable[[Tensor], Tensor]:
+    """``x -> A^H A x`` for any object with ``A`` and ``A_adjoint``, using its own ``normal`` where it has one."""
+    if hasattr(op, "normal"):
+        return op.normal
+    return lambda x: op.A_adjoint(op.A(x))
+
+
+def operator_norm(op, x0: Tensor, *, n_iter: int = 30, generator: torch.Generator | None = None) -> float:
+    """Largest singular value of ``op`` by power iteration on ``A^H A`` started from noise shaped like ``x0``.
+
+    Works for any object with ``A`` and ``A_adjoint``; complex ``x0`` starts from complex noise.
+    """
+    normal = normal_of(op)
+    x = torch.randn(x0.shape, dtype=x0.dtype, generator=generator).to(x0.device)
     x = x / x.norm()
     sigma2 = torch.zeros((), dtype=x.real.dtype)
     for _ in range(n_iter):
-        z = op.normal(x)
+        z = normal(x)
         sigma2 = z.norm()
         x = z / sigma2
     return float(sigma2.sqrt())
-
 
 Normal = Callable[[Tensor], Tensor]

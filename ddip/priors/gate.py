@@ -26,8 +26,7 @@ def least_squares_psnr(op, y: Tensor, x: Tensor, iters: tuple[int, ...] = (5, 10
     rhs = op.A_adjoint(y)
     out, x_k, done = {}, torch.zeros_like(rhs), 0
     for n in sorted(iters):
-        x_k = conjugate_gradient(op.normal, rhs, x_k, n_iter=n - done, reduce="slice") if done else \
-            conjugate_gradient(op.normal, rhs, torch.zeros_like(rhs), n_iter=n, reduce="slice")
+        x_k = conjugate_gradient(op.normal, rhs, x_k, n_iter=n - done, reduce="slice")
         done = n
         out[n] = float(psnr(x_k, x).mean())
     return out

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ddip.errors import DdipError
+from ddip.physics.base import normal_of
 from ddip.priors.prior import DiffusionPrior
 from ddip.timing import section
 
@@ -43,13 +44,6 @@ class StepOutput:
 
 
 # -- physics adapters (any object with A and A_adjoint works) -------------------------------------------------------
-def normal_op(physics) -> Callable[[Tensor], Tensor]:
-    """``x -> A^H A x``, using the operator's own ``normal`` where it has one."""
-    if hasattr(physics, "normal"):
-        return physics.normal
-    return lambda x: physics.A_adjoint(physics.A(x))
-
-
 def pseudo_inverse(physics, y: Tensor) -> Tensor:
     """``A^† y``: the operator's ``A_dagger`` (FBP, zero-filled IFFT) or, lacking one, its adjoint."""
     return physics.A_dagger(y) if hasattr(physics, "A_dagger") else physics.A_adjoint(y)

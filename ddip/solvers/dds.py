@@ -8,7 +8,8 @@ from typing import Literal
 from torch import Tensor
 
 from ddip.physics.cg import Reduce, conjugate_gradient
-from ddip.solvers.base import DataConsistencyStep, normal_op
+from ddip.physics.base import normal_of
+from ddip.solvers.base import DataConsistencyStep
 
 
 def dds_data_consistency(x0: Tensor, y: Tensor, physics, *, gamma: float = 5.0, n_iter: int = 5,
@@ -18,7 +19,7 @@ def dds_data_consistency(x0: Tensor, y: Tensor, physics, *, gamma: float = 5.0, 
     * ``"proximal"`` (paper Eq. 28): solve (I + γ A^H A) x = x̂₀ + γ A^H y;
     * ``"normal"`` (the authors' CT code): solve A^H A x = A^H y, regularised only by stopping early from x̂₀.
     """
-    normal = normal_op(physics)
+    normal = normal_of(physics)
     aty = physics.A_adjoint(y)
     if variant == "normal":
         return conjugate_gradient(normal, aty, x0, n_iter=n_iter, reduce=reduce)

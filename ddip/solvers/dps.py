@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ddip.physics.base import operator_norm
 from ddip.priors.prior import DiffusionPrior
 from ddip.timing import section
 from ddip.solvers.base import (
     NoiseMix,
-    normal_op,
     StepOutput,
     ddim_update,
     is_complex_image,
@@ -45,7 +45,9 @@ class DPS:
                  generator: torch.Generator | None, max_batch: int = 16) -> StepOutput:
         complex_image = x_t.shape[1] == 2 and is_complex_image(physics, y)
         if self.scale_by_norm and "op_norm" not in state:
-            state = {**state, "op_norm": _operator_norm(physics, to_image(x_t[:1], complex_image))}
+            # fixed start: deterministic, and the sampling generator is not consumed
+            state = {**state, "op_norm": operator_norm(physics, to_image(x_t[:1], complex_image), n_iter=20,
+                                                       generator=torch.Generator().manual_seed(0))}
         step_size = self.rho / state["op_norm"] if self.scale_by_norm else self.rho
         nexts, x0s = [], []
         for start in range(0, x_t.shape[0], max_batch):
@@ -64,17 +66,3 @@ class DPS:
             x0s.append(x0.detach())
         return StepOutput(torch.cat(nexts), torch.cat(x0s), state)
 
-
-def _operator_norm(physics, like: Tensor, n_iter: int = 20) -> float:
-    """‖A‖ by power iteration on A^H A from a fixed start (deterministic; does not consume the sampling RNG)."""
-    normal = normal_op(physics)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(like.shape, generator=g, dtype=like.real.dtype).to(like.device)
-    if like.is_complex():
-        x = torch.complex(x, torch.randn(like.shape, generator=g, dtype=like.real.dtype).to(like.device))
-    sigma2 = 1.0
-    for _ in range(n_iter):
-        z = normal(x / x.norm())
-        sigma2 = float(z.norm())
-        x = z
-    return sigma2**0.5

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ddip.physics.cg import conjugate_gradient
-from ddip.solvers.base import normal_op
+from ddip.physics.base import normal_of
 
 
 def diff(x: Tensor, dim: int) -> Tensor:
@@ -47,7 +47,7 @@ def admm_tv(x: Tensor, y: Tensor, physics, *, dims: tuple[int, ...], lam: float,
     ``z`` and ``u`` hold one difference image per axis in ``dims`` (stacked on a new leading axis); pass None to
     start them at zero. Differentiable in ``x`` (adaptation backpropagates through it). Returns ``(x, z, u)``.
     """
-    normal = normal_op(physics)
+    normal = normal_of(physics)
     aty = physics.A_adjoint(y)
     if z is None:
         z = torch.zeros((len(dims), *x.shape), dtype=x.dtype, device=x.device)
