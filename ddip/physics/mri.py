@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ddip.errors import DdipError
 from ddip.physics.base import LinearOperator
-from ddip.physics.masks import n_acs_lines, poisson_mask, uniform1d_mask
+from ddip.physics.masks import poisson_mask, uniform1d_mask
 
 
 def fft2c(x: Tensor) -> Tensor:

@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 from ddip.errors import DdipError
-from ddip.physics.base import normal_of
 from ddip.priors.prior import DiffusionPrior
 from ddip.timing import section
 
