@@ -128,7 +128,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     m = load_measurement(args.measurement)
     cfg = ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
                             init=args.init, noise_mix=args.noise_mix, n_slices=args.k, n_iters=args.iters,
-                            lr=args.lr)
+                            lr=args.lr, resize=args.resize)
     out = Path(args.out)
     _check_out(out, args.overwrite or args.resume)
     prior = None if args.method == "admm-tv" else load_prior(args.prior)
@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
     p.add_argument("--iters", type=int, help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5)")
+    p.add_argument("--resize", action="store_true",
+                   help="if the prior's image size differs from the data's, reconstruct on the prior's grid "
+                        "(operator composed with a resampling) and report the result on the data's grid")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt")
     p.add_argument("--checkpoint-every", type=int, default=5, help="save the whole state every N steps")

@@ -49,6 +49,7 @@ class ReconstructConfig:
     train_biases: bool = False
     horizon: tuple[int, int] | None = (40, 940)
     loss_cg_iters: int | None = None
+    resize: bool = False  # reconstruct on the prior's grid when the data's differs (physics.Resampled)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -140,8 +141,13 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     if prior is not None:
         size = int(prior.net.config.sample_size)
         if size != m.config.size:
-            raise DdipError(f"the prior's image size is {size} but the data are {m.config.size} px "
-                            f"(simulate with --size {size})")
+            if not cfg.resize:
+                raise DdipError(f"the prior's image size is {size} but the data are {m.config.size} px: pass "
+                                f"--resize to reconstruct on the prior's grid, or simulate with --size {size}")
+            from ddip.physics import Resampled
+
+            physics = Resampled(physics, size)
+            report["resized_from"] = size
         prior = prior.to(device)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     with _PeakMemory(device) as mem, Timings() as timings:
@@ -173,6 +179,8 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
                            "adapt": dataclasses.asdict(acfg),
                            "loss_first": rep.losses[0][1] if rep.losses else None,
                            "loss_last": rep.losses[-1][1] if rep.losses else None})
+        if hasattr(physics, "to_data_grid"):
+            x = physics.to_data_grid(x)
         wall = time.perf_counter() - t0
     if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
         raise DdipError(f"{cfg.method} produced NaN or Inf values")

@@ -98,6 +98,15 @@ def test_prior_size_mismatch_is_refused_and_nothing_is_written(tiny_prior, tmp_p
     out = tmp_path / "never"
     assert main(["reconstruct", str(meas), "--method", "dds", "--prior", tiny_prior, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "image size is 64 but the data are 32 px" in err and "--size 64" in err
+    assert "image size is 64 but the data are 32 px" in err and "--resize" in err and "--size 64" in err
     assert not out.exists()  # nothing written
     assert hashlib.sha256(meas.read_bytes()).hexdigest() == digest  # input untouched
+    # --resize reconstructs on the prior's 64 px grid and reports on the data's 32 px grid
+    assert main(["reconstruct", str(meas), "--method", "dds", "--prior", tiny_prior, "--out", str(out),
+                 "--steps", "2", "--resize", "--quiet"]) == 0
+    import nibabel as nib
+
+    assert sorted(nib.load(out / "reconstruction.nii.gz").shape) == [2, 32, 32]
+    config = json.loads((out / "config.json").read_text())
+    assert config["resize"] is True and json.loads((out / "metrics.json").read_text())["psnr"] is not None
+    assert hashlib.sha256(meas.read_bytes()).hexdigest() == digest

@@ -16,12 +16,14 @@ from ddip.physics.mri import (
     simulate_multicoil,
 )
 from ddip.physics.noise import add_noise
+from ddip.physics.resample import Resampled, resample
 
 __all__ = [
     "LinearOperator",
     "MultiCoilMRI",
     "MultiCoilSimulation",
     "ParallelBeamCT",
+    "Resampled",
     "SingleCoilMRI",
     "achieved_acceleration",
     "add_noise",
@@ -36,6 +38,7 @@ __all__ = [
     "n_acs_lines",
     "operator_norm",
     "poisson_mask",
+    "resample",
     "simulate_multicoil",
     "sparse_view_ct",
     "uniform1d_mask",

@@ -5,6 +5,12 @@ uses — at the prior's size with 15 CT views (the paper's 60 views at 256 px, s
 prior must beat the least-squares solution by at least 3 dB PSNR. The least-squares baseline is CG on the normal
 equations from zero, reported at its best iteration count among several (early stopping is its regulariser), so the
 comparison is against the strongest version of it.
+
+The gate's sampler is DDS (proximal CG, M = 5, γ = 5) with 200 steps and η = 0.2 instead of the paper's 50 steps and
+η = 0.85: the gate measures the prior, so it uses the best data-consistent sampler we found, chosen on a validation
+seed (``GATE_SEED - 2``) that the gate never reports. With the 113k-image ellipses-64 prior on that seed:
+50 steps η 0.85 → 28.86 dB, 50/0.35 → 29.92, 200/0.5 → 29.93, 200/0.35 → 30.23, 200/0.2 → 30.44. The report also
+gives DDS at the paper's settings (``dds_paper_psnr``) so the two can be compared.
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ def least_squares_psnr(op, y: Tensor, x: Tensor, iters: tuple[int, ...] = (5, 10
 
 
 def quality_gate(prior: DiffusionPrior, *, n_images: int = 8, n_views: int = 15, sigma: float = 0.01,
-                 n_steps: int = 50, seed: int = GATE_SEED) -> dict:
-    """DDS against least squares on fresh in-distribution phantoms; ``passed`` when the margin is ≥ 3 dB."""
+                 n_steps: int = 200, eta: float = 0.2, paper_settings: bool = True, seed: int = GATE_SEED) -> dict:
+    """DDS against least squares on fresh in-distribution phantoms; ``passed`` when the margin is ≥ 3 dB.
+
+    ``paper_settings`` also runs DDS with the paper's 50 steps and η = 0.85 and reports it (not gated).
+    """
     from ddip.solvers import DDS, solve
 
     size = int(prior.net.config.sample_size)
@@ -43,12 +52,20 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = 8, n_views: int = 15,
     op = sparse_view_ct(size, n_views)
     y = add_noise(op.A(x), sigma, generator=g)
     ls = least_squares_psnr(op, y, x)
-    rec = solve(DDS(n_steps=n_steps), prior, y, op, generator=g).clamp(0, 1)
+    state = g.get_state()
+    rec = solve(DDS(n_steps=n_steps, eta=eta), prior, y, op, generator=g).clamp(0, 1)
     dds = float(psnr(rec, x).mean())
     best_ls = max(ls.values())
-    return {"dds_psnr": dds, "least_squares_psnr": best_ls, "least_squares_by_iters": {str(k): v for k, v in ls.items()},
-            "margin_db": dds - best_ls, "passed": dds - best_ls >= GATE_MARGIN_DB, "n_images": n_images,
-            "n_views": n_views, "sigma": sigma, "size": size, "seed": seed}
+    report = {"dds_psnr": dds, "least_squares_psnr": best_ls,
+              "least_squares_by_iters": {str(k): v for k, v in ls.items()}, "margin_db": dds - best_ls,
+              "passed": dds - best_ls >= GATE_MARGIN_DB, "sampler": {"method": "dds", "n_steps": n_steps, "eta": eta},
+              "n_images": n_images, "n_views": n_views, "sigma": sigma, "size": size, "seed": seed}
+    if paper_settings:
+        g.set_state(state)
+        paper = solve(DDS(), prior, y, op, generator=g).clamp(0, 1)
+        report["dds_paper_psnr"] = float(psnr(paper, x).mean())
+        report["paper_margin_db"] = report["dds_paper_psnr"] - best_ls
+    return report
 
 
 def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 50, seed: int = 0) -> Tensor:
@@ -102,7 +119,9 @@ def gate_curve(run_dir, *, n_images: int = 8) -> list[dict]:
 
     run = Path(run_dir)
     log = run / "gate_curve.jsonl"
-    rows = {r["images"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    sampler = {"method": "dds", "n_steps": 200, "eta": 0.2}  # rows made with another gate sampler are redone
+    rows = {r["images"]: r for r in map(json.loads, log.read_text().splitlines()) if r.get("sampler") == sampler} \
+        if log.exists() else {}
     prior = None
     for path in sorted((run / "snapshots").glob("ema_*.safetensors")):
         images = int(path.stem.split("_")[1])
@@ -110,7 +129,8 @@ def gate_curve(run_dir, *, n_images: int = 8) -> list[dict]:
             continue
         prior = prior or load_prior(run / "ema.safetensors")
         prior.net.load_state_dict(load_file(str(path)))
-        row = {**quality_gate(prior, n_images=n_images), "images": images}
+        row = {**quality_gate(prior, n_images=n_images, n_steps=sampler["n_steps"], eta=sampler["eta"]),
+               "images": images}
         rows[images] = row
         with open(log, "a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -130,7 +150,9 @@ def _plot_curve(rows: list[dict], path) -> None:
 
     images = [r["images"] / 1000 for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(images, [r["dds_psnr"] for r in rows], "o-", label="DDS with the prior")
+    ax.plot(images, [r["dds_psnr"] for r in rows], "o-", label="DDS, gate sampler (200 steps, η 0.2)")
+    if all("dds_paper_psnr" in r for r in rows):
+        ax.plot(images, [r["dds_paper_psnr"] for r in rows], "^-", label="DDS, paper settings (50 steps, η 0.85)")
     ax.plot(images, [r["least_squares_psnr"] for r in rows], "s--", label="least squares (best CG count)")
     ax.plot(images, [r["least_squares_psnr"] + GATE_MARGIN_DB for r in rows], ":", label="gate (+3 dB)")
     ax.set_xlabel("training images seen (thousands)")

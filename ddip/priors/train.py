@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from ddip.data.phantoms import random_complex_ellipses, random_ellipses
 from ddip.errors import DdipError
@@ -109,6 +110,24 @@ def _save_weights(path: Path, state_dict: dict, metadata: dict) -> None:
                   metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
+def widen_channels(weights: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Fit a 1-channel prior's weights to a network with more image channels (e.g. the complex prior's 2).
+
+    Only the first and last convolutions depend on the channel count. The old weights go to channel 0 (the real
+    part) and the new channels start at zero, so the widened network predicts exactly as the old one on real
+    images and learns the imaginary channel from there. Every other tensor must match as it is.
+    """
+    out = dict(weights)
+    for key, dim in (("conv_in.weight", 1), ("conv_out.weight", 0), ("conv_out.bias", 0)):
+        if key in out and key in target and out[key].shape != target[key].shape:
+            old, new = out[key], torch.zeros_like(target[key])
+            if old.shape[dim] != 1 or old.shape[:dim] + old.shape[dim + 1:] != new.shape[:dim] + new.shape[dim + 1:]:
+                raise DdipError(f"{key}: cannot widen shape {tuple(old.shape)} to {tuple(new.shape)}")
+            new.narrow(dim, 0, 1).copy_(old)
+            out[key] = new
+    return out
+
+
 def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     """Train (or resume) the run in ``cfg.out`` until ``max_images`` images or ``max_hours``; returns a summary."""
     from tqdm import tqdm
@@ -143,7 +162,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         from safetensors.torch import load_file
 
         try:
-            net.load_state_dict(load_file(cfg.init_weights))
+            net.load_state_dict(widen_channels(load_file(cfg.init_weights), net.state_dict()))
         except Exception as exc:
             raise DdipError(f"{cfg.init_weights}: cannot warm-start this network from it ({exc})") from exc
         ema = {k: v.detach().clone() for k, v in net.state_dict().items()}

@@ -8,6 +8,7 @@ from ddip.errors import DdipError
 from ddip.metrics import psnr
 from ddip.physics import (
     MultiCoilMRI,
+    Resampled,
     SingleCoilMRI,
     adjointness_error,
     mri_single_coil,
@@ -31,6 +32,9 @@ OPERATORS = {
     "mri_single_coil_complex": (lambda: SingleCoilMRI(uniform1d_mask((16, 16), 2, seed=1), real_images=False), None),
     "mri_multi_coil": (lambda: _multicoil(32), None),
     "mri_multi_coil_full": (lambda: _multicoil(32, acceleration=1), 100.0),
+    "resampled_ct_up": (lambda: Resampled(sparse_view_ct(24, 8), 16), None),
+    "resampled_ct_down": (lambda: Resampled(sparse_view_ct(16, 8), 24), None),
+    "resampled_multi_coil": (lambda: Resampled(_multicoil(32), 16), None),
 }
 
 

@@ -38,8 +38,9 @@ def test_load_prior_errors_name_the_problem(tmp_path, tiny_prior):
 
 
 def test_gate_reports_dds_against_the_best_least_squares(tiny_prior, tmp_path):
-    report = quality_gate(load_prior(tiny_prior), n_images=1, n_steps=2)
+    report = quality_gate(load_prior(tiny_prior), n_images=1, n_steps=2, eta=0.5, paper_settings=False)
     assert report["least_squares_psnr"] == max(report["least_squares_by_iters"].values())
+    assert report["sampler"] == {"method": "dds", "n_steps": 2, "eta": 0.5} and "dds_paper_psnr" not in report
     assert report["passed"] == (report["margin_db"] >= 3.0) and report["n_views"] == 15
     samples = sample_grid(load_prior(tiny_prior), tmp_path / "grid.png", n=2, n_steps=2)
     assert samples.shape == (2, 1, 64, 64) and (tmp_path / "grid.png").stat().st_size > 0

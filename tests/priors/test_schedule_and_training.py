@@ -116,3 +116,22 @@ def test_sigterm_stops_training_with_a_checkpoint(tmp_path):
     assert proc.wait(timeout=60) == 0
     state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert 40 <= state["images"] < 100000  # stopped early, after at least one logged block, with its state saved
+
+
+def test_widening_a_real_prior_keeps_its_prediction_on_the_real_channel():
+    from ddip.priors.train import widen_channels
+
+    real = build_unet(UNetConfig(image_size=16, channel_mult=(1, 1), attention_resolutions=()), seed=0)
+    wide = build_unet(UNetConfig(image_size=16, in_channels=2, out_channels=2, channel_mult=(1, 1),
+                                 attention_resolutions=()), seed=1)
+    wide.load_state_dict(widen_channels(real.state_dict(), wide.state_dict()))
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 500, 990])
+    with torch.no_grad():
+        eps_real = real(x, t).sample
+        eps_wide = wide(torch.cat([x, torch.zeros_like(x)], dim=1), t).sample
+    assert torch.allclose(eps_wide[:, :1], eps_real, atol=1e-6)
+    assert torch.equal(eps_wide[:, 1:], torch.zeros_like(eps_real))
+    narrow = build_unet(UNetConfig(image_size=16, channel_mult=(1, 2), attention_resolutions=()), seed=0)
+    with pytest.raises(Exception):
+        wide.load_state_dict(widen_channels(narrow.state_dict(), wide.state_dict()))
