@@ -69,3 +69,16 @@ def test_gate_curve_evaluates_each_snapshot_once(tmp_path):
     rows = gate_curve(tmp_path, n_images=1)
     assert [r["images"] for r in rows] == [2, 4] and (tmp_path / "gate_curve.png").is_file()
     assert gate_curve(tmp_path, n_images=1) == rows  # nothing re-evaluated
+
+
+def test_a_complex_prior_is_gated_on_cs_mri(tmp_path):
+    from ddip.priors.train import TrainConfig, train_prior
+    from ddip.priors.unet import UNetConfig
+
+    cfg = TrainConfig(out=str(tmp_path), unet=UNetConfig(image_size=64, in_channels=2, out_channels=2,
+                                                          channel_mult=(1, 1), attention_resolutions=()),
+                      data="ellipses-complex", batch_size=2, max_images=2, snapshot_every=0)
+    train_prior(cfg, progress=False)
+    report = quality_gate(load_prior(tmp_path / "ema.safetensors"), n_images=2, n_steps=2, paper_settings=False)
+    assert report["task"] == "csmri" and report["size"] == 64
+    assert report["least_squares_psnr"] == max(report["least_squares_by_iters"].values()) > 10
