@@ -36,7 +36,7 @@ TABLES = ("table2", "table1", "table3", "table4", "scaling")
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    prior: str = "ellipses-64"
+    prior: str | None = None  # None: per task, the shipped prior for it (registry.default_prior)
     size: int = 64
     n_slices: int = 16
     n_steps: int | None = None
@@ -45,7 +45,7 @@ class BenchConfig:
     quick: bool = False
 
     @classmethod
-    def quick_config(cls, prior: str) -> "BenchConfig":
+    def quick_config(cls, prior: str | None) -> "BenchConfig":
         return cls(prior=prior, n_slices=4, n_steps=10, dps_slices=1, quick=True)
 
 
@@ -87,14 +87,14 @@ def table2(cfg: BenchConfig, prior) -> list[dict]:
                 continue  # the paper runs no MBIR variant on CS-MRI (no 3D coupling in its knee data)
             m = m_dps if method == "dps" else m_full
             steps = None if method == "dps" and not cfg.quick else cfg.n_steps
-            rows.append(_row(m, ReconstructConfig(method=method, n_steps=steps, seed=cfg.seed), prior,
-                             {"task": task, "views": views if task == "sv-ct" else None}))
+            rows.append(_row(m, ReconstructConfig(method=method, n_steps=steps, seed=cfg.seed), prior(task),
+                             {"task": task, "views": views if task == "sv-ct" else None, "prior": prior.name(task)}))
     return rows
 
 
 def table1(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
-    return [_row(m, ReconstructConfig(method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k, seed=cfg.seed), prior,
+    return [_row(m, ReconstructConfig(method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k, seed=cfg.seed), prior("sv-ct"),
                  {"table": "1", "loss_cg_iters": k}) for k in (1, 3, 5)]
 
 
@@ -102,12 +102,12 @@ def table3(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
     variants = [("baseline", None, "noise"), ("+ horizon", (40, 940), "noise"), ("+ init", (40, 940), "slerp")]
     return [_row(m, ReconstructConfig(method="d3ip", n_steps=cfg.n_steps, horizon=h, init=init, seed=cfg.seed),
-                 prior, {"table": "3", "variant": name}) for name, h, init in variants]
+                 prior("sv-ct"), {"table": "3", "variant": name}) for name, h, init in variants]
 
 
 def table4(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, max(cfg.n_slices, 12), paper_views(cfg.size))
-    return [_row(m, ReconstructConfig(method="d3ip", n_steps=cfg.n_steps, n_slices=k, seed=cfg.seed), prior,
+    return [_row(m, ReconstructConfig(method="d3ip", n_steps=cfg.n_steps, n_slices=k, seed=cfg.seed), prior("sv-ct"),
                  {"table": "4", "K": k}) for k in (1, 2, 3, 6, 12)]
 
 
@@ -117,7 +117,7 @@ def scaling(cfg: BenchConfig, prior) -> list[dict]:
     for n in sizes:
         m = _measure("sv-ct", cfg, n, paper_views(cfg.size))
         for method in ("ddip", "d3ip"):
-            row = _row(m, ReconstructConfig(method=method, n_steps=cfg.n_steps, seed=cfg.seed), prior,
+            row = _row(m, ReconstructConfig(method=method, n_steps=cfg.n_steps, seed=cfg.seed), prior("sv-ct"),
                        {"table": "scaling", "N": n})
             rows.append(row)
     return rows
@@ -158,14 +158,33 @@ def _scaling_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+class _Priors:
+    """The prior of each task, loaded once: ``cfg.prior`` for every task, or the shipped default per task."""
+
+    def __init__(self, cfg: BenchConfig):
+        self.cfg, self._loaded = cfg, {}
+
+    def name(self, task: str) -> str:
+        from ddip.priors import default_prior
+
+        return self.cfg.prior or default_prior(task, self.cfg.size)
+
+    def __call__(self, task: str):
+        from ddip.priors import load_prior
+
+        name = self.name(task)
+        if name not in self._loaded:
+            self._loaded[name] = load_prior(name)
+        return self._loaded[name]
+
+
 def run_benchmark(cfg: BenchConfig, tables: tuple[str, ...] = TABLES, out: str | os.PathLike = "benchmarks/results"
                   ) -> dict:
-    from ddip.priors import load_prior
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prior = load_prior(cfg.prior)
-    header = {"command": "ddip benchmark" + (" --quick" if cfg.quick else "") + f" --prior {cfg.prior}",
+    prior = _Priors(cfg)
+    header = {"command": "ddip benchmark" + (" --quick" if cfg.quick else "") +
+              (f" --prior {cfg.prior}" if cfg.prior else ""),
               "date": date.today().isoformat(), "config": dataclasses.asdict(cfg),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

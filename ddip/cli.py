@@ -121,7 +121,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
-    from ddip.priors import load_prior
+    from ddip.priors import default_prior, load_prior
     from ddip.reconstruct import ReconstructConfig, reconstruct
     from ddip.tasks import load_measurement
 
@@ -131,6 +131,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
                             lr=args.lr, resize=args.resize)
     out = Path(args.out)
     _check_out(out, args.overwrite or args.resume)
+    if args.prior is None and args.method != "admm-tv":
+        args.prior = default_prior(m.config.task, m.config.size)
     prior = None if args.method == "admm-tv" else load_prior(args.prior)
     config = {"command": "reconstruct", "measurement": str(args.measurement), "prior": args.prior,
               "device": args.device, **asdict(cfg), "task": asdict(m.config), "volume_record": m.record}
@@ -265,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconstruct", help="reconstruct a measurement file with one method")
     p.add_argument("measurement")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--prior", default=DEMO_PRIOR, help="a shipped prior name or a .safetensors path")
+    p.add_argument("--prior", help="a shipped prior name or a .safetensors path (default: the shipped prior for the "
+                                   "task and size; ellipses-complex-64 for csmri where it ships)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, help="network evaluations (default 50; DPS 1000)")
@@ -303,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="reproduce the paper's tables on the development volumes")
     p.add_argument("--quick", action="store_true", help="4 slices, 10 network evaluations: a smoke test")
-    p.add_argument("--prior", default=DEMO_PRIOR)
+    p.add_argument("--prior", help="one prior for every task (default: the shipped prior of each task and size)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--n-slices", type=int, default=16)
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")

@@ -4,6 +4,7 @@ from ddip.priors.prior import DiffusionPrior
 from ddip.priors.schedule import VPSchedule
 from ddip.priors.unet import UNetConfig, build_unet
 from ddip.priors.adm import load_adm_checkpoint
-from ddip.priors.registry import load_prior, shipped_priors
+from ddip.priors.registry import default_prior, load_prior, shipped_priors
 
-__all__ = ["DiffusionPrior", "UNetConfig", "VPSchedule", "build_unet", "load_adm_checkpoint", "load_prior", "shipped_priors"]
+__all__ = ["DiffusionPrior", "UNetConfig", "VPSchedule", "build_unet", "default_prior", "load_adm_checkpoint", "load_prior",
+           "shipped_priors"]

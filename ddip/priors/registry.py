@@ -21,6 +21,17 @@ def shipped_priors() -> list[str]:
     return sorted(p.stem for p in WEIGHTS.glob("*.safetensors"))
 
 
+def default_prior(task: str, size: int) -> str:
+    """The shipped prior for a task at an image size: the complex one for CS-MRI (complex images) where it ships,
+    otherwise the real ELLIPSES prior of that size (applied to real and imaginary parts alike for complex data)."""
+    shipped = shipped_priors()
+    for name in ([f"ellipses-complex-{size}"] if task == "csmri" else []) + [f"ellipses-{size}"]:
+        if name in shipped:
+            return name
+    raise DdipError(f"no shipped prior for {task} at {size} px (shipped: {', '.join(shipped) or 'none'}); pass "
+                    f"--prior NAME|PATH (with --resize for another image size)")
+
+
 def _unet_config(path: Path, metadata: dict) -> UNetConfig:
     raw = metadata.get("unet")
     if raw is None:
