@@ -146,7 +146,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     if ckpt_path.exists():
         saved_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
         mine = {k: v for k, v in cfg.to_dict().items() if k not in _OPERATIONAL}
-        defaults = TrainConfig(out=cfg.out, unet=cfg.unet).to_dict()  # settings added since the run was started
+        defaults = TrainConfig(out=cfg.out, unet=cfg.unet, data=cfg.data).to_dict()  # settings added since the start
         theirs = {k: v for k, v in {**defaults, **(saved_cfg or {})}.items() if k not in _OPERATIONAL}
         if saved_cfg is not None and theirs != mine:
             raise DdipError(f"{cfg_path}: the run was started with other settings; resume with the same ones "

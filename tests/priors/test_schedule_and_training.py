@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,6 +96,8 @@ def test_complex_prior_trains_on_two_channels(tmp_path):
 
     prior = load_prior(tmp_path / "ema.safetensors")
     assert prior.eps(torch.zeros(1, 2, 16, 16), 10).shape == (1, 2, 16, 16)
+    summary = train_prior(dataclasses.replace(cfg, max_images=6), progress=False)  # a complex run resumes too
+    assert summary["images"] == 6
     with pytest.raises(DdipError, match="2 input and output channels"):
         TrainConfig(out=str(tmp_path), unet=TINY, data="ellipses-complex")
 
