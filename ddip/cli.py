@@ -230,8 +230,16 @@ def cmd_train(args: argparse.Namespace) -> None:
                       max_images=args.max_images, max_hours=args.max_hours, bf16=args.bf16, seed=args.seed,
                       checkpoint_minutes=args.checkpoint_minutes, snapshot_every=args.snapshot_every,
                       init_weights=args.init_weights, data=args.data)
-    summary = train_prior(cfg)
-    print(f"trained to {summary['images']} images ({summary['step']} steps); weights in {summary['out']}")
+    from ddip import distributed
+
+    distributed.init_from_env()  # under torchrun: DistributedDataParallel, one phantom stream per rank
+    rank = distributed.world()[0]
+    try:
+        summary = train_prior(cfg)
+    finally:
+        distributed.close()
+    if rank == 0:
+        print(f"trained to {summary['images']} images ({summary['step']} steps); weights in {summary['out']}")
 
 
 # -- parsers ---------------------------------------------------------------------------------------------------------

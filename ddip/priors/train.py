@@ -129,19 +129,29 @@ def widen_channels(weights: dict[str, Tensor], target: dict[str, Tensor]) -> dic
 
 
 def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
-    """Train (or resume) the run in ``cfg.out`` until ``max_images`` images or ``max_hours``; returns a summary."""
+    """Train (or resume) the run in ``cfg.out`` until ``max_images`` images or ``max_hours``; returns a summary.
+
+    Under ``torchrun`` (a process group initialised, :func:`ddip.distributed.init_from_env`) every rank trains the same
+    network wrapped in ``DistributedDataParallel`` on its own phantom stream (seeds ``seed + rank``; rank 0's stream is
+    the single-process one), ``batch_size`` per rank, so one step sees ``batch_size × world`` images. Rank 0 writes
+    the checkpoint (with every rank's RNG states), weights, snapshots and log; a run resumes only with the world size
+    it was started with.
+    """
     from tqdm import tqdm
 
+    from ddip import distributed
+
+    rank, n_ranks = distributed.world()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     cfg_path = out / "config.json"
     net = build_unet(cfg.unet, seed=cfg.seed)
-    prior = DiffusionPrior(net)
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
-    data_rng = torch.Generator().manual_seed(cfg.seed)
-    noise_rng = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    data_rng = torch.Generator().manual_seed(cfg.seed + rank)
+    noise_rng = torch.Generator().manual_seed(cfg.seed + 1_000_003 + rank)
     step = images = 0
     if ckpt_path.exists():
         saved_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
@@ -152,11 +162,15 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
             raise DdipError(f"{cfg_path}: the run was started with other settings; resume with the same ones "
                             f"(differs in {sorted(k for k in mine if mine.get(k) != theirs.get(k))})")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != n_ranks:
+            raise DdipError(f"{ckpt_path}: the run was trained by {saved_world} process(es); resume it with "
+                            f"{saved_world}, not {n_ranks} (each rank's phantom stream is in the checkpoint)")
         net.load_state_dict(state["model"])
         ema = state["ema"]
         opt.load_state_dict(state["optimizer"])
-        data_rng.set_state(state["data_rng"])
-        noise_rng.set_state(state["noise_rng"])
+        data_rng.set_state(state["data_rng"] if n_ranks == 1 else state["data_rng"][rank])
+        noise_rng.set_state(state["noise_rng"] if n_ranks == 1 else state["noise_rng"][rank])
         step, images = int(state["step"]), int(state["images"])
     elif cfg.init_weights is not None:
         from safetensors.torch import load_file
@@ -166,24 +180,45 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         except Exception as exc:
             raise DdipError(f"{cfg.init_weights}: cannot warm-start this network from it ({exc})") from exc
         ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    write_json(cfg_path, cfg.to_dict())
+    if rank == 0:
+        write_json(cfg_path, cfg.to_dict())
+    model = net
+    if n_ranks > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net)  # broadcasts rank 0's weights, averages gradients in backward
+    prior = DiffusionPrior(model)
 
     def checkpoint() -> None:
+        rngs = distributed.gather((data_rng.get_state(), noise_rng.get_state()))  # collective: every rank
+        if rank != 0:
+            return
         _save_checkpoint(ckpt_path, {"model": net.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
-                                     "data_rng": data_rng.get_state(), "noise_rng": noise_rng.get_state(),
-                                     "step": step, "images": images})
+                                     "data_rng": rngs[0][0] if n_ranks == 1 else [r[0] for r in rngs],
+                                     "noise_rng": rngs[0][1] if n_ranks == 1 else [r[1] for r in rngs],
+                                     "step": step, "images": images, "world_size": n_ranks})
         _save_weights(out / "ema.safetensors", ema, {"unet": cfg.unet.to_dict(), "images_seen": images,
                                                      "schedule": "vp-linear-1e-4-2e-2-T1000", "data_range": "[0,1]"})
 
     log_path = out / "loss_log.csv"
-    if not log_path.exists():
+    if rank == 0 and not log_path.exists():
         log_path.write_text("step,images,loss,images_per_s,elapsed_s\n")
     t_start = t_ckpt = t_log = time.time()
     losses: list[float] = []
-    bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress or rank != 0,
+               dynamic_ncols=True)
     net.train()
     stop = _StopRequest()
-    while images < cfg.max_images and (time.time() - t_start) / 3600 < cfg.max_hours and not stop.requested:
+    while images < cfg.max_images:
+        # every rank takes the same decisions: stop (signal or time limit) and checkpoint (rank 0's clock)
+        out_of_time = (time.time() - t_start) / 3600 >= cfg.max_hours
+        ckpt_due = rank == 0 and (time.time() - t_ckpt) / 60 >= cfg.checkpoint_minutes
+        halt, ckpt_due = distributed.any_flag(stop.requested or out_of_time, ckpt_due)
+        if ckpt_due:
+            checkpoint()
+            t_ckpt = time.time()
+        if halt:
+            break
         make = random_complex_ellipses if cfg.data == "ellipses-complex" else random_ellipses
         x0 = make(cfg.batch_size, cfg.unet.image_size, generator=data_rng)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -193,7 +228,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         opt.step()
         loss = loss.detach()
         step += 1
-        images += cfg.batch_size
+        images += cfg.batch_size * n_ranks
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
         with torch.no_grad():
             for k, v in net.state_dict().items():
@@ -202,21 +237,19 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
                 else:
                     ema[k].copy_(v)
         losses.append(loss.item())
-        bar.update(cfg.batch_size)
+        bar.update(cfg.batch_size * n_ranks)
         if step % cfg.log_every == 0:
             now = time.time()
-            rate = cfg.log_every * cfg.batch_size / max(now - t_log, 1e-9)
-            mean_loss = sum(losses) / len(losses)
-            with open(log_path, "a") as fh:
-                fh.write(f"{step},{images},{mean_loss:.6f},{rate:.2f},{now - t_start:.1f}\n")
+            rate = cfg.log_every * cfg.batch_size * n_ranks / max(now - t_log, 1e-9)
+            mean_loss = sum(losses) / len(losses)  # rank 0's own loss
+            if rank == 0:
+                with open(log_path, "a") as fh:
+                    fh.write(f"{step},{images},{mean_loss:.6f},{rate:.2f},{now - t_start:.1f}\n")
             bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
             losses.clear()
             t_log = now
-        if cfg.snapshot_every and images % cfg.snapshot_every < cfg.batch_size:
+        if rank == 0 and cfg.snapshot_every and images % cfg.snapshot_every < cfg.batch_size * n_ranks:
             _save_weights(out / "snapshots" / f"ema_{images:09d}.safetensors", ema, {"images_seen": images})
-        if (time.time() - t_ckpt) / 60 >= cfg.checkpoint_minutes:
-            checkpoint()
-            t_ckpt = time.time()
     bar.close()
     stop.restore()
     checkpoint()
