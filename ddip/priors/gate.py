@@ -27,7 +27,8 @@ GATE_SEED = 2_147_483_647  # the training streams use seeds 0 … 1e6 + 3; this 
 GATE_MARGIN_DB = 3.0
 
 
-def least_squares_psnr(op, y: Tensor, x: Tensor, iters: tuple[int, ...] = (5, 10, 20, 40, 80)) -> dict[int, float]:
+def least_squares_psnr(op, y: Tensor, x: Tensor, iters: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 40, 80)
+                       ) -> dict[int, float]:
     """Mean PSNR of CG on the normal equations after each number of iterations in ``iters``."""
     rhs = op.A_adjoint(y)
     out, x_k, done = {}, torch.zeros_like(rhs), 0
