@@ -29,7 +29,9 @@ GATE_MARGIN_DB = 3.0
 
 def least_squares_psnr(op, y: Tensor, x: Tensor, iters: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 40, 80)
                        ) -> dict[int, float]:
-    """Mean PSNR of CG on the normal equations after each number of iterations in ``iters``."""
+    """Mean PSNR of CG on the normal equations after each number of iterations in ``iters`` (cumulative: CG restarts
+    from the previous count's iterate at each reported count, so a value is that of restarted CG, not of one
+    uninterrupted run — close once CG has converged, slightly different early on)."""
     rhs = op.A_adjoint(y)
     out, x_k, done = {}, torch.zeros_like(rhs), 0
     for n in sorted(iters):
