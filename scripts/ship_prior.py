@@ -40,6 +40,9 @@ def main() -> None:
     gate = quality_gate(prior)
     sample_grid(prior, dest / f"{args.name}.png", n=16)
     train_cfg = json.loads((run / "config.json").read_text())
+    train_cfg["out"] = "RUN"  # no machine paths in shipped records
+    if train_cfg.get("init_weights"):
+        train_cfg["init_weights"] = Path(train_cfg["init_weights"]).name
     images = int(open(run / "loss_log.csv").read().splitlines()[-1].split(",")[1])
     record = {"name": args.name, "date": date.today().isoformat(), "command": args.command,
               "training": train_cfg, "images_seen": images,
