@@ -18,9 +18,10 @@ UNET = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 1), attenti
 
 def _torchrun(out: Path, max_images: int) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc-per-node", "2", "-m", "ddip", "train-prior", "--out", str(out), "--size", "16",
-           "--channels", "32", "--mult", "1,1", "--attn", "", "--batch", "2", "--max-images", str(max_images),
-           "--snapshot-every", "0"]
+    # --standalone: a free rendezvous port each time (a fixed port can still be held by the previous run)
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "ddip", "train-prior", "--out", str(out),
+           "--size", "16", "--channels", "32", "--mult", "1,1", "--attn", "", "--batch", "2",
+           "--max-images", str(max_images), "--snapshot-every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
@@ -35,8 +36,10 @@ def test_two_process_training_averages_the_gradients_of_both_phantom_streams(tmp
     assert len(state["data_rng"]) == 2
 
     # The same step by hand in one process: rank r draws from seeds (r, 1_000_003 + r); gradients are averaged.
-    torch.set_num_threads(1)
     from ddip.data.phantoms import random_ellipses
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank (OMP_NUM_THREADS=1), so the reductions run in the same order
 
     net = build_unet(UNET, seed=0)
     prior = DiffusionPrior(net)
@@ -46,6 +49,7 @@ def test_two_process_training_averages_the_gradients_of_both_phantom_streams(tmp
         loss = prior.loss(x0, generator=torch.Generator().manual_seed(1_000_003 + rank)).mean() / 2
         loss.backward()
     opt.step()
+    torch.set_num_threads(threads)
     for k, v in net.state_dict().items():
         assert torch.allclose(state["model"][k], v, atol=1e-6), k
 
