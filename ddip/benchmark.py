@@ -94,8 +94,8 @@ def table2(cfg: BenchConfig, prior) -> list[dict]:
 
 def table1(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
-    return [_row(m, ReconstructConfig(method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k, seed=cfg.seed), prior("sv-ct"),
-                 {"table": "1", "loss_cg_iters": k}) for k in (1, 3, 5)]
+    return [_row(m, ReconstructConfig(method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k, seed=cfg.seed),
+                 prior("sv-ct"), {"table": "1", "loss_cg_iters": k}) for k in (1, 3, 5)]
 
 
 def table3(cfg: BenchConfig, prior) -> list[dict]:
