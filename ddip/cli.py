@@ -121,6 +121,18 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
+    """One reconstruction; under ``torchrun`` every rank samples a block of slices and rank 0 writes the results."""
+    from ddip import distributed
+
+    distributed.init_from_env()
+    try:
+        _reconstruct(args, distributed.world()[0])
+    finally:
+        distributed.close()
+
+
+def _reconstruct(args: argparse.Namespace, rank: int) -> None:
+    from ddip import distributed
     from ddip.priors import default_prior, load_prior
     from ddip.reconstruct import ReconstructConfig, reconstruct
     from ddip.tasks import load_measurement
@@ -130,18 +142,25 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
                             init=args.init, noise_mix=args.noise_mix, n_slices=args.k, n_iters=args.iters,
                             lr=args.lr, resize=args.resize)
     out = Path(args.out)
-    _check_out(out, args.overwrite or args.resume)
+    if rank == 0:
+        _check_out(out, args.overwrite or args.resume)
+    distributed.any_flag(False)  # every rank waits for rank 0's check of the output folder
     if args.prior is None and args.method != "admm-tv":
         args.prior = default_prior(m.config.task, m.config.size)
     prior = None if args.method == "admm-tv" else load_prior(args.prior)
     config = {"command": "reconstruct", "measurement": str(args.measurement), "prior": args.prior,
               "device": args.device, **asdict(cfg), "task": asdict(m.config), "volume_record": m.record}
+    config["world_size"] = distributed.world()[1]
     ckpt = Checkpointer(out / "checkpoint.pt", config, every=args.checkpoint_every)
-    if not args.resume:
+    if rank == 0 and not args.resume:
         _remove_checkpoints(ckpt)
-    elif not any(out.glob("checkpoint*.pt")):
+    elif rank == 0 and not any(out.glob("checkpoint*.pt")):
         print(f"ddip: no checkpoint in {out}; starting from the beginning", file=sys.stderr)
-    result = reconstruct(m, cfg, prior, device=args.device, progress=not args.quiet, checkpointer=ckpt)
+    distributed.any_flag(False)
+    result = reconstruct(m, cfg, prior, device=args.device, progress=not args.quiet and rank == 0,
+                         checkpointer=ckpt)
+    if rank != 0:
+        return
     metrics = write_result(out, result.volume, m.ground_truth, method=args.method, wall=result.wall_time_s,
                            peak_mb=result.peak_memory_mb, report=result.report, config=config)
     _remove_checkpoints(ckpt)

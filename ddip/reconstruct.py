@@ -17,6 +17,9 @@ from ddip.timing import Timings
 
 METHODS = ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
+# Methods that split the volume's slices across the processes of a torchrun launch (ddip.sharding). The per-slice
+# methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
+DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
 
 # Paper Table 5: (K slices, L optimiser steps, learning rate) per task and method.
 TABLE5 = {
@@ -132,10 +135,25 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     from ddip.adapt import scd
     from ddip.solvers import admm_tv_reconstruct
 
+    from ddip import distributed
+    from ddip.sharding import Shard, ShardedPhysics
+
     device = torch.device(device)
     y = m.y.to(device)
     physics = m.physics
     report: dict = {"method": cfg.method, "task": m.config.task}
+    rank, world = distributed.world()
+    shard = None
+    if world > 1:  # under torchrun: this rank samples its block of slices (ddip.sharding)
+        if cfg.method not in DISTRIBUTED:
+            raise DdipError(f"method {cfg.method!r} runs in one process; under torchrun use one of "
+                            f"{', '.join(DISTRIBUTED)}")
+        shard = Shard.even(y.shape[0], rank, world)
+        report.update(world_size=world, slices_per_rank=[Shard.even(y.shape[0], r, world).hi
+                                                         - Shard.even(y.shape[0], r, world).lo
+                                                         for r in range(world)])
+        if checkpointer is not None:
+            checkpointer = checkpointer.sibling(f"rank{rank}of{world}")
     if cfg.method != "admm-tv" and prior is None:
         raise DdipError(f"method {cfg.method!r} needs a prior (--prior)")
     if prior is not None:
@@ -156,8 +174,11 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             x = admm_tv_reconstruct(y, physics, **ADMM_TV[m.config.task])
         elif cfg.method not in ADAPTED:
             step = build_step(cfg, m)
-            x = resumable_solve(step, prior, y, physics, generator=generator, checkpointer=checkpointer,
+            y_run, phys_run = (y, physics) if shard is None else (shard.take(y), ShardedPhysics(physics, shard))
+            x = resumable_solve(step, prior, y_run, phys_run, generator=generator, checkpointer=checkpointer,
                                 init=cfg.init, max_batch=cfg.max_batch, progress=progress)
+            if shard is not None:
+                x = shard.gather_volume(x)
             report["network_forward_passes"] = step.n_steps * y.shape[0]
         else:
             k, n_iters, lr = TABLE5[m.config.task][cfg.method]
@@ -173,6 +194,8 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
                           max_batch=cfg.max_batch, checkpointer=checkpointer)
             if cfg.method != "scd":
                 kwargs["init"] = cfg.init
+            if shard is not None:
+                kwargs["shard"] = shard
             x, rep = fn(step, prior, y, physics, acfg, **kwargs)
             report.update({"network_forward_passes": rep.passes_forward, "network_adapt_passes": rep.passes_adapt,
                            "lora_layers": len(names), "adapted_parameters": count_parameters(prior.net)["trainable"],

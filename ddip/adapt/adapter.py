@@ -24,6 +24,7 @@ from torch import Tensor
 from ddip.adapt.lora import has_lora_dropout, restore, snapshot, trainable_parameters
 from ddip.errors import DdipError
 from ddip.priors.prior import DiffusionPrior
+from ddip.sharding import Shard
 from ddip.solvers.base import is_complex_image, physics_subset, predict_eps, to_image, tweedie
 from ddip.timing import section
 
@@ -107,6 +108,12 @@ class VolumeAdapter:
 
     Keeps a record of the losses, of the network passes it costs, and (optionally) of the trainable state after each
     adapted step, so that sampling can be replayed without adapting (:class:`Replay`).
+
+    With ``shard`` (the volume split across processes, :mod:`ddip.sharding`) ``x_t`` is this rank's block while ``y``
+    and ``physics`` are the whole volume's: the K slices are drawn from the same generator on every rank, their
+    states assembled on every rank, the chunks of ``max_batch`` slices dealt round-robin to the ranks, and the LoRA
+    gradient (and the loss) summed over the ranks before the optimiser step, so every rank holds the same LoRA
+    state and takes the single-process step.
     """
 
     prior: DiffusionPrior
@@ -121,6 +128,7 @@ class VolumeAdapter:
     events: list[dict] = field(default_factory=list)  # numerical incidents (non-finite loss rolled back)
     passes: int = 0  # network forward+backward passes, counted in images
     n_total_adapted: int = 1  # adapted timesteps in the whole run (Reptile's α schedule needs it)
+    shard: Shard | None = None  # x_t is one block of a volume split across processes
     _optimizer: torch.optim.Optimizer | None = None
     _n_adapted: int = 0
 
@@ -145,22 +153,29 @@ class VolumeAdapter:
             self._optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         before = snapshot(net) if self.cfg.reptile is not None else None
         x_t = x_t.detach()
-        index = self._draw(x_t.shape[0])
+        n_total = x_t.shape[0] if self.shard is None else self.shard.n
+        index = self._draw(n_total)
         # Train mode only matters for LoRA dropout; otherwise stay in eval mode so the adapted function is exactly
         # the one sampling evaluates (attention kernels differ by ~1e-6 between modes).
         net.train(has_lora_dropout(net))
         for _ in range(self.cfg.n_iters):
             if self.cfg.draw == "per_iter":
-                index = self._draw(x_t.shape[0])
+                index = self._draw(n_total)
             self._optimizer.zero_grad(set_to_none=True)
             good = snapshot(net)
+            x_k = x_t[index] if self.shard is None else self.shard.gather_rows(x_t, index)
             total = 0.0
-            for chunk in index.split(self.cfg.max_batch):
-                weight = chunk.numel() / index.numel()
-                sub = chunk if not self.cfg.neighbours else slice(int(chunk[0]), int(chunk[-1]) + 1)
-                total += adaptation_backward(self.prior, self._dc_step, x_t[sub], t, self.y[sub],
-                                             physics_subset(self.physics, sub), weight)
+            for c, chunk in enumerate(index.split(self.cfg.max_batch)):
                 self.passes += chunk.numel()
+                if self.shard is not None and c % self.shard.world != self.shard.rank:
+                    continue  # another rank's chunk
+                weight = chunk.numel() / index.numel()
+                rows = slice(c * self.cfg.max_batch, c * self.cfg.max_batch + chunk.numel())
+                sub = chunk if not self.cfg.neighbours else slice(int(chunk[0]), int(chunk[-1]) + 1)
+                total += adaptation_backward(self.prior, self._dc_step, x_k[rows], t, self.y[sub],
+                                             physics_subset(self.physics, sub), weight)
+            if self.shard is not None:
+                total = self._sum_over_ranks(params, total)
             if self._finite(total, params):
                 self._optimizer.step()
             if not self._finite(total, params, check_grads=False):
@@ -173,6 +188,17 @@ class VolumeAdapter:
         self._n_adapted += 1
         if self.record_trajectory:
             self.trajectory[i] = snapshot(net)
+
+    def _sum_over_ranks(self, params: list, total: float) -> float:
+        """All-reduce the LoRA gradients (one flat vector) and the loss: every rank then steps identically."""
+        flat = torch.cat([torch.zeros_like(p).flatten() if p.grad is None else p.grad.flatten() for p in params]
+                         + [torch.tensor([total], dtype=params[0].dtype, device=params[0].device)])
+        flat = self.shard.sum(flat)
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        return float(flat[-1])
 
     @staticmethod
     def _finite(loss: float, params: list, check_grads: bool = True) -> bool:

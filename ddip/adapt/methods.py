@@ -23,6 +23,7 @@ from torch import Tensor
 from ddip.adapt.adapter import AdaptConfig, VolumeAdapter
 from ddip.adapt.lora import restore, snapshot
 from ddip.priors.prior import DiffusionPrior
+from ddip.sharding import Shard, ShardedPhysics
 from ddip.checkpoint import Checkpointer, resumable_solve
 from ddip.solvers.base import Init, initialise, physics_subset
 
@@ -42,15 +43,24 @@ class AdaptReport:
 def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
          generator: torch.Generator | None = None, adapt_generator: torch.Generator | None = None,
          init: Init = "slerp", max_batch: int = 16, record_trajectory: bool = False, progress: bool = False,
-         checkpointer: Checkpointer | None = None, method: str = "d3ip") -> tuple[Tensor, AdaptReport]:
-    """D3IP (Alg. 2), or D3IP mbir / the Reptile stage of meta according to ``step`` and ``cfg``."""
+         checkpointer: Checkpointer | None = None, method: str = "d3ip", shard: Shard | None = None
+         ) -> tuple[Tensor, AdaptReport]:
+    """D3IP (Alg. 2), or D3IP mbir / the Reptile stage of meta according to ``step`` and ``cfg``.
+
+    ``shard``: run as one of the ranks of a process group (``torchrun``), each sampling its block of slices and all
+    sharing one LoRA state (:mod:`ddip.sharding`); every rank passes the whole ``y`` and gets the whole volume back.
+    With the same generators the result is the single-process one up to the order of floating-point sums.
+    """
     timesteps = prior.schedule.timesteps(step.n_steps).tolist()
     generator = generator if generator is not None else torch.Generator()
     adapter = VolumeAdapter(prior, step, y, physics, cfg, generator=adapt_generator,
                             record_trajectory=record_trajectory,
-                            n_total_adapted=sum(cfg.adapts_at(t) for t in timesteps))
-    x = resumable_solve(step, prior, y, physics, generator=generator, checkpointer=checkpointer, adapter=adapter,
-                        init=init, max_batch=max_batch, progress=progress)
+                            n_total_adapted=sum(cfg.adapts_at(t) for t in timesteps), shard=shard)
+    y_run, physics_run = (y, physics) if shard is None else (shard.take(y), ShardedPhysics(physics, shard))
+    x = resumable_solve(step, prior, y_run, physics_run, generator=generator, checkpointer=checkpointer,
+                        adapter=adapter, init=init, max_batch=max_batch, progress=progress)
+    if shard is not None:
+        x = shard.gather_volume(x)
     report = AdaptReport(method, passes_forward=len(timesteps) * y.shape[0], passes_adapt=adapter.passes,
                          losses=adapter.losses, trajectory=adapter.trajectory)
     return x, report

@@ -16,11 +16,14 @@ from ddip.errors import DdipError
 Reduce = Literal["volume", "slice"]
 
 
-def _dot(a: Tensor, b: Tensor, reduce: Reduce) -> Tensor:
-    """Real part of the Hermitian inner product ``<a, b> = sum(conj(a) * b)``, over the batch or per slice."""
+def _dot(a: Tensor, b: Tensor, reduce: Reduce, sum_ranks: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Real part of the Hermitian inner product ``<a, b> = sum(conj(a) * b)``, over the batch or per slice.
+
+    ``sum_ranks`` (a volume split across processes) adds up the partial sums of every rank.
+    """
     prod = (a.conj() * b).real if a.is_complex() else a * b
     if reduce == "volume":
-        return prod.sum()
+        return prod.sum() if sum_ranks is None else sum_ranks(prod.sum())
     return prod.flatten(1).sum(1).view(-1, *([1] * (a.ndim - 1)))
 
 
@@ -32,6 +35,7 @@ def conjugate_gradient(
     n_iter: int,
     tol: float = 0.0,
     reduce: Reduce = "volume",
+    sum_ranks: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Solve ``normal(x) = rhs`` by ``n_iter`` steps of conjugate gradient started at ``x0``.
 
@@ -45,6 +49,9 @@ def conjugate_gradient(
         reduce: ``"volume"`` takes the inner products over the whole batch (one step size for all slices, as the
             authors' code does, and required when ``normal`` couples slices, e.g. TV along z); ``"slice"`` takes them
             per slice (independent solves; only valid when ``normal`` acts on each slice separately).
+        sum_ranks: for a volume whose slices are split across processes (:class:`ddip.sharding.Shard.sum`), the
+            sum over the ranks of the ``"volume"`` inner products, so every rank takes the step sizes of the whole
+            volume. Not differentiable: used in sampling, not inside the adaptation loss.
 
     Inner products are Hermitian (``Re <a, b>`` with a conjugate), so complex systems converge as CG should.
     Out-of-place updates keep it differentiable with respect to ``rhs``, ``x0`` and whatever ``normal`` depends on.
@@ -58,21 +65,21 @@ def conjugate_gradient(
         return x
     r = rhs - normal(x)
     p = r
-    rs = _dot(r, r, reduce)
+    rs = _dot(r, r, reduce, sum_ranks)
     # A slice whose residual has fallen to rounding level stops moving: on a singular system (a masked FFT, a
     # projector with a null space) further steps would divide rounding noise by rounding noise and blow up.
     floor = (100 * torch.finfo(rs.dtype).eps) ** 2 * rs.detach()
-    stop = (tol * _dot(rhs, rhs, reduce).sqrt()) if tol > 0 else None
+    stop = (tol * _dot(rhs, rhs, reduce, sum_ranks).sqrt()) if tol > 0 else None
     for _ in range(n_iter):
         if stop is not None and bool((rs.sqrt() <= stop).all()):
             break
         ap = normal(p)
-        pap = _dot(p, ap, reduce)
+        pap = _dot(p, ap, reduce, sum_ranks)
         active = (rs > floor) & (pap > 0)
         alpha = torch.where(active, rs / torch.where(active, pap, torch.ones_like(pap)), torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap
-        rs_new = _dot(r, r, reduce)
+        rs_new = _dot(r, r, reduce, sum_ranks)
         beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), torch.zeros_like(rs))
         p = r + beta * p
         rs = rs_new

@@ -12,7 +12,8 @@ Notation (paper §2.1, App. A; VP schedule with images in [0, 1]):
 
 :func:`solve` owns the loop; a *step* (DDS, DDNM, DiffusionMBIR, DPS, ...) turns ``x_t`` into ``x_s``. The
 ``before_step`` hook runs before every step and may change the network in place (DDIP/D3IP adapt LoRA weights there);
-no step knows about adaptation. Complex images (CS-MRI) are carried as two real channels (real, imaginary); a prior
+no step knows about adaptation. A volume split across processes (:mod:`ddip.sharding`) is the same loop run on each
+rank's block with a :class:`~ddip.sharding.ShardedPhysics`. Complex images (CS-MRI) are carried as two real channels (real, imaginary); a prior
 with one channel denoises them as two independent real images.
 """
 
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from ddip.errors import DdipError
 from ddip.priors.prior import DiffusionPrior
+from ddip.sharding import Shard, shard_of
 from ddip.timing import section
 
 NoiseMix = Literal["paper", "code", "ddim"]
@@ -92,8 +94,17 @@ def tweedie(prior: DiffusionPrior, x_t: Tensor, t: int, eps: Tensor) -> Tensor:
     return (x_t - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
 
 
+def volume_noise(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
+                 shard: Shard | None = None) -> Tensor:
+    """Standard normal noise of ``shape``; for a block of a split volume, the block of the whole volume's noise, so
+    that each slice gets the noise it would get in one process."""
+    if shard is None:
+        return torch.randn(shape, generator=generator, dtype=dtype)
+    return shard.take(torch.randn((shard.n, *shape[1:]), generator=generator, dtype=dtype))
+
+
 def ddim_update(prior: DiffusionPrior, x0: Tensor, eps: Tensor, t: int, s: int, *, eta: float,
-                noise_mix: NoiseMix, generator: torch.Generator | None) -> Tensor:
+                noise_mix: NoiseMix, generator: torch.Generator | None, shard: Shard | None = None) -> Tensor:
     """x_s from the data-consistent x̂₀ and the predicted ε (paper Eq. 7).
 
     ``noise_mix``:
@@ -104,7 +115,7 @@ def ddim_update(prior: DiffusionPrior, x0: Tensor, eps: Tensor, t: int, s: int, 
     ab_t, ab_s = float(prior.schedule.at(t)), float(prior.schedule.at(s))
     if s < 0 or ab_s >= 1.0:
         return x0
-    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    z = volume_noise(tuple(x0.shape), generator, x0.dtype, shard).to(x0.device)
     if noise_mix == "paper":
         return math.sqrt(ab_s) * x0 + math.sqrt(1 - ab_s) * (eta * z + (1 - eta) * eps)
     if noise_mix == "code":
@@ -125,8 +136,13 @@ def slerp(a: Tensor, b: Tensor, tau: float) -> Tensor:
 
 
 def initial_noise(shape: tuple[int, ...], *, mode: Init, generator: torch.Generator | None,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
-    """Per-slice initial noise: ``"slerp"`` (Eq. 16: ε_i = slerp(ε_first, ε_last, i/(N−1))), or independent."""
+                  dtype: torch.dtype = torch.float32, shard: Shard | None = None) -> Tensor:
+    """Per-slice initial noise: ``"slerp"`` (Eq. 16: ε_i = slerp(ε_first, ε_last, i/(N−1))), or independent.
+
+    With ``shard`` (``shape`` a block of a split volume) the block of the whole volume's noise.
+    """
+    if shard is not None:
+        return shard.take(initial_noise((shard.n, *shape[1:]), mode=mode, generator=generator, dtype=dtype))
     if mode == "slerp" and shape[0] > 1:
         first = torch.randn(shape[1:], generator=generator, dtype=dtype)
         last = torch.randn(shape[1:], generator=generator, dtype=dtype)
@@ -141,8 +157,8 @@ def initialise(prior: DiffusionPrior, y: Tensor, physics, t_start: int, *, mode:
     x_dagger = to_state(pseudo_inverse(physics, y))
     if mode not in ("slerp", "independent", "noise"):
         raise DdipError(f"unknown init {mode!r}; choose 'slerp', 'independent' or 'noise'")
-    noise = initial_noise(tuple(x_dagger.shape), mode=mode, generator=generator,
-                          dtype=x_dagger.dtype).to(x_dagger.device)
+    noise = initial_noise(tuple(x_dagger.shape), mode=mode, generator=generator, dtype=x_dagger.dtype,
+                          shard=shard_of(physics)).to(x_dagger.device)
     if mode == "noise":
         return noise
     ab = float(prior.schedule.at(t_start))
@@ -186,7 +202,7 @@ class DataConsistencyStep:
                 x0_dc, state = self.data_consistency(to_image(x0, complex_image), y, physics, state)
             x0_dc = to_state(x0_dc)
             x_next = ddim_update(prior, x0_dc, eps, t, s, eta=self.eta, noise_mix=self.noise_mix,
-                                 generator=generator)
+                                 generator=generator, shard=shard_of(physics))
         return StepOutput(x_next, x0_dc, state)
 
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ddip.physics.cg import Reduce, conjugate_gradient
 from ddip.physics.base import normal_of
+from ddip.sharding import shard_of
 from ddip.solvers.base import DataConsistencyStep
 
 
@@ -21,9 +22,11 @@ def dds_data_consistency(x0: Tensor, y: Tensor, physics, *, gamma: float = 5.0, 
     """
     normal = normal_of(physics)
     aty = physics.A_adjoint(y)
+    shard = shard_of(physics)  # a block of a volume split across processes: inner products over all blocks
+    kw = {"n_iter": n_iter, "reduce": reduce, "sum_ranks": None if shard is None else shard.sum}
     if variant == "normal":
-        return conjugate_gradient(normal, aty, x0, n_iter=n_iter, reduce=reduce)
-    return conjugate_gradient(lambda x: x + gamma * normal(x), x0 + gamma * aty, x0, n_iter=n_iter, reduce=reduce)
+        return conjugate_gradient(normal, aty, x0, **kw)
+    return conjugate_gradient(lambda x: x + gamma * normal(x), x0 + gamma * aty, x0, **kw)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ ADMM with splitting ``z_d = D_d x`` and scaled duals ``u_d`` (reference-notes §
     z_d ← soft(D_d x + u_d, λ/ρ)
     u_d ← u_d + D_d x − z_d
 
-Differences are circular forward differences, as in the authors' code (the last slice wraps to the first).
+Differences are circular forward differences, as in the authors' code (the last slice wraps to the first). When the
+volume's slices are split across processes (:mod:`ddip.sharding`), the differences along the slice axis fetch the
+neighbouring block's edge slice (a halo exchange) and the CG inner products are summed over the ranks.
 """
 
 from __future__ import annotations
@@ -20,15 +22,24 @@ from torch import Tensor
 
 from ddip.physics.cg import conjugate_gradient
 from ddip.physics.base import normal_of
+from ddip.sharding import Shard, shard_of
 
 
-def diff(x: Tensor, dim: int) -> Tensor:
-    """Circular forward difference ``x[k+1] − x[k]`` along ``dim``."""
+def diff(x: Tensor, dim: int, shard: Shard | None = None) -> Tensor:
+    """Circular forward difference ``x[k+1] − x[k]`` along ``dim``.
+
+    With ``shard`` (``x`` one block of slices of a split volume, ``dim`` 0) the slice after the block comes from
+    the next rank.
+    """
+    if shard is not None and dim == 0:
+        return torch.cat([x[1:], shard.next_first(x)]) - x
     return torch.roll(x, -1, dims=dim) - x
 
 
-def diff_adjoint(d: Tensor, dim: int) -> Tensor:
-    """Exact adjoint of :func:`diff`: ``d[k−1] − d[k]``."""
+def diff_adjoint(d: Tensor, dim: int, shard: Shard | None = None) -> Tensor:
+    """Exact adjoint of :func:`diff`: ``d[k−1] − d[k]`` (the slice before a block comes from the previous rank)."""
+    if shard is not None and dim == 0:
+        return torch.cat([shard.previous_last(d), d[:-1]]) - d
     return torch.roll(d, 1, dims=dim) - d
 
 
@@ -49,18 +60,20 @@ def admm_tv(x: Tensor, y: Tensor, physics, *, dims: tuple[int, ...], lam: float,
     """
     normal = normal_of(physics)
     aty = physics.A_adjoint(y)
+    shard = shard_of(physics)
     if z is None:
         z = torch.zeros((len(dims), *x.shape), dtype=x.dtype, device=x.device)
     if u is None:
         u = torch.zeros_like(z)
 
     def system(v: Tensor) -> Tensor:
-        return normal(v) + rho * sum(diff_adjoint(diff(v, d), d) for d in dims)
+        return normal(v) + rho * sum(diff_adjoint(diff(v, d, shard), d, shard) for d in dims)
 
     for _ in range(n_admm):
-        rhs = aty + rho * sum(diff_adjoint(z[k] - u[k], d) for k, d in enumerate(dims))
-        x = conjugate_gradient(system, rhs, x, n_iter=n_cg, reduce="volume")
-        dx = torch.stack([diff(x, d) for d in dims])
+        rhs = aty + rho * sum(diff_adjoint(z[k] - u[k], d, shard) for k, d in enumerate(dims))
+        x = conjugate_gradient(system, rhs, x, n_iter=n_cg, reduce="volume",
+                               sum_ranks=None if shard is None else shard.sum)
+        dx = torch.stack([diff(x, d, shard) for d in dims])
         z = soft_threshold(dx + u, lam / rho)
         u = u + dx - z
     return x, z, u
