@@ -43,10 +43,27 @@ class BenchConfig:
     dps_slices: int = 2
     seed: int = 0
     quick: bool = False
+    scaling_steps: int | None = None  # None: n_steps
+    scaling_sizes: tuple[int, ...] = (8, 16, 32, 64)
 
     @classmethod
     def quick_config(cls, prior: str | None) -> "BenchConfig":
-        return cls(prior=prior, n_slices=4, n_steps=10, dps_slices=1, quick=True)
+        return cls(prior=prior, n_slices=4, n_steps=10, dps_slices=1, quick=True, scaling_sizes=(2, 4))
+
+    def command(self) -> str:
+        """The ``ddip benchmark`` command line that gives this configuration."""
+        if self.quick:
+            return "ddip benchmark --quick" + (f" --prior {self.prior}" if self.prior else "")
+        default = BenchConfig()
+        flags = {"prior": self.prior, "size": self.size, "n_slices": self.n_slices, "steps": self.n_steps,
+                 "dps_slices": self.dps_slices, "scaling_steps": self.scaling_steps,
+                 "scaling_sizes": ",".join(map(str, self.scaling_sizes))}
+        defaults = {"prior": default.prior, "size": default.size, "n_slices": default.n_slices,
+                    "steps": default.n_steps, "dps_slices": default.dps_slices,
+                    "scaling_steps": default.scaling_steps,
+                    "scaling_sizes": ",".join(map(str, default.scaling_sizes))}
+        return "ddip benchmark" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in flags.items()
+                                          if v != defaults[k])
 
 
 def _volume(task: str, cfg: BenchConfig, n_slices: int):
@@ -71,6 +88,7 @@ def _row(m, rcfg: ReconstructConfig, prior, label: dict) -> dict:
            "wall_time_s": res.wall_time_s, "peak_memory_mb": res.peak_memory_mb,
            "forward_passes": res.report.get("network_forward_passes"),
            "adapt_passes": res.report.get("network_adapt_passes"),
+           "network_share": network_share(res.report.get("time_breakdown_s")),
            "time_breakdown_s": res.report.get("time_breakdown_s")}
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return row
@@ -113,20 +131,35 @@ def table4(cfg: BenchConfig, prior) -> list[dict]:
 
 def scaling(cfg: BenchConfig, prior) -> list[dict]:
     rows = []
-    sizes = (2, 4) if cfg.quick else (8, 16, 32, 64)
-    for n in sizes:
+    steps = cfg.scaling_steps or cfg.n_steps
+    for n in cfg.scaling_sizes:
         m = _measure("sv-ct", cfg, n, paper_views(cfg.size))
+        pair = {}
         for method in ("ddip", "d3ip"):
-            row = _row(m, ReconstructConfig(method=method, n_steps=cfg.n_steps, seed=cfg.seed), prior("sv-ct"),
+            row = _row(m, ReconstructConfig(method=method, n_steps=steps, seed=cfg.seed), prior("sv-ct"),
                        {"table": "scaling", "N": n})
+            # network-pass count in forward-equivalents: a forward+backward costs about 3 forwards
+            row["pass_count"] = 3 * (row["adapt_passes"] or 0) + (row["forward_passes"] or 0)
+            pair[method] = row
             rows.append(row)
+        count_ratio = pair["d3ip"]["pass_count"] / pair["ddip"]["pass_count"]
+        wall_ratio = pair["d3ip"]["wall_time_s"] / pair["ddip"]["wall_time_s"]
+        pair["d3ip"].update(count_ratio_vs_ddip=count_ratio, wall_ratio_vs_ddip=wall_ratio)
     return rows
+
+
+def network_share(breakdown: dict | None) -> float | None:
+    """Fraction of a run's wall time spent in the network (forward and backward)."""
+    if not breakdown:
+        return None
+    total = sum(breakdown.values())
+    return (breakdown.get("network_forward", 0.0) + breakdown.get("network_backward", 0.0)) / total if total else None
 
 
 def _markdown(name: str, rows: list[dict]) -> str:
     if not rows:
         return ""
-    keys = [k for k in rows[0] if k not in ("psnr_volume", "time_breakdown_s")]
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("psnr_volume", "time_breakdown_s")))
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))  # noqa: E731
     lines = [f"### {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
@@ -183,8 +216,7 @@ def run_benchmark(cfg: BenchConfig, tables: tuple[str, ...] = TABLES, out: str |
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prior = _Priors(cfg)
-    header = {"command": "ddip benchmark" + (" --quick" if cfg.quick else "") +
-              (f" --prior {cfg.prior}" if cfg.prior else ""),
+    header = {"command": cfg.command() + ("" if tables == TABLES else f" --tables {','.join(tables)}"),
               "date": date.today().isoformat(), "config": dataclasses.asdict(cfg),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

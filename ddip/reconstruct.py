@@ -202,6 +202,8 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
                            "adapt": dataclasses.asdict(acfg),
                            "loss_first": rep.losses[0][1] if rep.losses else None,
                            "loss_last": rep.losses[-1][1] if rep.losses else None})
+        if shard is not None:
+            report["communication_bytes"] = dict(shard.traffic)  # what this rank sent into collectives, by kind
         if hasattr(physics, "to_data_grid"):
             x = physics.to_data_grid(x)
         wall = time.perf_counter() - t0

@@ -22,7 +22,8 @@ operator of any drawn slice); the diffusion state, the network passes, CG and AD
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -40,6 +41,8 @@ class Shard:
     n: int
     rank: int
     world: int
+    # bytes this rank contributed to each kind of collective (the communication volume a benchmark reports)
+    traffic: dict = field(default_factory=lambda: defaultdict(int), compare=False, repr=False)
 
     @classmethod
     def even(cls, n: int, rank: int, world: int) -> "Shard":
@@ -63,10 +66,14 @@ class Shard:
         return volume[self.lo : self.hi]
 
     # -- collectives (every rank must call them, in the same order) ------------------------------------------
-    def sum(self, t: Tensor) -> Tensor:
+    def _count(self, kind: str, t: Tensor) -> None:
+        self.traffic[kind] += t.numel() * t.element_size()
+
+    def sum(self, t: Tensor, kind: str = "cg_inner_products") -> Tensor:
         """``t`` summed over the ranks (an all-reduce; no gradient: used where nothing is differentiated)."""
         if self.world == 1:
             return t
+        self._count(kind, t)
         out = t.detach().clone()
         dist.all_reduce(out)
         return out
@@ -76,6 +83,7 @@ class Shard:
         edges = torch.stack([block[0], block[-1]]).contiguous()
         if self.world == 1:
             return [edges]
+        self._count("halo", edges)
         out = [torch.empty_like(edges) for _ in range(self.world)]
         dist.all_gather(out, edges)
         return out
@@ -97,6 +105,7 @@ class Shard:
         mine = (index >= self.lo) & (index < self.hi)
         rows[mine] = block[index[mine] - self.lo]
         if self.world > 1:
+            self._count("adaptation_slices", rows)
             dist.all_reduce(rows)
         return rows
 
@@ -109,6 +118,7 @@ class Shard:
         pad = max(sizes)
         padded = torch.zeros((pad, *block.shape[1:]), dtype=block.dtype, device=block.device)
         padded[: block.shape[0]] = block
+        self._count("result", padded)
         out = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(out, padded)
         return torch.cat([o[:s] for o, s in zip(out, sizes)])

@@ -10,7 +10,7 @@ from ddip.errors import DdipError
 
 
 def test_benchmark_writes_tables_markdown_and_plot(tiny_prior, tmp_path):
-    cfg = BenchConfig(prior=tiny_prior, n_slices=2, n_steps=2, dps_slices=1, quick=True)
+    cfg = BenchConfig(prior=tiny_prior, n_slices=2, n_steps=2, dps_slices=1, quick=True, scaling_sizes=(2, 4))
     results = run_benchmark(cfg, tables=("table3", "scaling"), out=tmp_path)
     assert [r["variant"] for r in results["table3"]] == ["baseline", "+ horizon", "+ init"]
     assert sorted({r["N"] for r in results["scaling"]}) == [2, 4]
@@ -19,7 +19,16 @@ def test_benchmark_writes_tables_markdown_and_plot(tiny_prior, tmp_path):
     for row in saved["rows"]:
         assert math.isfinite(row["psnr"]) and row["wall_time_s"] > 0 and row["adapt_passes"] > 0
     assert (tmp_path / "scaling-quick.png").stat().st_size > 0
+    d3ip_rows = [r for r in saved["rows"] if r["method"] == "d3ip"]
+    assert all(r["count_ratio_vs_ddip"] > 0 and r["wall_ratio_vs_ddip"] > 0 for r in d3ip_rows)
+    assert all(0 < r["network_share"] <= 1 for r in saved["rows"])
     assert "### table3" in (tmp_path / "results-quick.md").read_text()
+
+
+def test_the_recorded_command_reproduces_the_configuration():
+    assert BenchConfig(n_slices=8, n_steps=20, scaling_steps=10).command() == \
+        "ddip benchmark --n-slices 8 --steps 20 --scaling-steps 10"
+    assert BenchConfig().command() == "ddip benchmark"
 
 
 def test_default_prior_is_chosen_per_task_and_size(monkeypatch):

@@ -193,7 +193,7 @@ class VolumeAdapter:
         """All-reduce the LoRA gradients (one flat vector) and the loss: every rank then steps identically."""
         flat = torch.cat([torch.zeros_like(p).flatten() if p.grad is None else p.grad.flatten() for p in params]
                          + [torch.tensor([total], dtype=params[0].dtype, device=params[0].device)])
-        flat = self.shard.sum(flat)
+        flat = self.shard.sum(flat, kind="lora_gradient")
         offset = 0
         for p in params:
             p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
