@@ -44,6 +44,7 @@ class BenchConfig:
     seed: int = 0
     quick: bool = False
     scaling_steps: int | None = None  # None: n_steps
+    noise_mix: str = "paper"  # "code": the authors' √(1−η²), with which the paper's tables were made
     scaling_sizes: tuple[int, ...] = (8, 16, 32, 64)
 
     @classmethod
@@ -57,11 +58,11 @@ class BenchConfig:
         default = BenchConfig()
         flags = {"prior": self.prior, "size": self.size, "n_slices": self.n_slices, "steps": self.n_steps,
                  "dps_slices": self.dps_slices, "scaling_steps": self.scaling_steps,
-                 "scaling_sizes": ",".join(map(str, self.scaling_sizes))}
+                 "scaling_sizes": ",".join(map(str, self.scaling_sizes)), "noise_mix": self.noise_mix}
         defaults = {"prior": default.prior, "size": default.size, "n_slices": default.n_slices,
                     "steps": default.n_steps, "dps_slices": default.dps_slices,
                     "scaling_steps": default.scaling_steps,
-                    "scaling_sizes": ",".join(map(str, default.scaling_sizes))}
+                    "scaling_sizes": ",".join(map(str, default.scaling_sizes)), "noise_mix": default.noise_mix}
         return "ddip benchmark" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in flags.items()
                                           if v != defaults[k])
 
@@ -78,6 +79,11 @@ def _volume(task: str, cfg: BenchConfig, n_slices: int):
 def _measure(task: str, cfg: BenchConfig, n_slices: int, views: int = 60):
     volume, record = _volume(task, cfg, n_slices)
     return simulate(volume, TaskConfig(task=task, size=cfg.size, views=views, seed=cfg.seed), record=record)
+
+
+def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
+    """A reconstruction's settings with the benchmark's seed and noise mixing."""
+    return ReconstructConfig(seed=cfg.seed, noise_mix=cfg.noise_mix, **settings)
 
 
 def _row(m, rcfg: ReconstructConfig, prior, label: dict) -> dict:
@@ -105,27 +111,27 @@ def table2(cfg: BenchConfig, prior) -> list[dict]:
                 continue  # the paper runs no MBIR variant on CS-MRI (no 3D coupling in its knee data)
             m = m_dps if method == "dps" else m_full
             steps = None if method == "dps" and not cfg.quick else cfg.n_steps
-            rows.append(_row(m, ReconstructConfig(method=method, n_steps=steps, seed=cfg.seed), prior(task),
+            rows.append(_row(m, _rconfig(cfg, method=method, n_steps=steps), prior(task),
                              {"task": task, "views": views if task == "sv-ct" else None, "prior": prior.name(task)}))
     return rows
 
 
 def table1(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
-    return [_row(m, ReconstructConfig(method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k, seed=cfg.seed),
+    return [_row(m, _rconfig(cfg, method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k),
                  prior("sv-ct"), {"table": "1", "loss_cg_iters": k}) for k in (1, 3, 5)]
 
 
 def table3(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
     variants = [("baseline", None, "noise"), ("+ horizon", (40, 940), "noise"), ("+ init", (40, 940), "slerp")]
-    return [_row(m, ReconstructConfig(method="d3ip", n_steps=cfg.n_steps, horizon=h, init=init, seed=cfg.seed),
+    return [_row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, horizon=h, init=init),
                  prior("sv-ct"), {"table": "3", "variant": name}) for name, h, init in variants]
 
 
 def table4(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, max(cfg.n_slices, 12), paper_views(cfg.size))
-    return [_row(m, ReconstructConfig(method="d3ip", n_steps=cfg.n_steps, n_slices=k, seed=cfg.seed), prior("sv-ct"),
+    return [_row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, n_slices=k), prior("sv-ct"),
                  {"table": "4", "K": k}) for k in (1, 2, 3, 6, 12)]
 
 
@@ -136,7 +142,7 @@ def scaling(cfg: BenchConfig, prior) -> list[dict]:
         m = _measure("sv-ct", cfg, n, paper_views(cfg.size))
         pair = {}
         for method in ("ddip", "d3ip"):
-            row = _row(m, ReconstructConfig(method=method, n_steps=steps, seed=cfg.seed), prior("sv-ct"),
+            row = _row(m, _rconfig(cfg, method=method, n_steps=steps), prior("sv-ct"),
                        {"table": "scaling", "N": n})
             # network-pass count in forward-equivalents: a forward+backward costs about 3 forwards
             row["pass_count"] = 3 * (row["adapt_passes"] or 0) + (row["forward_passes"] or 0)

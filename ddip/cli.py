@@ -222,7 +222,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         raise DdipError(f"unknown table(s) {unknown}; choose from {', '.join(TABLES)}")
     cfg = BenchConfig.quick_config(args.prior) if args.quick else BenchConfig(
         prior=args.prior, size=args.size, n_slices=args.n_slices, n_steps=args.steps, dps_slices=args.dps_slices,
-        scaling_steps=args.scaling_steps, scaling_sizes=_ints(args.scaling_sizes))
+        scaling_steps=args.scaling_steps, scaling_sizes=_ints(args.scaling_sizes), noise_mix=args.noise_mix)
     run_benchmark(cfg, tables, args.out)
     print(f"results in {args.out}")
 
@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dps-slices", type=int, default=2, help="slices DPS runs on (1000 evaluations per slice)")
     p.add_argument("--scaling-steps", type=int, help="network evaluations in the cost-scaling runs (default: --steps)")
     p.add_argument("--scaling-sizes", default="8,16,32,64", help="slice counts N of the cost-scaling runs")
+    p.add_argument("--noise-mix", choices=("paper", "code", "ddim"), default="paper",
+                   help="DDIM noise mixing of every diffusion method (code: the authors' sqrt(1-eta^2))")
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")

@@ -39,12 +39,19 @@ def close() -> None:
         dist.destroy_process_group()
 
 
+def _collective_device() -> torch.device:
+    """Where small tensors for a collective must live: NCCL only moves CUDA tensors."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def any_flag(*flags: bool) -> list[bool]:
     """Each flag OR-ed over the ranks (one small all-reduce), so that every rank takes the same decision."""
-    t = torch.tensor([int(f) for f in flags], dtype=torch.int64)
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=_collective_device())
     if world()[1] > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+    return [bool(v) for v in t.cpu().tolist()]
 
 
 def gather(obj) -> list:

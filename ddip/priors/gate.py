@@ -91,8 +91,13 @@ def _clamp(x: Tensor) -> Tensor:
     return x.clamp(0, 1)
 
 
-def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 50, seed: int = 0) -> Tensor:
-    """Unconditional DDIM samples (η = 0) written as a PNG grid; returns the samples."""
+def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100, seed: int = 0) -> Tensor:
+    """Unconditional samples written as a PNG grid (magnitudes for complex priors); returns the samples.
+
+    Ancestral sampling (DDPM, η = 1, on ``n_steps`` of the 1000 timesteps) with the Tweedie estimate clipped to the
+    data range at every step — guided-diffusion's ``clip_denoised``, which is how ADM samples. Deterministic DDIM
+    (η = 0) without clipping drives our small networks to saturated or empty images.
+    """
     import math
 
     import matplotlib
@@ -104,14 +109,19 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 50, 
     from ddip.solvers.base import ddim_update, predict_eps, tweedie
 
     size = int(prior.net.config.sample_size)
+    channels = int(prior.net.config.in_channels)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, int(prior.net.config.in_channels), size, size, generator=g)
+    x = torch.randn(n, channels, size, size, generator=g)
     timesteps = prior.schedule.timesteps(n_steps).tolist()
+    lo = 0.0 if channels == 1 else -1.0  # images in [0, 1]; complex ones have real and imaginary parts in [-1, 1]
     with torch.no_grad():
         for i, t in enumerate(timesteps):
             s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             eps = predict_eps(prior, x, t)
-            x = ddim_update(prior, tweedie(prior, x, t, eps), eps, t, s, eta=0.0, noise_mix="ddim", generator=g)
+            x0 = tweedie(prior, x, t, eps).clamp(lo, 1.0)
+            ab = float(prior.schedule.at(t))
+            eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)  # the ε consistent with the clipped x̂₀
+            x = ddim_update(prior, x0, eps, t, s, eta=1.0, noise_mix="ddim", generator=g)
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False)
