@@ -222,7 +222,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         raise DdipError(f"unknown table(s) {unknown}; choose from {', '.join(TABLES)}")
     cfg = BenchConfig.quick_config(args.prior) if args.quick else BenchConfig(
         prior=args.prior, size=args.size, n_slices=args.n_slices, n_steps=args.steps, dps_slices=args.dps_slices,
-        scaling_steps=args.scaling_steps, scaling_sizes=_ints(args.scaling_sizes), noise_mix=args.noise_mix)
+        scaling_steps=args.scaling_steps, scaling_sizes=_ints(args.scaling_sizes), noise_mix=args.noise_mix,
+        table2_settings=tuple(args.table2.split(",")))
     run_benchmark(cfg, tables, args.out)
     print(f"results in {args.out}")
 
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dps-slices", type=int, default=2, help="slices DPS runs on (1000 evaluations per slice)")
     p.add_argument("--scaling-steps", type=int, help="network evaluations in the cost-scaling runs (default: --steps)")
     p.add_argument("--scaling-sizes", default="8,16,32,64", help="slice counts N of the cost-scaling runs")
+    p.add_argument("--table2", default="sv-ct-60,sv-ct-paper,mri3d,csmri",
+                   help="table 2 settings: sv-ct-60 (60 views), sv-ct-paper (60·size/256 views), mri3d, csmri")
     p.add_argument("--noise-mix", choices=("paper", "code", "ddim"), default="paper",
                    help="DDIM noise mixing of every diffusion method (code: the authors' sqrt(1-eta^2))")
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
