@@ -35,6 +35,17 @@ ADMM_TV = {"sv-ct": {"lam": 0.02, "rho": 1.0}, "mri3d": {"lam": 2e-3, "rho": 0.0
            "csmri": {"lam": 2e-3, "rho": 0.05}}
 
 
+def adaptation_chunk(max_batch: int, k: int, world: int = 1) -> int:
+    """Slices per forward/backward pass in adaptation: at most ``max_batch`` and 6, and with P processes at most
+    ⌈K/P⌉ so that the K slices of an optimiser step are shared out to the ranks (each rank one chunk).
+
+    The chunk is also the scope of the loss's CG inner products, so a P-process run equals the one-process run
+    whose ``--max-batch`` is this chunk (with one process and the defaults it is min(K, 6): the paper's K slices
+    in one batch).
+    """
+    return max(1, min(max_batch, 6, -(-k // world)))
+
+
 @dataclass(frozen=True)
 class ReconstructConfig:
     """Settings of one reconstruction (defaults: the paper's; ``None`` means the per-task default)."""
@@ -184,7 +195,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             k, n_iters, lr = TABLE5[m.config.task][cfg.method]
             acfg = AdaptConfig(lr=cfg.lr or lr, n_iters=cfg.n_iters or n_iters, n_slices=cfg.n_slices or k,
                                horizon=cfg.horizon, loss_cg_iters=cfg.loss_cg_iters,
-                               max_batch=min(cfg.max_batch, 6))
+                               max_batch=adaptation_chunk(cfg.max_batch, cfg.n_slices or k, world))
             prior = copy.deepcopy(prior)  # the caller's prior stays free of LoRA layers
             names = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
                                 generator=torch.Generator().manual_seed(cfg.seed + 1))

@@ -104,6 +104,9 @@ def test_torchrun_reconstruct_writes_the_single_process_result_once(tmp_path, ct
         cmd = [str(torchrun), "--standalone", "--nproc-per-node", str(nproc), "-m", "ddip", "reconstruct",
                str(ct_measurement), "--method", "d3ip-mbir", "--prior", tiny_prior, "--steps", "4", "--k", "2",
                "--iters", "1", "--out", str(out), "--quiet"]
+        # Two ranks share the K = 2 adaptation slices out, one chunk each (reconstruct.adaptation_chunk): the
+        # one-process equivalent adapts in chunks of one slice.
+        cmd += ["--max-batch", "1"] if nproc == 1 else []
         run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         vols[nproc] = torch.from_numpy(nib.load(out / "reconstruction.nii.gz").get_fdata())
@@ -112,6 +115,9 @@ def test_torchrun_reconstruct_writes_the_single_process_result_once(tmp_path, ct
 
     metrics = json.loads((tmp_path / "p2" / "metrics.json").read_text())
     assert metrics["report"]["world_size"] == 2 and metrics["report"]["slices_per_rank"] == [2, 1]
+    sent = metrics["report"]["communication_bytes"]  # rank 0's share of every kind of collective
+    assert sent["lora_gradient"] > 0 and sent["halo"] > 0 and sent["cg_inner_products"] > 0
+    assert metrics["report"]["adapt"]["max_batch"] == 1
     assert (vols[1] - vols[2]).abs().max() <= 1e-4 * vols[1].abs().max()
 
     # methods that work slice by slice refuse to be split, with a clear message
@@ -119,3 +125,11 @@ def test_torchrun_reconstruct_writes_the_single_process_result_once(tmp_path, ct
            "--method", "ddip", "--prior", tiny_prior, "--steps", "2", "--out", str(tmp_path / "bad"), "--quiet"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode != 0 and "runs in one process" in run.stderr
+
+
+def test_adaptation_chunks_share_the_k_slices_out_to_the_ranks():
+    from ddip.reconstruct import adaptation_chunk
+
+    assert adaptation_chunk(16, 6) == 6 and adaptation_chunk(16, 12) == 6  # one process: the paper's batch of K
+    assert adaptation_chunk(16, 6, world=2) == 3 and adaptation_chunk(16, 6, world=4) == 2
+    assert adaptation_chunk(2, 6, world=2) == 2 and adaptation_chunk(16, 1, world=4) == 1
