@@ -4,7 +4,7 @@
 
 For each volume size N (chest-CT fixture, 64 px, the paper's angular undersampling) it runs
 ``torchrun --nproc-per-node P -m ddip reconstruct ... --method d3ip`` for P = 1 and P = 2 with one thread per process,
-and one process with 2 threads as the single-process reference on the same cores. From each run's ``metrics.json``:
+and one process with 2 threads as the single-process reference on the same cores (``--configs``). From each run's ``metrics.json``:
 wall time per step, and (P = 2) the bytes rank 0 put into collectives by kind (``report.communication_bytes``:
 LoRA gradient, the K adaptation slices, CG inner products, the final gather), divided by the steps, beside the
 volume's own size. Writes ``benchmarks/results/distributed.json`` and ``.md``.
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--slices", default="8,16,32")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--prior", default="ellipses-64")
+    parser.add_argument("--configs", default="1x2,1x1,2x1", help="processes x threads per process, comma-separated")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distributed.json"))
     args = parser.parse_args()
     torchrun = str(Path(sys.executable).with_name("torchrun"))
@@ -46,7 +47,7 @@ def main() -> None:
             meas = Path(tmp) / f"ct{n}.safetensors"
             _run([sys.executable, "-m", "ddip", "simulate", "--task", "sv-ct", "--volume", "fixture:chest-ct",
                   "--n-slices", str(n), "--views", "15", "--out", str(meas)], 2)
-            for procs, threads in ((1, 2), (1, 1), (2, 1)):
+            for procs, threads in (tuple(map(int, c.split("x"))) for c in args.configs.split(",")):
                 out = Path(tmp) / f"n{n}p{procs}t{threads}"
                 _run([torchrun, "--standalone", "--nproc-per-node", str(procs), "-m", "ddip", "reconstruct",
                       str(meas), "--method", "d3ip", "--prior", args.prior, "--steps", str(args.steps),
