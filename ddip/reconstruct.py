@@ -160,9 +160,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             raise DdipError(f"method {cfg.method!r} runs in one process; under torchrun use one of "
                             f"{', '.join(DISTRIBUTED)}")
         shard = Shard.even(y.shape[0], rank, world)
-        report.update(world_size=world, slices_per_rank=[Shard.even(y.shape[0], r, world).hi
-                                                         - Shard.even(y.shape[0], r, world).lo
-                                                         for r in range(world)])
+        report.update(world_size=world, slices_per_rank=shard.sizes)
         if checkpointer is not None:
             checkpointer = checkpointer.sibling(f"rank{rank}of{world}")
     if cfg.method != "admm-tv" and prior is None:

@@ -56,6 +56,12 @@ class Shard:
         return cls(lo, lo + base + (rank < extra), n, rank, world)
 
     @property
+    def sizes(self) -> list[int]:
+        """Slices of every rank's block, in rank order."""
+        base, extra = divmod(self.n, self.world)
+        return [base + (r < extra) for r in range(self.world)]
+
+    @property
     def index(self) -> slice:
         return slice(self.lo, self.hi)
 
@@ -113,8 +119,7 @@ class Shard:
         """The whole volume on every rank (blocks may differ in size by one slice)."""
         if self.world == 1:
             return block
-        sizes = [Shard.even(self.n, r, self.world).hi - Shard.even(self.n, r, self.world).lo
-                 for r in range(self.world)]
+        sizes = self.sizes
         pad = max(sizes)
         padded = torch.zeros((pad, *block.shape[1:]), dtype=block.dtype, device=block.device)
         padded[: block.shape[0]] = block
