@@ -57,17 +57,14 @@ class BenchConfig:
         """The ``ddip benchmark`` command line that gives this configuration."""
         if self.quick:
             return "ddip benchmark --quick" + (f" --prior {self.prior}" if self.prior else "")
-        default = BenchConfig()
-        flags = {"prior": self.prior, "size": self.size, "n_slices": self.n_slices, "steps": self.n_steps,
-                 "dps_slices": self.dps_slices, "scaling_steps": self.scaling_steps,
-                 "scaling_sizes": ",".join(map(str, self.scaling_sizes)), "noise_mix": self.noise_mix,
-                 "table2": ",".join(self.table2_settings)}
-        defaults = {"prior": default.prior, "size": default.size, "n_slices": default.n_slices,
-                    "steps": default.n_steps, "dps_slices": default.dps_slices,
-                    "scaling_steps": default.scaling_steps,
-                    "scaling_sizes": ",".join(map(str, default.scaling_sizes)), "noise_mix": default.noise_mix,
-                    "table2": ",".join(default.table2_settings)}
-        return "ddip benchmark" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in flags.items()
+        def flags(c: BenchConfig) -> dict:
+            return {"prior": c.prior, "size": c.size, "n_slices": c.n_slices, "steps": c.n_steps,
+                    "dps_slices": c.dps_slices, "scaling_steps": c.scaling_steps,
+                    "scaling_sizes": ",".join(map(str, c.scaling_sizes)), "noise_mix": c.noise_mix,
+                    "table2": ",".join(c.table2_settings)}
+
+        mine, defaults = flags(self), flags(BenchConfig())
+        return "ddip benchmark" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in mine.items()
                                           if v != defaults[k])
 
 

@@ -147,7 +147,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     from ddip.solvers import admm_tv_reconstruct
 
     from ddip import distributed
-    from ddip.sharding import Shard, ShardedPhysics
+    from ddip.sharding import Shard, split
 
     device = torch.device(device)
     y = m.y.to(device)
@@ -183,7 +183,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             x = admm_tv_reconstruct(y, physics, **ADMM_TV[m.config.task])
         elif cfg.method not in ADAPTED:
             step = build_step(cfg, m)
-            y_run, phys_run = (y, physics) if shard is None else (shard.take(y), ShardedPhysics(physics, shard))
+            y_run, phys_run = split(shard, y, physics)
             x = resumable_solve(step, prior, y_run, phys_run, generator=generator, checkpointer=checkpointer,
                                 init=cfg.init, max_batch=cfg.max_batch, progress=progress)
             if shard is not None:

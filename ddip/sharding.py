@@ -169,6 +169,11 @@ class ShardedPhysics:
         return getattr(self.local, name)
 
 
+def split(shard: Shard | None, y: Tensor, physics):
+    """``(y, physics)`` of this rank's block of slices (unchanged without a shard): what a sharded solve runs on."""
+    return (y, physics) if shard is None else (shard.take(y), ShardedPhysics(physics, shard))
+
+
 def shard_of(physics) -> Shard | None:
     """The :class:`Shard` an operator is marked with, or None for a whole volume in one process."""
     return getattr(physics, "shard", None) if isinstance(physics, ShardedPhysics) else None

@@ -23,7 +23,7 @@ from torch import Tensor
 from ddip.adapt.adapter import AdaptConfig, VolumeAdapter
 from ddip.adapt.lora import restore, snapshot
 from ddip.priors.prior import DiffusionPrior
-from ddip.sharding import Shard, ShardedPhysics
+from ddip.sharding import Shard, split
 from ddip.checkpoint import Checkpointer, resumable_solve
 from ddip.solvers.base import Init, initialise, physics_subset
 
@@ -56,7 +56,7 @@ def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Ada
     adapter = VolumeAdapter(prior, step, y, physics, cfg, generator=adapt_generator,
                             record_trajectory=record_trajectory,
                             n_total_adapted=sum(cfg.adapts_at(t) for t in timesteps), shard=shard)
-    y_run, physics_run = (y, physics) if shard is None else (shard.take(y), ShardedPhysics(physics, shard))
+    y_run, physics_run = split(shard, y, physics)
     x = resumable_solve(step, prior, y_run, physics_run, generator=generator, checkpointer=checkpointer,
                         adapter=adapter, init=init, max_batch=max_batch, progress=progress)
     if shard is not None:

@@ -13,8 +13,8 @@ Notation (paper §2.1, App. A; VP schedule with images in [0, 1]):
 :func:`solve` owns the loop; a *step* (DDS, DDNM, DiffusionMBIR, DPS, ...) turns ``x_t`` into ``x_s``. The
 ``before_step`` hook runs before every step and may change the network in place (DDIP/D3IP adapt LoRA weights there);
 no step knows about adaptation. A volume split across processes (:mod:`ddip.sharding`) is the same loop run on each
-rank's block with a :class:`~ddip.sharding.ShardedPhysics`. Complex images (CS-MRI) are carried as two real channels (real, imaginary); a prior
-with one channel denoises them as two independent real images.
+rank's block with a :class:`~ddip.sharding.ShardedPhysics`. Complex images (CS-MRI) are carried as two real channels
+(real, imaginary); a prior with one channel denoises them as two independent real images.
 """
 
 from __future__ import annotations
