@@ -250,7 +250,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(out=args.out, unet=unet, batch_size=args.batch, lr=args.lr, ema_decay=args.ema,
                       max_images=args.max_images, max_hours=args.max_hours, bf16=args.bf16, seed=args.seed,
                       checkpoint_minutes=args.checkpoint_minutes, snapshot_every=args.snapshot_every,
-                      init_weights=args.init_weights, data=args.data)
+                      init_weights=args.init_weights, data=args.data, warmup_steps=args.warmup_steps,
+                      device=args.device)
     from ddip import distributed
 
     distributed.init_from_env()  # under torchrun: DistributedDataParallel, one phantom stream per rank
@@ -372,7 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=t.ema_decay)
     p.add_argument("--max-images", type=int, default=t.max_images)
     p.add_argument("--max-hours", type=float, default=t.max_hours, help="stop (after a checkpoint) after this long")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU (faster; weights stay fp32)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster; weights stay fp32)")
+    p.add_argument("--warmup-steps", type=int, default=t.warmup_steps,
+                   help="linear learning-rate warm-up over this many steps")
+    p.add_argument("--device", default=t.device, help="cpu, cuda, cuda:1, ... (phantoms are rasterised there too)")
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--checkpoint-minutes", type=float, default=t.checkpoint_minutes)
     p.add_argument("--snapshot-every", type=int, default=t.snapshot_every, help="EMA snapshot every N images")

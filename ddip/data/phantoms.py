@@ -93,15 +93,17 @@ def random_ellipses(
     max_ellipses: int = MAX_ELLIPSES,
     diameter: float = DIAMETER,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """A batch ``(n_images, 1, img_size, img_size)`` of ELLIPSES phantoms in [0, 1], reproducible per generator.
 
-    Parameters are drawn on the CPU from ``generator`` (so the same seed gives the same phantoms on any device).
+    Parameters are drawn on the CPU from ``generator`` (so the same seed gives the same phantoms on any device) and
+    rasterised on ``device`` (on a GPU the rasterisation is what would otherwise starve training).
     """
     if n_images < 1 or img_size < 2:
         raise DdipError(f"random_ellipses: need n_images >= 1 and img_size >= 2, got {n_images}, {img_size}")
     params = random_ellipse_parameters(n_images, max_ellipses=max_ellipses, diameter=diameter, generator=generator)
-    return normalise_phantom(ellipse_phantom(params, img_size)).to(dtype)
+    return normalise_phantom(ellipse_phantom(params.to(device), img_size)).to(dtype)
 
 
 def polynomial_basis(height: int, width: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -112,21 +114,22 @@ def polynomial_basis(height: int, width: int, *, dtype: torch.dtype = torch.floa
 
 
 def smooth_phase(n_images: int, img_size: int, *, generator: torch.Generator | None = None,
-                 max_phase: float = math.pi) -> Tensor:
+                 max_phase: float = math.pi, device: torch.device | str | None = None) -> Tensor:
     """Random smooth phase maps ``(n, 1, H, W)``: a random quadratic polynomial scaled to a peak of U(0, max_phase)."""
-    basis = polynomial_basis(img_size, img_size)
-    coef = torch.randn(n_images, basis.shape[0], dtype=torch.float64, generator=generator)
+    basis = polynomial_basis(img_size, img_size).to(device)
+    coef = torch.randn(n_images, basis.shape[0], dtype=torch.float64, generator=generator).to(device)
     poly = torch.einsum("nk,khw->nhw", coef, basis)
-    peak = torch.rand(n_images, 1, 1, dtype=torch.float64, generator=generator) * max_phase
+    peak = torch.rand(n_images, 1, 1, dtype=torch.float64, generator=generator).to(device) * max_phase
     return (peak * poly / poly.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)).unsqueeze(1)
 
 
 def random_complex_ellipses(n_images: int, img_size: int, *, generator: torch.Generator | None = None,
-                            max_phase: float = math.pi, dtype: torch.dtype = torch.float32) -> Tensor:
+                            max_phase: float = math.pi, dtype: torch.dtype = torch.float32,
+                            device: torch.device | str | None = None) -> Tensor:
     """ELLIPSES magnitudes with a smooth random phase, as two channels (real, imaginary): ``(n, 2, H, W)``.
 
     The training data of the complex prior (the analogue of the paper's complex fastMRI prior for CS-MRI).
     """
-    mag = random_ellipses(n_images, img_size, generator=generator, dtype=torch.float64)
-    phase = smooth_phase(n_images, img_size, generator=generator, max_phase=max_phase)
+    mag = random_ellipses(n_images, img_size, generator=generator, dtype=torch.float64, device=device)
+    phase = smooth_phase(n_images, img_size, generator=generator, max_phase=max_phase, device=device)
     return torch.cat([mag * phase.cos(), mag * phase.sin()], dim=1).to(dtype)

@@ -47,10 +47,14 @@ class TrainConfig:
     log_every: int = 20
     init_weights: str | None = None  # warm start (network and EMA) from a safetensors file of the same network
     data: Literal["ellipses", "ellipses-complex"] = "ellipses"  # complex: magnitude x smooth phase, 2 channels
+    warmup_steps: int = 0  # learning rate rises linearly from 0 over this many steps (large batches, warm starts)
+    device: str = "cpu"  # where the network trains and phantoms are rasterised; the random streams stay on the CPU
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
             raise DdipError("train-prior: need batch_size >= 1, lr > 0, 0 <= ema_decay < 1 and max_images >= 1")
+        if self.warmup_steps < 0:
+            raise DdipError(f"train-prior: warmup_steps must be >= 0, got {self.warmup_steps}")
         channels = 2 if self.data == "ellipses-complex" else 1
         if self.data not in ("ellipses", "ellipses-complex"):
             raise DdipError(f"train-prior: unknown data {self.data!r}; choose ellipses or ellipses-complex")
@@ -71,7 +75,7 @@ class TrainConfig:
 
 # Settings that may change between a run and its resumption without changing what is trained.
 _OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapshot_every", "log_every",
-                "init_weights")
+                "init_weights", "device")
 
 
 class _StopRequest:
@@ -106,7 +110,7 @@ def _save_weights(path: Path, state_dict: dict, metadata: dict) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(tmp),
+        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp),
                   metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
@@ -147,9 +151,13 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     cfg_path = out / "config.json"
-    net = build_unet(cfg.unet, seed=cfg.seed)
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolution kernels
+    net = build_unet(cfg.unet, seed=cfg.seed).to(device)
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    # fused AdamW: one kernel for all parameters on a GPU (the same update; not available for CPU tensors here)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0, fused=device.type == "cuda" or None)
     data_rng = torch.Generator().manual_seed(cfg.seed + rank)
     noise_rng = torch.Generator().manual_seed(cfg.seed + 1_000_003 + rank)
     step = images = 0
@@ -167,7 +175,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
             raise DdipError(f"{ckpt_path}: the run was trained by {saved_world} process(es); resume it with "
                             f"{saved_world}, not {n_ranks} (each rank's phantom stream is in the checkpoint)")
         net.load_state_dict(state["model"])
-        ema = state["ema"]
+        ema = {k: v.to(device) for k, v in state["ema"].items()}
         opt.load_state_dict(state["optimizer"])
         data_rng.set_state(state["data_rng"] if n_ranks == 1 else state["data_rng"][rank])
         noise_rng.set_state(state["noise_rng"] if n_ranks == 1 else state["noise_rng"][rank])
@@ -180,6 +188,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         except Exception as exc:
             raise DdipError(f"{cfg.init_weights}: cannot warm-start this network from it ({exc})") from exc
         ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    ema_float = [k for k, v in ema.items() if v.dtype.is_floating_point]
+    params = net.state_dict()
     if rank == 0:
         write_json(cfg_path, cfg.to_dict())
     model = net
@@ -204,7 +214,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     if rank == 0 and not log_path.exists():
         log_path.write_text("step,images,loss,images_per_s,elapsed_s\n")
     t_start = t_ckpt = t_log = time.time()
-    losses: list[float] = []
+    losses: list[Tensor] = []  # kept on the device: reading a loss each step would stall a GPU
     bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress or rank != 0,
                dynamic_ncols=True)
     net.train()
@@ -220,9 +230,12 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         if halt:
             break
         make = random_complex_ellipses if cfg.data == "ellipses-complex" else random_ellipses
-        x0 = make(cfg.batch_size, cfg.unet.image_size, generator=data_rng)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        x0 = make(cfg.batch_size, cfg.unet.image_size, generator=data_rng, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = prior.loss(x0, generator=noise_rng).mean()
+        if cfg.warmup_steps:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -230,18 +243,16 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         step += 1
         images += cfg.batch_size * n_ranks
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
-        with torch.no_grad():
-            for k, v in net.state_dict().items():
-                if v.dtype.is_floating_point:
-                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
-                else:
-                    ema[k].copy_(v)
-        losses.append(loss.item())
+        with torch.no_grad():  # ema ← decay·ema + (1 − decay)·θ, all tensors in one call
+            torch._foreach_lerp_([ema[k] for k in ema_float], [params[k] for k in ema_float], 1 - decay)
+            for k in ema.keys() - set(ema_float):
+                ema[k].copy_(params[k])
+        losses.append(loss)
         bar.update(cfg.batch_size * n_ranks)
         if step % cfg.log_every == 0:
             now = time.time()
             rate = cfg.log_every * cfg.batch_size * n_ranks / max(now - t_log, 1e-9)
-            mean_loss = sum(losses) / len(losses)  # rank 0's own loss
+            mean_loss = torch.stack(losses).mean().item()  # rank 0's own loss
             if rank == 0:
                 with open(log_path, "a") as fh:
                     fh.write(f"{step},{images},{mean_loss:.6f},{rate:.2f},{now - t_start:.1f}\n")
@@ -254,4 +265,4 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     stop.restore()
     checkpoint()
     return {"step": step, "images": images, "out": str(out), "finished": images >= cfg.max_images,
-            "elapsed_s": time.time() - t_start, "last_loss": math.nan if not losses else losses[-1]}
+            "elapsed_s": time.time() - t_start, "last_loss": math.nan if not losses else losses[-1].item()}
