@@ -48,6 +48,12 @@ class BenchConfig:
     table2_settings: tuple[str, ...] = ("sv-ct-60", "sv-ct-paper", "mri3d", "csmri")
     noise_mix: str = "paper"  # "code": the authors' √(1−η²), with which the paper's tables were made
     scaling_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    methods: tuple[str, ...] = METHODS  # table 2's methods (a subset for a costly size)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise DdipError(f"benchmark: unknown or no method(s) {unknown}; choose from {', '.join(METHODS)}")
 
     @classmethod
     def quick_config(cls, prior: str | None) -> "BenchConfig":
@@ -61,7 +67,7 @@ class BenchConfig:
             return {"prior": c.prior, "size": c.size, "n_slices": c.n_slices, "steps": c.n_steps,
                     "dps_slices": c.dps_slices, "scaling_steps": c.scaling_steps,
                     "scaling_sizes": ",".join(map(str, c.scaling_sizes)), "noise_mix": c.noise_mix,
-                    "table2": ",".join(c.table2_settings)}
+                    "table2": ",".join(c.table2_settings), "methods": ",".join(c.methods)}
 
         mine, defaults = flags(self), flags(BenchConfig())
         return "ddip benchmark" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in mine.items()
@@ -112,7 +118,7 @@ def table2(cfg: BenchConfig, prior) -> list[dict]:
     for task, views in settings:
         m_full = _measure(task, cfg, cfg.n_slices, views)
         m_dps = _measure(task, cfg, cfg.dps_slices, views)
-        for method in METHODS:
+        for method in cfg.methods:
             if task == "csmri" and method in ("mbir", "d3ip-mbir"):
                 continue  # the paper runs no MBIR variant on CS-MRI (no 3D coupling in its knee data)
             m = m_dps if method == "dps" else m_full
@@ -243,7 +249,21 @@ def run_benchmark(cfg: BenchConfig, tables: tuple[str, ...] = TABLES, out: str |
         write_json(out / f"{name}{suffix}.json", {**header, "elapsed_s": time.perf_counter() - t0, "rows": rows})
         if name == "scaling":
             _scaling_plot(rows, out / f"scaling{suffix}.png")
-    md = [f"# ddip benchmark ({header['date']})", "", f"Command: `{header['command']}`", "",
-          f"Machine: {header['machine']}", ""] + [_markdown(k, v) for k, v in results.items()]
-    (out / f"results{'-quick' if cfg.quick else ''}.md").write_text("\n".join(md))
+    _write_summary(out, "-quick" if cfg.quick else "")
     return results
+
+
+def _write_summary(out: Path, suffix: str) -> None:
+    """``results.md``: every table recorded in ``out`` (this run's and earlier ones'), each with its own command,
+    date and machine, so a run of one table does not drop the others from the summary."""
+    from ddip.io import atomic_path
+
+    md = ["# ddip benchmark", ""]
+    for name in TABLES:
+        path = out / f"{name}{suffix}.json"
+        if path.exists():
+            rec = json.loads(path.read_text())
+            md += [f"Command: `{rec['command']}` ({rec['date']}, {rec['elapsed_s']:.0f} s)", "",
+                   f"Machine: {rec['machine']}", "", _markdown(name, rec["rows"])]
+    with atomic_path(out / f"results{suffix}.md") as tmp:
+        tmp.write_text("\n".join(md))

@@ -223,7 +223,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     cfg = BenchConfig.quick_config(args.prior) if args.quick else BenchConfig(
         prior=args.prior, size=args.size, n_slices=args.n_slices, n_steps=args.steps, dps_slices=args.dps_slices,
         scaling_steps=args.scaling_steps, scaling_sizes=_ints(args.scaling_sizes), noise_mix=args.noise_mix,
-        table2_settings=tuple(args.table2.split(",")))
+        table2_settings=tuple(args.table2.split(",")), methods=tuple(args.methods.split(",")))
     run_benchmark(cfg, tables, args.out)
     print(f"results in {args.out}")
 
@@ -348,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-mix", choices=("paper", "code", "ddim"), default="paper",
                    help="DDIM noise mixing of every diffusion method (code: the authors' sqrt(1-eta^2))")
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
+    p.add_argument("--methods", default=",".join(METHODS), help="table 2's methods, comma-separated")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_benchmark)

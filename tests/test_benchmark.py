@@ -29,6 +29,21 @@ def test_the_recorded_command_reproduces_the_configuration():
     assert BenchConfig(n_slices=8, n_steps=20, scaling_steps=10).command() == \
         "ddip benchmark --n-slices 8 --steps 20 --scaling-steps 10"
     assert BenchConfig().command() == "ddip benchmark"
+    assert BenchConfig(size=128, methods=("dds", "d3ip")).command() == "ddip benchmark --size 128 --methods dds,d3ip"
+
+
+def test_table2_runs_only_the_chosen_methods(tiny_prior, tmp_path):
+    cfg = BenchConfig(prior=tiny_prior, n_slices=2, n_steps=2, dps_slices=1, quick=True,
+                      table2_settings=("mri3d",), methods=("dds", "admm-tv"))
+    earlier = {"command": "ddip benchmark --tables table4", "date": "2026-01-01", "elapsed_s": 1.0, "machine": {},
+               "rows": [{"method": "d3ip", "K": 1, "psnr": 20.0}]}
+    (tmp_path / "table4-quick.json").write_text(json.dumps(earlier))
+    rows = run_benchmark(cfg, tables=("table2",), out=tmp_path)["table2"]
+    assert [r["method"] for r in rows] == ["dds", "admm-tv"]
+    summary = (tmp_path / "results-quick.md").read_text()  # this run's table and the earlier one, each with its command
+    assert "### table2" in summary and "### table4" in summary and "`ddip benchmark --tables table4`" in summary
+    with pytest.raises(DdipError, match="unknown or no method.*'sdd'"):
+        BenchConfig(methods=("dds", "sdd"))
 
 
 def test_default_prior_is_chosen_per_task_and_size(monkeypatch):
