@@ -188,7 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     prior = load_prior(args.prior)
     results = {}
     for method in ("dds", "d3ip"):
-        cfg = ReconstructConfig(method=method, seed=args.seed, n_steps=args.steps,
+        cfg = ReconstructConfig(method=method, seed=args.seed, n_steps=args.steps, noise_mix=args.noise_mix,
                                 **({"n_slices": args.k, "n_iters": args.iters} if method == "d3ip" else {}))
         res = reconstruct(m, cfg, prior, progress=not args.quiet)
         config = {"command": "demo", "prior": args.prior, **asdict(cfg), "task": asdict(m.config),
@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=DEMO_ITERS,
                    help=f"D3IP optimiser steps per timestep (default {DEMO_ITERS})")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise-mix", default="paper", choices=("paper", "code", "ddim"),
+                   help="DDIM noise mixing of both methods (default: the paper's Eq. 7; code: the authors' "
+                        "sqrt(1-eta^2), under which their numbers were made)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
