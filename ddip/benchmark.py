@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ddip.errors import DdipError
-from ddip.io import write_json
+from ddip.io import atomic_path, write_json
 from ddip.metrics import evaluate_volume
 from ddip.reconstruct import METHODS, ReconstructConfig, reconstruct
 from ddip.tasks import TaskConfig, paper_views, simulate
@@ -190,8 +190,6 @@ def _scaling_plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ddip.io import atomic_path
-
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     for method in ("ddip", "d3ip"):
         rs = [r for r in rows if r["method"] == method]
@@ -256,8 +254,6 @@ def run_benchmark(cfg: BenchConfig, tables: tuple[str, ...] = TABLES, out: str |
 def _write_summary(out: Path, suffix: str) -> None:
     """``results.md``: every table recorded in ``out`` (this run's and earlier ones'), each with its own command,
     date and machine, so a run of one table does not drop the others from the summary."""
-    from ddip.io import atomic_path
-
     md = ["# ddip benchmark", ""]
     for name in TABLES:
         path = out / f"{name}{suffix}.json"
