@@ -7,7 +7,8 @@
 # --device cuda` (phantoms rasterised on the GPU, bf16 autocast, fused AdamW). The three processes share the GPU, which
 # also hides each one's kernel-launch gaps. What comes back in OUT: each run's final EMA weights, the snapshot nearest
 # half-way (for the gate curve), and logs.tar (loss logs, configs, stdout). Nothing is downloaded: where diffusers is
-# missing, wheels in .whl/ are installed to /tmp/site first.
+# missing, wheels in .whl/ are installed to /tmp/site first. The six weight files come to ~85 MB: where a call may bring
+# back less (the lent device returns 64 MiB), fetch the rest from $RUNS in a second call while the machine is warm.
 set -u
 SECS=${SECS:-470}
 PY=${PYTHON:-python3}

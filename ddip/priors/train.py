@@ -189,6 +189,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
             raise DdipError(f"{cfg.init_weights}: cannot warm-start this network from it ({exc})") from exc
         ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     ema_float = [k for k, v in ema.items() if v.dtype.is_floating_point]
+    ema_other = [k for k in ema if k not in ema_float]  # integer buffers: copied, not averaged
     params = net.state_dict()
     if rank == 0:
         write_json(cfg_path, cfg.to_dict())
@@ -218,6 +219,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress or rank != 0,
                dynamic_ncols=True)
     net.train()
+    make = random_complex_ellipses if cfg.data == "ellipses-complex" else random_ellipses
     stop = _StopRequest()
     while images < cfg.max_images:
         # every rank takes the same decisions: stop (signal or time limit) and checkpoint (rank 0's clock)
@@ -229,7 +231,6 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
             t_ckpt = time.time()
         if halt:
             break
-        make = random_complex_ellipses if cfg.data == "ellipses-complex" else random_ellipses
         x0 = make(cfg.batch_size, cfg.unet.image_size, generator=data_rng, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = prior.loss(x0, generator=noise_rng).mean()
@@ -245,7 +246,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
         with torch.no_grad():  # ema ← decay·ema + (1 − decay)·θ, all tensors in one call
             torch._foreach_lerp_([ema[k] for k in ema_float], [params[k] for k in ema_float], 1 - decay)
-            for k in ema.keys() - set(ema_float):
+            for k in ema_other:
                 ema[k].copy_(params[k])
         losses.append(loss)
         bar.update(cfg.batch_size * n_ranks)
