@@ -51,6 +51,8 @@ def test_demo_compares_dds_and_d3ip(tiny_prior, tmp_path, capsys):
     assert summary["psnr_gain_db"] == pytest.approx(summary["psnr_d3ip"] - summary["psnr_dds"])
     assert (out / "comparison.png").is_file() and (out / "d3ip" / "metrics.json").is_file()
     assert "D3IP - DDS" in capsys.readouterr().out
+    for method in ("dds", "d3ip"):  # both methods sample with the demo's noise mixing, recorded with the result
+        assert json.loads((out / method / "config.json").read_text())["noise_mix"] == "code"
 
 
 @pytest.mark.parametrize(
