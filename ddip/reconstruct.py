@@ -31,10 +31,11 @@ TABLE5 = {
               "d3ip-meta": (3, 5, 1e-3)},
 }
 # Where Table 5's learning rate does not transfer to our priors (measured, benchmarks/results/diagnosis.md §4): on
-# CS-MRI at 50 steps D3IP with lr 1e-3 collapses (2 slices: 11.78 dB against DDS 21.13; 8 slices: 11.90) while
-# 1e-4 gives 22.87 dB; the adaptation loss ends equal (1.0e-4 / 1.2e-4), so 1e-3 overfits the unmeasured k-space lines.
-# `--lr` still overrides.
-LR_TUNED = {("csmri", "d3ip"): 1e-4}
+# CS-MRI at 50 steps every adapted method with lr 1e-3 collapses (2 slices: D3IP 11.78 dB, SCD 12.25, DDIP 11.46,
+# against DDS 21.13; 8 slices: D3IP 11.90) while 1e-4 gives D3IP 22.87 and DDIP 22.53; the adaptation loss ends
+# equal, so 1e-3 overfits the unmeasured k-space lines. D3IP-meta (D3IP then per-slice DDIP) and D3IP-mbir follow by
+# the same mechanism (not measured apart). `--lr` still overrides.
+LR_TUNED = {("csmri", method): 1e-4 for method in ADAPTED}
 # ADMM-TV (no prior): λ and ρ per task, tuned on the development volumes (see benchmarks/).
 ADMM_TV = {"sv-ct": {"lam": 0.02, "rho": 1.0}, "mri3d": {"lam": 2e-3, "rho": 0.05},
            "csmri": {"lam": 2e-3, "rho": 0.05}}
