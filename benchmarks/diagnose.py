@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = BenchConfig(size=args.size)
     views = paper_views(args.size) if args.task == "sv-ct" else 60
     m = _measure(args.task, cfg, args.n_slices, views)
-    prior = load_prior(default_prior(args.task, args.size))
+    prior_name = default_prior(args.task, args.size)
+    prior = load_prior(prior_name)
     x_dagger = pseudo_inverse(m.physics, m.y)
     rows = [{"method": "A_dagger", "psnr": evaluate_volume(x_dagger, m.ground_truth)["psnr"]}]
     for spec in args.specs:
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({**settings, "psnr": metrics["psnr"], "ssim": metrics["ssim"],
                      "wall_s": time.perf_counter() - t0, "loss_first": res.report.get("loss_first"),
                      "loss_last": res.report.get("loss_last")})
-    header = {"task": args.task, "n_slices": args.n_slices, "size": args.size, "prior": default_prior(args.task,
-              args.size), "date": date.today().isoformat()}
+    header = {"task": args.task, "n_slices": args.n_slices, "size": args.size, "prior": prior_name,
+              "date": date.today().isoformat()}
     for row in rows:
         line = json.dumps({**header, **row})
         print(line, flush=True)

@@ -54,8 +54,9 @@ def _slab(a: int, b: int):
 def test_d3ip_beats_dds_on_real_ct_with_the_codes_noise_mixing(prior):
     """Chest-CT slices 14:18, 64 px, 15 views, K = 4. Measured 2026-11-25 with ellipses-64 (113k images): with the
     authors' √(1−η²) mixing DDS 26.15 dB, D3IP 27.29 (+1.14), and passed again (> 0.5) on 2026-11-27 with the
-    948k-image prior; with Eq. 7 as printed (the default) DDS 27.75, D3IP 27.21 — that state is not on the diffusion marginal (variance 0.745) and adaptation then chases it (first loss
-    98 against 2.7); see benchmarks/results/ood_gain.md."""
+    948k-image prior; with Eq. 7 as printed (the default) DDS 27.75, D3IP 27.21 — that state is not on the diffusion
+    marginal (variance 0.745) and adaptation then chases it (first loss 98 against 2.7); see
+    benchmarks/results/ood_gain.md."""
     m = _slab(14, 18)
     dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code"), prior)
     d3ip = reconstruct(m, ReconstructConfig(method="d3ip", n_slices=4, noise_mix="code"), prior)
@@ -81,10 +82,9 @@ def test_adaptation_does_not_collapse_on_csmri(method):
     """2 MNI slices, CS-MRI ×4, 50 steps, code mixing, the complex prior. With Table 5's lr 1e-3 D3IP fell to
     11.78 dB and DDIP to 11.46 (DDS 21.13); with the tuned default 1e-4 they reached 22.87 and 22.53 (2026-11-27,
     benchmarks/results/diagnosis.md)."""
-    from ddip.data import dev_volume_path, prepare_volume, read_volume
+    from ddip.benchmark import BenchConfig, _measure
 
-    volume = prepare_volume(read_volume(dev_volume_path("mni-t1")), modality="mri", size=64, n_slices=2).slices
-    m = simulate(volume, TaskConfig(task="csmri", size=64))
+    m = _measure("csmri", BenchConfig(), 2)  # the benchmark's (and diagnose.py's) data
     prior = load_prior("ellipses-complex-64")
     dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code"), prior)
     adapted = reconstruct(m, ReconstructConfig(method=method, noise_mix="code",
