@@ -144,7 +144,7 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
     m = load_measurement(args.measurement)
     cfg = ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
                             init=args.init, noise_mix=args.noise_mix, n_slices=args.k, n_iters=args.iters,
-                            lr=args.lr, resize=args.resize)
+                            lr=args.lr, dc_variant=args.dc_variant, resize=args.resize)
     out = Path(args.out)
     if rank == 0:
         _check_out(out, args.overwrite or args.resume)
@@ -313,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
     p.add_argument("--iters", type=int, help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5)")
+    p.add_argument("--dc-variant", choices=("proximal", "normal"),
+                   help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
+                        "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")
     p.add_argument("--resize", action="store_true",
                    help="if the prior's image size differs from the data's, reconstruct on the prior's grid "
                         "(operator composed with a resampling) and report the result on the data's grid")

@@ -69,6 +69,7 @@ class ReconstructConfig:
     train_biases: bool = False
     horizon: tuple[int, int] | None = (40, 940)
     loss_cg_iters: int | None = None
+    dc_variant: str | None = None  # CG data consistency: None = the method's own (DDS proximal, DDNM normal)
     resize: bool = False  # reconstruct on the prior's grid when the data's differs (physics.Resampled)
 
     def __post_init__(self) -> None:
@@ -78,6 +79,11 @@ class ReconstructConfig:
             raise DdipError(f"unknown init {self.init!r}; choose slerp, independent or noise")
         if self.noise_mix not in ("paper", "code", "ddim"):
             raise DdipError(f"unknown noise_mix {self.noise_mix!r}; choose paper, code or ddim")
+        if self.dc_variant not in (None, "proximal", "normal"):
+            raise DdipError(f"unknown dc_variant {self.dc_variant!r}; choose proximal or normal")
+        if self.dc_variant is not None and self.method in ("dps", "admm-tv", "mbir", "d3ip-mbir"):
+            raise DdipError(f"dc_variant applies to the CG samplers (DDS, DDNM and the adapted methods on DDS), "
+                            f"not to {self.method}")
         if self.max_batch < 1 or (self.n_steps is not None and self.n_steps < 1):
             raise DdipError("max_batch and n_steps must be >= 1")
 
@@ -132,6 +138,8 @@ def build_step(cfg: ReconstructConfig, m: Measurement):
         common["n_steps"] = cfg.n_steps
     if cfg.method == "dps":
         return DPS(**({"n_steps": cfg.n_steps} if cfg.n_steps else {}))
+    if cfg.dc_variant is not None:
+        common["variant"] = cfg.dc_variant
     if cfg.method == "ddnm":
         return DDNM(**common)
     if cfg.method in ("mbir", "d3ip-mbir"):

@@ -55,6 +55,17 @@ def test_demo_compares_dds_and_d3ip(tiny_prior, tmp_path, capsys):
         assert json.loads((out / method / "config.json").read_text())["noise_mix"] == "code"
 
 
+def test_dc_variant_is_recorded_and_refused_where_it_does_not_apply(ct_measurement, tiny_prior, tmp_path, capsys):
+    out = tmp_path / "ddnm"
+    assert main(["reconstruct", str(ct_measurement), "--method", "ddnm", "--dc-variant", "proximal", "--prior",
+                 tiny_prior, "--out", str(out), "--steps", "2", "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["dc_variant"] == "proximal"
+    assert main(["reconstruct", str(ct_measurement), "--method", "mbir", "--dc-variant", "normal", "--prior",
+                 tiny_prior, "--out", str(tmp_path / "mbir"), "--steps", "2", "--quiet"]) == 2
+    assert "dc_variant applies to the CG samplers" in capsys.readouterr().err
+    assert not (tmp_path / "mbir").exists()
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
