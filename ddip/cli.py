@@ -144,7 +144,7 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
     m = load_measurement(args.measurement)
     cfg = ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
                             init=args.init, noise_mix=args.noise_mix, n_slices=args.k, n_iters=args.iters,
-                            lr=args.lr, dc_variant=args.dc_variant, resize=args.resize)
+                            lr=args.lr, dc_variant=args.dc_variant, precision=args.precision, resize=args.resize)
     out = Path(args.out)
     if rank == 0:
         _check_out(out, args.overwrite or args.resume)
@@ -193,6 +193,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     results = {}
     for method in ("dds", "d3ip"):
         cfg = ReconstructConfig(method=method, seed=args.seed, n_steps=args.steps, noise_mix=args.noise_mix,
+                                precision=args.precision,
                                 **({"n_slices": args.k, "n_iters": args.iters} if method == "d3ip" else {}))
         res = reconstruct(m, cfg, prior, progress=not args.quiet)
         config = {"command": "demo", "prior": args.prior, **asdict(cfg), "task": asdict(m.config),
@@ -317,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dc-variant", choices=("proximal", "normal"),
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                   help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
+                        "or on a GPU; CG and the DDIM update stay float32)")
     p.add_argument("--resize", action="store_true",
                    help="if the prior's image size differs from the data's, reconstruct on the prior's grid "
                         "(operator composed with a resampling) and report the result on the data's grid")
@@ -340,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-mix", default=DEMO_NOISE_MIX, choices=("paper", "code", "ddim"),
                    help="DDIM noise mixing of both methods (default here: code, the authors' sqrt(1-eta^2), under "
                         "which the paper's numbers were made; paper: Eq. 7 as printed, the library's default)")
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                   help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
+                        "or on a GPU; CG and the DDIM update stay float32)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")

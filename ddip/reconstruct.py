@@ -21,6 +21,8 @@ ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 # methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
 DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # network arithmetic -> DiffusionPrior autocast dtype
+
 # Paper Table 5: (K slices, L optimiser steps, learning rate) per task and method.
 TABLE5 = {
     "sv-ct": {"scd": (1, 10, 1e-3), "ddip": (1, 10, 1e-3), "d3ip": (6, 10, 1e-3), "d3ip-mbir": (6, 10, 1e-3),
@@ -71,6 +73,7 @@ class ReconstructConfig:
     horizon: tuple[int, int] | None = (40, 940)
     loss_cg_iters: int | None = None
     dc_variant: str | None = None  # CG data consistency: None = the method's own (DDS proximal, DDNM normal)
+    precision: str = "float32"  # the network's arithmetic: "bfloat16" autocasts it (benchmarks/results/precision.md)
     resize: bool = False  # reconstruct on the prior's grid when the data's differs (physics.Resampled)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,8 @@ class ReconstructConfig:
         if self.dc_variant is not None and self.method in ("dps", "admm-tv", "mbir", "d3ip-mbir"):
             raise DdipError(f"dc_variant applies to the CG samplers (DDS, DDNM and the adapted methods on DDS), "
                             f"not to {self.method}")
+        if self.precision not in PRECISIONS:
+            raise DdipError(f"unknown precision {self.precision!r}; choose {' or '.join(PRECISIONS)}")
         if self.max_batch < 1 or (self.n_steps is not None and self.n_steps < 1):
             raise DdipError("max_batch and n_steps must be >= 1")
 
@@ -190,7 +195,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
 
             physics = Resampled(physics, size)
             report["resized_from"] = size
-        prior = prior.to(device)
+        prior = prior.to(device).with_autocast(PRECISIONS[cfg.precision])
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     with _PeakMemory(device) as mem, Timings() as timings:
         t0 = time.perf_counter()

@@ -55,11 +55,25 @@ def test_demo_compares_dds_and_d3ip(tiny_prior, tmp_path, capsys):
         assert json.loads((out / method / "config.json").read_text())["noise_mix"] == "code"
 
 
-def test_dc_variant_is_recorded_and_refused_where_it_does_not_apply(ct_measurement, tiny_prior, tmp_path, capsys):
+def test_reconstruct_config_names_a_bad_option():
+    from ddip.errors import DdipError
+    from ddip.reconstruct import ReconstructConfig
+
+    with pytest.raises(DdipError, match="unknown precision 'float16'"):
+        ReconstructConfig(method="dds", precision="float16")
+    with pytest.raises(DdipError, match="unknown dc_variant 'exact'"):
+        ReconstructConfig(method="ddnm", dc_variant="exact")
+
+
+def test_dc_variant_and_precision_are_recorded_and_refused_where_they_do_not_apply(ct_measurement, tiny_prior, tmp_path, capsys):
     out = tmp_path / "ddnm"
     assert main(["reconstruct", str(ct_measurement), "--method", "ddnm", "--dc-variant", "proximal", "--prior",
                  tiny_prior, "--out", str(out), "--steps", "2", "--quiet"]) == 0
     assert json.loads((out / "config.json").read_text())["dc_variant"] == "proximal"
+    out = tmp_path / "bf16"
+    assert main(["reconstruct", str(ct_measurement), "--method", "d3ip", "--precision", "bfloat16", "--prior",
+                 tiny_prior, "--out", str(out), "--steps", "2", "--iters", "1", "--k", "2", "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["precision"] == "bfloat16"
     assert main(["reconstruct", str(ct_measurement), "--method", "mbir", "--dc-variant", "normal", "--prior",
                  tiny_prior, "--out", str(tmp_path / "mbir"), "--steps", "2", "--quiet"]) == 2
     assert "dc_variant applies to the CG samplers" in capsys.readouterr().err

@@ -19,12 +19,22 @@ def _per_sample(a: Tensor, like: Tensor) -> Tensor:
 
 
 class DiffusionPrior(nn.Module):
-    """Owns the ε-network (``net(x, t).sample`` or ``net(x, t)``) and its :class:`VPSchedule`."""
+    """Owns the ε-network (``net(x, t).sample`` or ``net(x, t)``) and its :class:`VPSchedule`.
 
-    def __init__(self, net: nn.Module, schedule: VPSchedule | None = None):
+    ``autocast``: a lower precision (``torch.bfloat16``) for the network's own arithmetic, by ``torch.autocast`` on
+    the input's device, forward and backward (adaptation); ε comes back in the input's dtype and everything outside
+    the network (CG, ADMM, the DDIM update) stays in full precision. None (default) runs the network as stored.
+    """
+
+    def __init__(self, net: nn.Module, schedule: VPSchedule | None = None, *, autocast: torch.dtype | None = None):
         super().__init__()
         self.net = net
         self.schedule = schedule or VPSchedule.linear()
+        self.autocast = autocast
+
+    def with_autocast(self, dtype: torch.dtype | None) -> "DiffusionPrior":
+        """The same network and schedule (shared, not copied) with another network precision."""
+        return DiffusionPrior(self.net, self.schedule, autocast=dtype)
 
     def _timesteps(self, t: Tensor | int, batch: int, device: torch.device) -> Tensor:
         t = torch.as_tensor(t, device=device)
@@ -32,9 +42,14 @@ class DiffusionPrior(nn.Module):
 
     def eps(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         """ε_θ(x_t, t); ``t`` is an integer timestep, one per sample or one for the batch."""
-        out = self.net(x_t, self._timesteps(t, x_t.shape[0], x_t.device))
+        timesteps = self._timesteps(t, x_t.shape[0], x_t.device)
+        if self.autocast is None:  # no context at all: an enclosing autocast (training) stays in force
+            out = self.net(x_t, timesteps)
+        else:
+            with torch.autocast(x_t.device.type, dtype=self.autocast):
+                out = self.net(x_t, timesteps)
         out = out.sample if hasattr(out, "sample") else out
-        return out[:, : x_t.shape[1]]
+        return out[:, : x_t.shape[1]].to(x_t.dtype)
 
     def x0(self, x_t: Tensor, t: Tensor | int, eps: Tensor | None = None) -> Tensor:
         """Tweedie estimate x̂₀ (paper Eq. 4)."""

@@ -72,9 +72,10 @@ def test_bias_training_is_an_option_excluding_time_embedding_projections():
     assert 0 < counts["trainable"] < 0.2 * counts["total"]
 
 
-def test_adaptation_changes_only_the_chosen_parameters_and_lowers_the_loss(problem):
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_adaptation_changes_only_the_chosen_parameters_and_lowers_the_loss(problem, autocast):
     x, op, y = problem
-    prior = _prior()
+    prior = _prior().with_autocast(autocast)
     base = {k: v.clone() for k, v in prior.net.state_dict().items() if "lora_" not in k}
     lora_before = snapshot(prior.net)
     g = torch.Generator().manual_seed(0)

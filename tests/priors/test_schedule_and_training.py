@@ -37,6 +37,18 @@ def test_tweedie_estimate_inverts_the_forward_process():
     assert torch.allclose(prior.x0(x_t, t), x0, atol=1e-8)
 
 
+def test_bfloat16_autocast_is_close_to_float32_and_leaves_the_prior_alone():
+    prior = DiffusionPrior(build_unet(TINY, seed=0))
+    fast = prior.with_autocast(torch.bfloat16)
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    ref, low = prior.eps(x, 500), fast.eps(x, 500)
+    assert fast.net is prior.net and prior.autocast is None
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)
+    assert (low - ref).norm() < 0.02 * ref.norm()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training's enclosing autocast stays in force
+        assert torch.equal(prior.eps(x, 500), low)
+
+
 def test_loss_falls_over_a_few_dozen_seeded_steps(tmp_path):
     cfg = TrainConfig(out=str(tmp_path), unet=TINY, batch_size=8, lr=1e-3, max_images=8 * 60, log_every=10,
                       snapshot_every=0)
