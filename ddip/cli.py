@@ -274,6 +274,12 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                   help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
+                        "or on a GPU; CG and the DDIM update stay float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ddip.priors.train import TrainConfig
     from ddip.priors.unet import UNetConfig
@@ -318,9 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dc-variant", choices=("proximal", "normal"),
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")
-    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
-                   help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
-                        "or on a GPU; CG and the DDIM update stay float32)")
+    _add_precision(p)
     p.add_argument("--resize", action="store_true",
                    help="if the prior's image size differs from the data's, reconstruct on the prior's grid "
                         "(operator composed with a resampling) and report the result on the data's grid")
@@ -344,9 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-mix", default=DEMO_NOISE_MIX, choices=("paper", "code", "ddim"),
                    help="DDIM noise mixing of both methods (default here: code, the authors' sqrt(1-eta^2), under "
                         "which the paper's numbers were made; paper: Eq. 7 as printed, the library's default)")
-    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
-                   help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
-                        "or on a GPU; CG and the DDIM update stay float32)")
+    _add_precision(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")

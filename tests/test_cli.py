@@ -65,7 +65,8 @@ def test_reconstruct_config_names_a_bad_option():
         ReconstructConfig(method="ddnm", dc_variant="exact")
 
 
-def test_dc_variant_and_precision_are_recorded_and_refused_where_they_do_not_apply(ct_measurement, tiny_prior, tmp_path, capsys):
+def test_dc_variant_and_precision_are_recorded_and_refused_where_they_do_not_apply(ct_measurement, tiny_prior,
+                                                                                   tmp_path, capsys):
     out = tmp_path / "ddnm"
     assert main(["reconstruct", str(ct_measurement), "--method", "ddnm", "--dc-variant", "proximal", "--prior",
                  tiny_prior, "--out", str(out), "--steps", "2", "--quiet"]) == 0

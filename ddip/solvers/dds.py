@@ -50,7 +50,7 @@ class DDNM(DataConsistencyStep):
     * ``"normal"`` (default, Eq. 24): A^H A x = A^H y, i.e. x̂₀'s null-space part plus (approximately) A^†y. With
       noisy data and an ill-conditioned A^H A (multi-coil SENSE at R = 4: small non-zero eigenvalues, the g-factor)
       30 steps fit the noise and amplify it — DDNM's known failure without its noise handling, and the reason the
-      paper's DDNM scores 19.35 dB against DDS's 28.36 on CS-MRI. ``tests/test_solvers.py`` measures it.
+      paper's DDNM scores 19.35 dB against DDS's 28.36 on CS-MRI. ``tests/solvers/test_solvers.py`` measures it.
     * ``"proximal"`` (the authors' MRI code, which runs every MRI method with the proximal form and ``--CG_iter
       30`` for DDNM, reference-notes §4): (I + γA^H A) x = x̂₀ + γA^H y, a contraction whatever the conditioning.
     """
