@@ -68,7 +68,8 @@ def test_d3ip_beats_dds_on_real_ct_with_the_codes_noise_mixing(prior):
 @pytest.mark.xfail(strict=False, reason="not reached with our prior: in `ddip benchmark` table 2 (chest CT, 8 slices, "
                    "64 px, 15 views, 10 steps, code mixing) DDIP 25.85 dB vs SCD 25.86 with the 113k-image prior, "
                    "26.58 vs 26.30 (+0.28, below this test's +0.3) with the 948k-image one; on slices 14:16 at 50 "
-                   "steps it failed again on 2026-11-27 for both mixings; benchmark table 1 (8 slices, 10 steps, "
+                   "steps (the test's case) SCD 26.51 / DDIP 26.55 with Eq. 7 mixing, 26.42 / 26.27 with the code's "
+                   "(2026-11-27); benchmark table 1 (8 slices, 10 steps, "
                    "948k-image prior): 1 CG step in the loss (SCD's) 26.66 dB, 3 steps 26.48, 5 steps 26.58; "
                    "CS-MRI at 50 steps, lr 1e-4 (benchmarks/results/steps50-csmri-adapted): SCD 22.94, DDIP 22.69")
 @pytest.mark.parametrize("noise_mix", ["paper", "code"])
