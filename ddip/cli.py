@@ -275,7 +275,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+    from ddip.reconstruct import PRECISIONS
+
+    p.add_argument("--precision", default="float32", choices=tuple(PRECISIONS),
                    help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
                         "or on a GPU; CG and the DDIM update stay float32)")
 
