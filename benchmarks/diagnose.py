@@ -5,7 +5,7 @@ Used to find *why* a table misses a target (number of sampling steps, learning r
     python benchmarks/diagnose.py mri3d --n-slices 8 --noise-mix paper \
         '{"method": "dds", "n_steps": 10}' '{"method": "dds", "n_steps": 50}'
     python benchmarks/diagnose.py mri3d --n-slices 4 --noise-mix code \
-        '{"method": "d3ip", "n_slices": 4, "lr": 1e-3}'
+        '{"method": "d3ip", "k": 4, "lr": 1e-3}'
 
 Each positional argument is a JSON object of :class:`ddip.reconstruct.ReconstructConfig` fields. The volume and
 measurement are the benchmark's (``ddip.benchmark``: chest CT for SV-CT with the paper's 60·size/256 views, the
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from ddip.benchmark import BenchConfig, _measure
 from ddip.metrics import evaluate_volume
+from ddip.physics.base import pseudo_inverse
 from ddip.priors import default_prior, load_prior
 from ddip.reconstruct import ReconstructConfig, reconstruct
-from ddip.solvers.base import pseudo_inverse
 from ddip.tasks import paper_views
 
 

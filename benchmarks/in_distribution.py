@@ -18,12 +18,12 @@ import time
 import torch
 
 from ddip.data import random_ellipses
+from ddip.evaluation import GATE_SEED
 from ddip.metrics import psnr
 from ddip.physics import add_noise, sparse_view_ct
 from ddip.priors import load_prior
-from ddip.priors.gate import GATE_SEED
 from ddip.solvers import DDS, admm_tv_reconstruct, solve
-from ddip.solvers.base import predict_eps, tweedie
+from ddip.solvers.base import predict_eps
 
 TV_LAMBDAS = (0.005, 0.01, 0.02, 0.05, 0.1)
 
@@ -69,7 +69,8 @@ def views(prior, view_counts: list[int]) -> None:
         op = sparse_view_ct(64, n_views)
         y = add_noise(op.A(x), 0.01, generator=g)
         tv = {str(lam): _psnr(admm_tv_reconstruct(y, op, lam=lam, rho=1.0), x) for lam in TV_LAMBDAS}
-        dds = [_psnr(solve(DDS(), prior, y, op, generator=torch.Generator().manual_seed(s)), x) for s in (0, 1)]
+        dds = [_psnr(solve(DDS(noise_mix="paper"), prior, y, op, generator=torch.Generator().manual_seed(s)), x)
+               for s in (0, 1)]
         print(json.dumps({"views": n_views, "fbp": _psnr(op.fbp(y), x), "admm_tv": tv, "dds_seeds_0_1": dds}),
               flush=True)
 
@@ -81,10 +82,10 @@ def denoiser(prior, timesteps: list[int]) -> None:
         sigma = math.sqrt((1 - ab) / ab)  # x_t / √ᾱ_t = x + σ·n
         x_t = math.sqrt(ab) * x + math.sqrt(1 - ab) * torch.randn(x.shape, generator=g)
         with torch.no_grad():
-            x0 = tweedie(prior, x_t, t, predict_eps(prior, x_t, t))
+            x0 = prior.tweedie(x_t, t, predict_eps(prior, x_t, t))
         noisy = x_t / math.sqrt(ab)
         tv = {round(f * sigma, 4): _psnr(admm_tv_reconstruct(noisy, Identity(), lam=f * sigma,
-                                                            rho=max(5 * f * sigma, 0.05), dims=(2, 3), n_cg=5), x)
+                                                            rho=max(5 * f * sigma, 0.05), dims=(2, 3), cg_iters=5), x)
               for f in (0.25, 0.5, 1.0, 2.0)}
         print(json.dumps({"t": t, "sigma": round(sigma, 4), "noisy": _psnr(noisy, x), "tweedie": _psnr(x0, x),
                           "tv_best": max(tv.values()), "tv": tv}), flush=True)

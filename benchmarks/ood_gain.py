@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-RUNS = [dict(method="dds"), dict(method="d3ip", n_slices=4), dict(method="dds", noise_mix="code"),
-        dict(method="d3ip", n_slices=4, noise_mix="code"), dict(method="admm-tv")]
+RUNS = [dict(method="dds", noise_mix="paper"), dict(method="d3ip", k=4, noise_mix="paper"),
+        dict(method="dds", noise_mix="code"),
+        dict(method="d3ip", k=4, noise_mix="code"), dict(method="admm-tv")]
 
 
 def main() -> None:

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 
+from ddip.data import dev_volume_path, prepare_volume, read_volume
 from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
 from ddip.metrics import evaluate_volume
+from ddip.priors import default_prior, load_prior
 from ddip.reconstruct import METHODS, ReconstructConfig, reconstruct
 from ddip.tasks import TaskConfig, paper_views, simulate
 
@@ -46,7 +48,7 @@ class BenchConfig:
     quick: bool = False
     scaling_steps: int | None = None  # None: n_steps
     table2_settings: tuple[str, ...] = ("sv-ct-60", "sv-ct-paper", "mri3d", "csmri")
-    noise_mix: str = "paper"  # "code": the authors' √(1−η²), with which the paper's tables were made
+    noise_mix: str = ReconstructConfig.noise_mix
     scaling_sizes: tuple[int, ...] = (8, 16, 32, 64)
     methods: tuple[str, ...] = METHODS  # table 2's methods (a subset for a costly size)
 
@@ -75,8 +77,6 @@ class BenchConfig:
 
 
 def _volume(task: str, cfg: BenchConfig, n_slices: int):
-    from ddip.data import dev_volume_path, prepare_volume, read_volume
-
     name, modality = ("chest-ct", "ct") if task == "sv-ct" else ("mni-t1", "mri")
     prepared = prepare_volume(read_volume(dev_volume_path(name)), modality=modality, size=cfg.size,
                               n_slices=n_slices)
@@ -136,14 +136,15 @@ def table1(cfg: BenchConfig, prior) -> list[dict]:
 
 def table3(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
-    variants = [("baseline", None, "noise"), ("+ horizon", (40, 940), "noise"), ("+ init", (40, 940), "slerp")]
-    return [_row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, horizon=h, init=init),
-                 prior("sv-ct"), {"table": "3", "variant": name}) for name, h, init in variants]
+    zeta = ReconstructConfig.zeta
+    variants = [("baseline", None, "noise"), ("+ horizon", zeta, "noise"), ("+ init", zeta, "slerp")]
+    return [_row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, zeta=z, init=init),
+                 prior("sv-ct"), {"table": "3", "variant": name}) for name, z, init in variants]
 
 
 def table4(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, max(cfg.n_slices, 12), paper_views(cfg.size))
-    return [_row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, n_slices=k), prior("sv-ct"),
+    return [_row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, k=k), prior("sv-ct"),
                  {"table": "4", "K": k}) for k in (1, 2, 3, 6, 12)]
 
 
@@ -214,13 +215,9 @@ class _Priors:
         self.cfg, self._loaded = cfg, {}
 
     def name(self, task: str) -> str:
-        from ddip.priors import default_prior
-
         return self.cfg.prior or default_prior(task, self.cfg.size)
 
     def __call__(self, task: str):
-        from ddip.priors import load_prior
-
         name = self.name(task)
         if name not in self._loaded:
             self._loaded[name] = load_prior(name)

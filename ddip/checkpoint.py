@@ -17,6 +17,7 @@ import torch
 
 from ddip.errors import DdipError
 from ddip.io import atomic_path
+from ddip.solvers import solve
 
 
 class Checkpointer:
@@ -71,8 +72,6 @@ def resumable_solve(step, prior, y, physics, *, generator: torch.Generator, chec
     generator's state and, for adapted methods, the adapter's full state. No checkpoint is written after the last
     step (the run then finishes and writes its result).
     """
-    from ddip.solvers import solve
-
     n_total = int(solve_kwargs.get("n_steps") or step.n_steps)
     resume = checkpointer.load() if checkpointer is not None else None
     if resume is not None:

@@ -14,8 +14,22 @@ from pathlib import Path
 
 import torch
 
+from ddip import distributed
+from ddip.benchmark import TABLES, BenchConfig, run_benchmark
 from ddip.checkpoint import Checkpointer
+from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
+from ddip.data.fixtures import FIXTURES, load_fixture
 from ddip.errors import DdipError
+from ddip.evaluation import gate_curve
+from ddip.io import write_json, write_nifti, write_png_views
+from ddip.metrics import evaluate_volume
+from ddip.priors import default_prior, load_prior
+from ddip.priors.train import TrainConfig, train_prior
+from ddip.priors.unet import UNetConfig
+from ddip.reconstruct import METHODS, PRECISIONS, ReconstructConfig, reconstruct
+from ddip.solvers.base import INITS, NOISE_MIXES
+from ddip.solvers.dds import DC_VARIANTS
+from ddip.tasks import TASKS, TaskConfig, load_measurement, paper_views, save_measurement, simulate
 
 DEMO_PRIOR = "ellipses-64"
 # The demo's D3IP budget: the paper's K = 6, L = 10 cost 2,700 network forward+backward passes at 50 steps, about
@@ -23,9 +37,6 @@ DEMO_PRIOR = "ellipses-64"
 # K = 3, L = 10 +0.59 dB in ~3.8 min; K = 2, L = 10 +0.73 dB in 186 s; K = 3, L = 7 +0.57 dB in 166 s; K = 4, L = 5
 # +0.41 dB in 150 s. Wall time follows the number of optimiser steps (L) more than K: small batches are overhead.
 DEMO_K, DEMO_ITERS = 3, 7
-# The demo mixes noise as the authors' code does (√(1−η²)), the setting the paper's tables were made with; with
-# Eq. 7 as printed (the library's default) D3IP loses 0.33 dB to DDS here (benchmarks/results/ood_gain.md).
-DEMO_NOISE_MIX = "code"
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
@@ -64,9 +75,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _volume(spec: str, modality: str, size: int, slab: tuple[int, int] | None, n_slices: int | None):
     """A prepared volume from a path, a development volume name or a bundled fixture name."""
-    from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
-    from ddip.data.fixtures import FIXTURES, load_fixture
-
     if spec.startswith("fixture:"):
         name = spec.split(":", 1)[1]
         if name not in FIXTURES:
@@ -91,9 +99,6 @@ def _volume(spec: str, modality: str, size: int, slab: tuple[int, int] | None, n
 def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *, method: str, wall: float,
                  peak_mb: float, report: dict, config: dict) -> dict:
     """NIfTI, PNG views (with ground truth and error when known), config.json and metrics.json."""
-    from ddip.io import write_json, write_nifti, write_png_views
-    from ddip.metrics import evaluate_volume
-
     write_nifti(out / "reconstruction.nii.gz", volume)
     if truth is not None:
         metrics = evaluate_volume(volume, truth)
@@ -110,8 +115,6 @@ def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *,
 
 # -- commands ----------------------------------------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from ddip.tasks import TaskConfig, save_measurement, simulate
-
     cfg = TaskConfig(task=args.task, size=args.size, views=args.views, acceleration=args.acceleration,
                      noise=args.noise, seed=args.seed)
     out = Path(args.out)
@@ -126,8 +129,6 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     """One reconstruction; under ``torchrun`` every rank samples a block of slices and rank 0 writes the results."""
-    from ddip import distributed
-
     distributed.init_from_env()
     try:
         _reconstruct(args, distributed.world()[0])
@@ -136,15 +137,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def _reconstruct(args: argparse.Namespace, rank: int) -> None:
-    from ddip import distributed
-    from ddip.priors import default_prior, load_prior
-    from ddip.reconstruct import ReconstructConfig, reconstruct
-    from ddip.tasks import load_measurement
-
     m = load_measurement(args.measurement)
     cfg = ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
-                            init=args.init, noise_mix=args.noise_mix, n_slices=args.k, n_iters=args.iters,
-                            lr=args.lr, dc_variant=args.dc_variant, precision=args.precision, resize=args.resize)
+                            init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
+                            zeta=args.zeta, dc_variant=args.dc_variant,
+                            precision=args.precision, resize=args.resize)
     out = Path(args.out)
     if rank == 0:
         _check_out(out, args.overwrite or args.resume)
@@ -179,11 +176,6 @@ def _remove_checkpoints(ckpt) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """DDS and D3IP on a slab of the bundled chest CT (64 px, the paper's angular undersampling)."""
-    from ddip.io import write_json, write_png_views
-    from ddip.priors import load_prior
-    from ddip.reconstruct import ReconstructConfig, reconstruct
-    from ddip.tasks import TaskConfig, paper_views, simulate
-
     out = Path(args.out)
     _check_out(out, args.overwrite)
     volume, record = _volume("fixture:chest-ct", "ct", 64, None, args.n_slices)
@@ -194,7 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     for method in ("dds", "d3ip"):
         cfg = ReconstructConfig(method=method, seed=args.seed, n_steps=args.steps, noise_mix=args.noise_mix,
                                 precision=args.precision,
-                                **({"n_slices": args.k, "n_iters": args.iters} if method == "d3ip" else {}))
+                                **({"k": args.k, "n_iters": args.iters} if method == "d3ip" else {}))
         res = reconstruct(m, cfg, prior, progress=not args.quiet)
         config = {"command": "demo", "prior": args.prior, **asdict(cfg), "task": asdict(m.config),
                   "volume_record": record}
@@ -219,8 +211,6 @@ def _print_metrics(name: str, m: dict) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from ddip.benchmark import TABLES, BenchConfig, run_benchmark
-
     tables = tuple(args.tables.split(",")) if args.tables else TABLES
     unknown = [t for t in tables if t not in TABLES]
     if unknown:
@@ -234,8 +224,6 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
-    from ddip.priors.gate import gate_curve
-
     rows = gate_curve(args.run, n_images=args.n_images)
     for r in rows:
         print(f"{r['images']:>9} images: DDS {r['dds_psnr']:.2f} dB, least squares {r['least_squares_psnr']:.2f} dB, "
@@ -243,9 +231,6 @@ def cmd_gate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ddip.priors.train import TrainConfig, train_prior
-    from ddip.priors.unet import UNetConfig
-
     if args.threads:
         torch.set_num_threads(args.threads)
     channels = 2 if args.data == "ellipses-complex" else 1
@@ -257,7 +242,6 @@ def cmd_train(args: argparse.Namespace) -> None:
                       checkpoint_minutes=args.checkpoint_minutes, snapshot_every=args.snapshot_every,
                       init_weights=args.init_weights, data=args.data, warmup_steps=args.warmup_steps,
                       device=args.device)
-    from ddip import distributed
 
     distributed.init_from_env()  # under torchrun: DistributedDataParallel, one phantom stream per rank
     rank = distributed.world()[0]
@@ -274,22 +258,29 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
 
 
-def _add_precision(p: argparse.ArgumentParser) -> None:
-    from ddip.reconstruct import PRECISIONS
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
 
-    p.add_argument("--precision", default="float32", choices=tuple(PRECISIONS),
+
+def _add_noise_mix(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--noise-mix", default=ReconstructConfig.noise_mix, choices=NOISE_MIXES,
+                   help="DDIM noise mixing: code (default), the authors' variance-preserving "
+                        "eta*z + sqrt(1-eta^2)*eps, "
+                        "with which the paper's tables were made; paper, Eq. 7 as printed, eta*z + (1-eta)*eps; "
+                        "ddim, true DDIM")
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default=ReconstructConfig.precision, choices=tuple(PRECISIONS),
                    help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
                         "or on a GPU; CG and the DDIM update stay float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ddip.priors.train import TrainConfig
-    from ddip.priors.unet import UNetConfig
-    from ddip.reconstruct import METHODS
-    from ddip.tasks import TASKS
-
+    r, b = ReconstructConfig(method="dds"), BenchConfig()
     parser = argparse.ArgumentParser(prog="ddip", description="Diffusion priors adapted to 3D volumes (DDIP/D3IP)")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.subcommands = sub.choices  # name -> subparser (the --config reader needs each one's options)
 
     p = sub.add_parser("simulate", help="simulate measurements of a volume for one of the paper's tasks")
     p.add_argument("--task", required=True, choices=TASKS)
@@ -297,11 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NIfTI / DICOM folder / .npy path, a development volume (chest-ct, mni-t1) or fixture:NAME")
     p.add_argument("--slices", help="contiguous slab START:STOP along the slice axis")
     p.add_argument("--n-slices", type=int, help="the central N slices (instead of --slices)")
-    p.add_argument("--size", type=int, default=64, help="in-plane size (the prior's)")
-    p.add_argument("--views", type=int, default=60, help="CT views (paper: 60; 60*size/256 keeps its undersampling)")
+    p.add_argument("--size", type=int, default=TaskConfig.size, help="in-plane size (the prior's)")
+    p.add_argument("--views", type=int, default=TaskConfig.views,
+                   help="CT views (paper: 60; 60*size/256 keeps its undersampling)")
     p.add_argument("--acceleration", type=float, help="MRI acceleration (default x8 mri3d, x4 csmri)")
-    p.add_argument("--noise", type=float, default=0.01, help="measurement noise sigma")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=TaskConfig.noise, help="measurement noise sigma")
+    p.add_argument("--seed", type=int, default=TaskConfig.seed)
     p.add_argument("--out", required=True, help="measurement file (.safetensors)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
@@ -315,15 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, help="network evaluations (default 50; DPS 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-batch", type=int, default=16, help="network inputs per forward pass")
-    p.add_argument("--init", default="slerp", choices=("slerp", "independent", "noise"))
-    p.add_argument("--noise-mix", default="paper", choices=("paper", "code", "ddim"))
+    p.add_argument("--seed", type=int, default=r.seed)
+    p.add_argument("--max-batch", type=int, default=r.max_batch, help="network inputs per forward pass")
+    p.add_argument("--init", default=r.init, choices=INITS,
+                   help="x_T': slerp between two noises across the slices with A^dagger y (paper Eq. 16), "
+                        "independent noise per slice (the authors' code), or pure noise")
+    _add_noise_mix(p)
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
     p.add_argument("--iters", type=int, help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5; CS-MRI 1e-4, tuned for 50 "
                                            "steps: with 10 steps 1e-3 is better)")
-    p.add_argument("--dc-variant", choices=("proximal", "normal"),
+    p.add_argument("--zeta", type=_optional_int, default=r.zeta,
+                   help="adapt only for t in [zeta, T' - zeta] (paper: 40); 'none' adapts at every step")
+    p.add_argument("--dc-variant", choices=DC_VARIANTS,
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")
     _add_precision(p)
@@ -346,10 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=DEMO_K, help=f"D3IP slices per adaptation step (default {DEMO_K})")
     p.add_argument("--iters", type=int, default=DEMO_ITERS,
                    help=f"D3IP optimiser steps per timestep (default {DEMO_ITERS})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise-mix", default=DEMO_NOISE_MIX, choices=("paper", "code", "ddim"),
-                   help="DDIM noise mixing of both methods (default here: code, the authors' sqrt(1-eta^2), under "
-                        "which the paper's numbers were made; paper: Eq. 7 as printed, the library's default)")
+    p.add_argument("--seed", type=int, default=r.seed)
+    _add_noise_mix(p)
     _add_precision(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -359,18 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="reproduce the paper's tables on the development volumes")
     p.add_argument("--quick", action="store_true", help="4 slices, 10 network evaluations: a smoke test")
     p.add_argument("--prior", help="one prior for every task (default: the shipped prior of each task and size)")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--n-slices", type=int, default=16)
+    p.add_argument("--size", type=int, default=b.size)
+    p.add_argument("--n-slices", type=int, default=b.n_slices, help="slices N of each test volume")
     p.add_argument("--steps", type=int, help="network evaluations of every method but DPS (default: the paper's 50)")
-    p.add_argument("--dps-slices", type=int, default=2, help="slices DPS runs on (1000 evaluations per slice)")
+    p.add_argument("--dps-slices", type=int, default=b.dps_slices,
+                   help="slices DPS runs on (1000 evaluations per slice)")
     p.add_argument("--scaling-steps", type=int, help="network evaluations in the cost-scaling runs (default: --steps)")
-    p.add_argument("--scaling-sizes", default="8,16,32,64", help="slice counts N of the cost-scaling runs")
-    p.add_argument("--table2", default="sv-ct-60,sv-ct-paper,mri3d,csmri",
+    p.add_argument("--scaling-sizes", default=",".join(map(str, b.scaling_sizes)),
+                   help="slice counts N of the cost-scaling runs")
+    p.add_argument("--table2", default=",".join(b.table2_settings),
                    help="table 2 settings: sv-ct-60 (60 views), sv-ct-paper (60·size/256 views), mri3d, csmri")
-    p.add_argument("--noise-mix", choices=("paper", "code", "ddim"), default="paper",
-                   help="DDIM noise mixing of every diffusion method (code: the authors' sqrt(1-eta^2))")
+    _add_noise_mix(p)
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
-    p.add_argument("--methods", default=",".join(METHODS), help="table 2's methods, comma-separated")
+    p.add_argument("--methods", default=",".join(b.methods), help="table 2's methods, comma-separated")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_benchmark)
@@ -412,20 +407,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_arguments(subparser: argparse.ArgumentParser, path: str) -> list[str]:
+    """A ``--config`` JSON file as command-line tokens, so its values go through the same types and choices.
+
+    Keys are option names (``max_batch`` or ``max-batch``); a list becomes the comma-separated form the flag takes;
+    a boolean switches a flag on or leaves it off; null leaves the option at its default.
+    """
+    actions = {a.dest: a for a in subparser._actions if a.option_strings}
+    tokens: list[str] = []
+    for key, value in _load_config_file(path).items():
+        action = actions.get(str(key).replace("-", "_"))
+        if action is None or action.dest in ("config", "help"):
+            raise DdipError(f"{path}: unknown option {key!r} for 'ddip {subparser.prog.split()[-1]}'")
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise DdipError(f"{path}: option {key!r} is a switch: give true or false, got {value!r}")
+            tokens += [flag] if value else []
+            continue
+        if value is None:
+            continue
+        if isinstance(value, bool) or isinstance(value, dict):
+            raise DdipError(f"{path}: option {key!r} takes a value, got {value!r}")
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        try:
+            converted = action.type(text) if action.type is not None else text
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            raise DdipError(f"{path}: option {key!r}: invalid value {value!r} ({exc})") from exc
+        if action.choices is not None and converted not in action.choices:
+            raise DdipError(f"{path}: option {key!r}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        tokens += [flag, text]
+    return tokens
+
+
+def _config_path(argv: list[str]) -> str | None:
+    """The value of ``--config`` in ``argv`` (``--config F`` or ``--config=F``), if any."""
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--config="):
+            return token.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
     try:
-        if getattr(args, "config", None):
-            # Values from the config file fill in every option not given on the command line.
-            given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-            for key, value in _load_config_file(args.config).items():
-                dest = key.replace("-", "_")
-                if not hasattr(args, dest):
-                    raise DdipError(f"{args.config}: unknown option {key!r} for '{args.command}'")
-                if dest not in given:
-                    setattr(args, dest, value)
+        path = _config_path(argv)
+        if path is not None and argv and argv[0] in parser.subcommands:
+            # The file's options come first, so that flags given on the command line win.
+            argv = [argv[0], *config_arguments(parser.subcommands[argv[0]], path), *argv[1:]]
+        args = parser.parse_args(argv)
         args.func(args)
     except DdipError as exc:
         print(f"ddip: error: {exc}", file=sys.stderr)

@@ -11,7 +11,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import Tensor
+
+from ddip.errors import DdipError
 
 
 @contextmanager
@@ -35,10 +38,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; a missing or unreadable file is a DdipError."""
-    from safetensors import safe_open
-
-    from ddip.errors import DdipError
-
     p = Path(path)
     if not p.is_file():
         raise DdipError(f"{p}: no such {what} file")

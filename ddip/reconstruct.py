@@ -4,21 +4,41 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 
+import psutil
 import torch
 from torch import Tensor
 
+from ddip import distributed
+from ddip.adapt import (
+    AdaptConfig,
+    LoRAConfig,
+    count_parameters,
+    d3ip,
+    d3ip_mbir,
+    d3ip_meta,
+    ddip_slicewise,
+    inject_lora,
+    scd,
+)
+from ddip.checkpoint import resumable_solve
 from ddip.errors import DdipError
-from ddip.tasks import Measurement, mbir_parameters
+from ddip.physics import Resampled
+from ddip.physics.sharding import Shard, split
+from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR, admm_tv_reconstruct
+from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES, DataConsistencyStep
+from ddip.solvers.dds import DC_VARIANTS
+from ddip.tasks import Measurement, TaskConfig
 from ddip.timing import Timings
 
 METHODS = ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
-# Methods that split the volume's slices across the processes of a torchrun launch (ddip.sharding). The per-slice
-# methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
+# Methods that split the volume's slices across the processes of a torchrun launch (ddip.physics.sharding). The
+# per-slice methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
 DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # network arithmetic -> DiffusionPrior autocast dtype
@@ -44,33 +64,58 @@ ADMM_TV = {"sv-ct": {"lam": 0.02, "rho": 1.0}, "mri3d": {"lam": 2e-3, "rho": 0.0
            "csmri": {"lam": 2e-3, "rho": 0.05}}
 
 
+def mbir_ct_parameters(n_views: int, *, rho: float = 0.5, lam: float = 0.01) -> dict[str, float]:
+    """The authors' CT ADMM parameters rescaled for an exact adjoint.
+
+    Their normal matrix is ``s·AᵀA`` with ``s = π / (2·n_views)``; dividing their objective by ``s`` gives the same
+    minimiser with ``ρ/s`` and ``λ/s`` for the exact ``AᵀA``.
+    """
+    s = math.pi / (2 * n_views)
+    return {"rho": rho / s, "lam": lam / s}
+
+
+def mbir_parameters(cfg: TaskConfig) -> dict[str, float]:
+    """ADMM ρ, λ of DiffusionMBIR per task.
+
+    CT: the paper's ρ = 0.5, λ = 0.01 rescaled to our exact adjoint (see :func:`mbir_ct_parameters`). 3D MRI: the
+    paper's ρ = 1e-3, λ = 1e-5 diverge here — with ρ that small the x-update's CG takes steps of order 1/ρ along the
+    null space of the undersampled FFT (3.5 dB on the MNI slab, 2026-11-25); on the same slab ρ ≥ 0.1 is stable and
+    ρ = 0.1, λ = 1e-3 was best of a 4×3 grid (20.35 dB against 20.22–20.32 for its stable neighbours, 10 steps, an early
+    prior). To be re-tuned with the shipped prior by the benchmark.
+    """
+    return mbir_ct_parameters(cfg.views) if cfg.task == "sv-ct" else {"rho": 0.1, "lam": 1e-3}
+
+
 def adaptation_chunk(max_batch: int, k: int, world: int = 1) -> int:
-    """Slices per forward/backward pass in adaptation: at most ``max_batch`` and 6, and with P processes at most
-    ⌈K/P⌉ so that the K slices of an optimiser step are shared out to the ranks (each rank one chunk).
+    """Slices per forward/backward pass in adaptation: at most ``max_batch`` and ``AdaptConfig.chunk``, and with P
+    processes at most ⌈K/P⌉ so that the K slices of an optimiser step are shared out to the ranks (each rank one chunk).
 
     The chunk is also the scope of the loss's CG inner products, so a P-process run equals the one-process run
     whose ``--max-batch`` is this chunk (with one process and the defaults it is min(K, 6): the paper's K slices
     in one batch).
     """
-    return max(1, min(max_batch, 6, -(-k // world)))
+    return max(1, min(max_batch, AdaptConfig.chunk, -(-k // world)))
 
 
 @dataclass(frozen=True)
 class ReconstructConfig:
-    """Settings of one reconstruction (defaults: the paper's; ``None`` means the per-task default)."""
+    """Settings of one reconstruction (defaults: the paper's; ``None`` means the per-task default).
+
+    The CLI takes its defaults from here; the defaults themselves come from the solver and adaptation configs.
+    """
 
     method: str
-    n_steps: int | None = None  # network evaluations (50; DPS 1000)
+    n_steps: int | None = None  # network evaluations (the step's own: 50; DPS 1000)
     seed: int = 0
-    max_batch: int = 16
+    max_batch: int = MAX_BATCH  # network inputs per forward pass
     init: str = "slerp"
-    noise_mix: str = "paper"
-    n_slices: int | None = None  # K
-    n_iters: int | None = None  # L
+    noise_mix: str = DataConsistencyStep.noise_mix
+    k: int | None = None  # K: adaptation slices per optimiser step (None: Table 5)
+    n_iters: int | None = None  # L: optimiser steps per adapted timestep (None: Table 5)
     lr: float | None = None
-    lora_rank: int = 4
-    train_biases: bool = False
-    horizon: tuple[int, int] | None = (40, 940)
+    lora_rank: int = LoRAConfig.rank
+    train_biases: bool = LoRAConfig.train_biases
+    zeta: int | None = AdaptConfig.zeta  # adaptation window [ζ, T' − ζ]; None adapts at every step
     loss_cg_iters: int | None = None
     dc_variant: str | None = None  # CG data consistency: None = the method's own (DDS proximal, DDNM normal)
     precision: str = "float32"  # the network's arithmetic: "bfloat16" autocasts it (benchmarks/results/precision.md)
@@ -79,12 +124,12 @@ class ReconstructConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise DdipError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.init not in ("slerp", "independent", "noise"):
-            raise DdipError(f"unknown init {self.init!r}; choose slerp, independent or noise")
-        if self.noise_mix not in ("paper", "code", "ddim"):
-            raise DdipError(f"unknown noise_mix {self.noise_mix!r}; choose paper, code or ddim")
-        if self.dc_variant not in (None, "proximal", "normal"):
-            raise DdipError(f"unknown dc_variant {self.dc_variant!r}; choose proximal or normal")
+        if self.init not in INITS:
+            raise DdipError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.noise_mix not in NOISE_MIXES:
+            raise DdipError(f"unknown noise_mix {self.noise_mix!r}; choose one of {', '.join(NOISE_MIXES)}")
+        if self.dc_variant not in (None, *DC_VARIANTS):
+            raise DdipError(f"unknown dc_variant {self.dc_variant!r}; choose one of {', '.join(DC_VARIANTS)}")
         if self.dc_variant is not None and self.method in ("dps", "admm-tv", "mbir", "d3ip-mbir"):
             raise DdipError(f"dc_variant applies to the CG samplers (DDS, DDNM and the adapted methods on DDS), "
                             f"not to {self.method}")
@@ -92,6 +137,10 @@ class ReconstructConfig:
             raise DdipError(f"unknown precision {self.precision!r}; choose {' or '.join(PRECISIONS)}")
         if self.max_batch < 1 or (self.n_steps is not None and self.n_steps < 1):
             raise DdipError("max_batch and n_steps must be >= 1")
+        if self.k is not None and self.k < 1 or self.n_iters is not None and self.n_iters < 1:
+            raise DdipError("k and n_iters must be >= 1")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise DdipError(f"lr must be a positive finite number, got {self.lr}")
 
 
 @dataclass
@@ -109,8 +158,6 @@ class _PeakMemory:
         self.device, self.peak, self._stop = device, 0, threading.Event()
 
     def __enter__(self):
-        import psutil
-
         self._proc = psutil.Process()
         self.base = self._proc.memory_info().rss
         self.peak = self.base
@@ -137,8 +184,6 @@ class _PeakMemory:
 
 
 def build_step(cfg: ReconstructConfig, m: Measurement):
-    from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR
-
     common = {"noise_mix": cfg.noise_mix}
     if cfg.n_steps is not None:
         common["n_steps"] = cfg.n_steps
@@ -160,22 +205,13 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     With a :class:`~ddip.checkpoint.Checkpointer` the run saves its whole state every few steps and, if the
     checkpoint already exists, resumes from it to the same result an uninterrupted run gives.
     """
-    from ddip.checkpoint import resumable_solve
-
-    from ddip.adapt import AdaptConfig, LoRAConfig, count_parameters, d3ip, d3ip_mbir, d3ip_meta, ddip, inject_lora
-    from ddip.adapt import scd
-    from ddip.solvers import admm_tv_reconstruct
-
-    from ddip import distributed
-    from ddip.sharding import Shard, split
-
     device = torch.device(device)
     y = m.y.to(device)
     physics = m.physics
     report: dict = {"method": cfg.method, "task": m.config.task}
     rank, world = distributed.world()
     shard = None
-    if world > 1:  # under torchrun: this rank samples its block of slices (ddip.sharding)
+    if world > 1:  # under torchrun: this rank samples its block of slices (ddip.physics.sharding)
         if cfg.method not in DISTRIBUTED:
             raise DdipError(f"method {cfg.method!r} runs in one process; under torchrun use one of "
                             f"{', '.join(DISTRIBUTED)}")
@@ -191,7 +227,6 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             if not cfg.resize:
                 raise DdipError(f"the prior's image size is {size} but the data are {m.config.size} px: pass "
                                 f"--resize to reconstruct on the prior's grid, or simulate with --size {size}")
-            from ddip.physics import Resampled
 
             physics = Resampled(physics, size)
             report["resized_from"] = size
@@ -212,14 +247,15 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
         else:
             k, n_iters, lr = TABLE5[m.config.task][cfg.method]
             lr = LR_TUNED.get(m.config.task, lr)
-            acfg = AdaptConfig(lr=cfg.lr or lr, n_iters=cfg.n_iters or n_iters, n_slices=cfg.n_slices or k,
-                               horizon=cfg.horizon, loss_cg_iters=cfg.loss_cg_iters,
-                               max_batch=adaptation_chunk(cfg.max_batch, cfg.n_slices or k, world))
+            acfg = AdaptConfig(lr=cfg.lr or lr, n_iters=cfg.n_iters or n_iters, k=cfg.k or k, zeta=cfg.zeta,
+                               loss_cg_iters=cfg.loss_cg_iters,
+                               chunk=adaptation_chunk(cfg.max_batch, cfg.k or k, world))
             prior = copy.deepcopy(prior)  # the caller's prior stays free of LoRA layers
             names = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
                                 generator=torch.Generator().manual_seed(cfg.seed + 1))
             step = build_step(cfg, m)
-            fn = {"scd": scd, "ddip": ddip, "d3ip": d3ip, "d3ip-mbir": d3ip_mbir, "d3ip-meta": d3ip_meta}[cfg.method]
+            fn = {"scd": scd, "ddip": ddip_slicewise, "d3ip": d3ip, "d3ip-mbir": d3ip_mbir,
+                  "d3ip-meta": d3ip_meta}[cfg.method]
             kwargs = dict(generator=generator, adapt_generator=torch.Generator().manual_seed(cfg.seed + 2),
                           max_batch=cfg.max_batch, checkpointer=checkpointer)
             if cfg.method != "scd":

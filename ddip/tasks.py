@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
+from ddip.data.simulation import simulate_multicoil
 from ddip.errors import DdipError
+from ddip.io import atomic_path, read_safetensors
 from ddip.physics import (
     MultiCoilMRI,
     SingleCoilMRI,
@@ -31,7 +34,6 @@ from ddip.physics import (
     estimate_coil_maps,
     n_acs_lines,
     poisson_mask,
-    simulate_multicoil,
     sparse_view_ct,
     uniform1d_mask,
 )
@@ -126,10 +128,6 @@ def simulate(volume: Tensor, cfg: TaskConfig, *, record: dict | None = None) -> 
 
 def save_measurement(path: str | os.PathLike, m: Measurement) -> None:
     """One safetensors file with y, the operator's tensors, the ground truth and the settings (atomic write)."""
-    from safetensors.torch import save_file
-
-    from ddip.io import atomic_path
-
     tensors = {"y": m.y.contiguous(), **{k: v.contiguous() for k, v in m.extras.items()}}
     if m.extras.get("mask") is not None:
         tensors["mask"] = m.extras["mask"].to(torch.uint8).contiguous()
@@ -143,8 +141,6 @@ def save_measurement(path: str | os.PathLike, m: Measurement) -> None:
 
 def load_measurement(path: str | os.PathLike) -> Measurement:
     """Read a file written by :func:`save_measurement`, checking it is complete and consistent."""
-    from ddip.io import read_safetensors
-
     p = Path(path)
     tensors, meta = read_safetensors(p, "measurement")
     if meta.get("format") != "ddip-measurement":
@@ -173,17 +169,3 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
     if truth is not None and truth.shape[0] != y.shape[0]:
         raise DdipError(f"{p}: ground truth has {truth.shape[0]} slices, the measurement {y.shape[0]}")
     return Measurement(cfg, y, physics, truth, extras, record)
-
-
-def mbir_parameters(cfg: TaskConfig) -> dict[str, float]:
-    """ADMM ρ, λ of DiffusionMBIR per task.
-
-    CT: the paper's ρ = 0.5, λ = 0.01 rescaled to our exact adjoint (see :func:`mbir_ct_parameters`). 3D MRI: the
-    paper's ρ = 1e-3, λ = 1e-5 diverge here — with ρ that small the x-update's CG takes steps of order 1/ρ along the
-    null space of the undersampled FFT (3.5 dB on the MNI slab, 2026-11-25); on the same slab ρ ≥ 0.1 is stable and
-    ρ = 0.1, λ = 1e-3 was best of a 4×3 grid (20.35 dB against 20.22–20.32 for its stable neighbours, 10 steps, an early
-    prior). To be re-tuned with the shipped prior by the benchmark.
-    """
-    from ddip.solvers.mbir import mbir_ct_parameters
-
-    return mbir_ct_parameters(cfg.views) if cfg.task == "sv-ct" else {"rho": 0.1, "lam": 1e-3}

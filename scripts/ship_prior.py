@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ddip.evaluation import _plot_curve, gate_curve, quality_gate, sample_grid  # noqa: E402
 from ddip.priors import load_prior  # noqa: E402
-from ddip.priors.gate import _plot_curve, gate_curve, quality_gate, sample_grid  # noqa: E402
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from ddip.errors import DdipError
 
 
 def test_benchmark_writes_tables_markdown_and_plot(tiny_prior, tmp_path):
-    cfg = BenchConfig(prior=tiny_prior, n_slices=2, n_steps=2, dps_slices=1, quick=True, scaling_sizes=(2, 4))
+    cfg = BenchConfig(prior=tiny_prior, n_slices=2, n_steps=3, dps_slices=1, quick=True, scaling_sizes=(2, 4))
     results = run_benchmark(cfg, tables=("table3", "scaling"), out=tmp_path)
     assert [r["variant"] for r in results["table3"]] == ["baseline", "+ horizon", "+ init"]
     assert sorted({r["N"] for r in results["scaling"]}) == [2, 4]

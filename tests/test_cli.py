@@ -138,3 +138,41 @@ def test_prior_size_mismatch_is_refused_and_nothing_is_written(tiny_prior, tmp_p
     config = json.loads((out / "config.json").read_text())
     assert config["resize"] is True and json.loads((out / "metrics.json").read_text())["psnr"] is not None
     assert hashlib.sha256(meas.read_bytes()).hexdigest() == digest
+
+
+def test_a_config_file_goes_through_the_parser_and_the_command_line_wins(ct_measurement, tiny_prior, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"method": "dds", "prior": tiny_prior, "out": str(out), "max_batch": "3", "seed": 7,
+                               "steps": 2, "quiet": True, "zeta": None}))
+    assert main(["reconstruct", str(ct_measurement), "--config", str(cfg), "--seed", "5"]) == 0
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["max_batch"] == 3 and recorded["n_steps"] == 2 and recorded["seed"] == 5
+    for bad, message in [({"max_batch": "x"}, "'max_batch': invalid value 'x'"), ({"seed": [1, 2]}, "'seed'"),
+                         ({"bogus": 1}, "unknown option 'bogus'"), ({"quiet": "yes"}, "is a switch"),
+                         ({"noise_mix": "eq7"}, "is not one of paper, code, ddim")]:
+        cfg.write_text(json.dumps({"method": "dds", "out": str(tmp_path / "x"), **bad}))
+        assert main(["reconstruct", str(ct_measurement), "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ddip: error:") and message in err and "Traceback" not in err
+
+
+def test_command_line_defaults_are_the_config_defaults():
+    from ddip.benchmark import BenchConfig
+    from ddip.cli import build_parser
+    from ddip.reconstruct import ReconstructConfig
+    from ddip.tasks import TaskConfig
+
+    commands = build_parser().subcommands
+    rec = vars(commands["reconstruct"].parse_args(["m.safetensors", "--method", "dds", "--out", "o"]))
+    cfg = ReconstructConfig(method="dds")
+    assert {k: rec[k] for k in ("seed", "max_batch", "init", "noise_mix", "zeta", "precision")} == \
+        {k: getattr(cfg, k) for k in ("seed", "max_batch", "init", "noise_mix", "zeta", "precision")}
+    sim = vars(commands["simulate"].parse_args(["--task", "sv-ct", "--volume", "v", "--out", "o"]))
+    task = TaskConfig(task="sv-ct")
+    assert (sim["size"], sim["views"], sim["noise"], sim["seed"]) == (task.size, task.views, task.noise, task.seed)
+    bench = vars(commands["benchmark"].parse_args([]))
+    b = BenchConfig()
+    assert (bench["size"], bench["n_slices"], bench["noise_mix"], bench["dps_slices"]) == \
+        (b.size, b.n_slices, b.noise_mix, b.dps_slices)

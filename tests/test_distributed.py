@@ -62,7 +62,7 @@ def test_two_process_training_averages_the_gradients_of_both_phantom_streams(tmp
     assert torch.load(out / "checkpoint.pt", weights_only=True)["images"] == 8
 
 
-# -- D3IP with the volume's slices split across processes (ddip.sharding) ------------------------------------------
+# -- D3IP with the volume's slices split across processes (ddip.physics.sharding) -------------------------------------
 WORKER = Path(__file__).with_name("distributed") / "d3ip_worker.py"
 
 
@@ -117,7 +117,7 @@ def test_torchrun_reconstruct_writes_the_single_process_result_once(tmp_path, ct
     assert metrics["report"]["world_size"] == 2 and metrics["report"]["slices_per_rank"] == [2, 1]
     sent = metrics["report"]["communication_bytes"]  # rank 0's share of every kind of collective
     assert sent["lora_gradient"] > 0 and sent["halo"] > 0 and sent["cg_inner_products"] > 0
-    assert metrics["report"]["adapt"]["max_batch"] == 1
+    assert metrics["report"]["adapt"]["chunk"] == 1
     assert (vols[1] - vols[2]).abs().max() <= 1e-4 * vols[1].abs().max()
 
     # methods that work slice by slice refuse to be split, with a clear message

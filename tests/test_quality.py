@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from ddip.data import load_fixture, random_ellipses
+from ddip.evaluation import GATE_SEED, quality_gate
 from ddip.metrics import psnr
 from ddip.physics import add_noise, sparse_view_ct
 from ddip.priors import load_prior, shipped_priors
-from ddip.priors.gate import GATE_SEED, quality_gate
 from ddip.reconstruct import ReconstructConfig, reconstruct
 from ddip.solvers import DDS, admm_tv_reconstruct, solve
 from ddip.tasks import TaskConfig, simulate
@@ -42,7 +42,7 @@ def test_dds_beats_fbp_and_admm_tv_in_distribution(prior):
     x = random_ellipses(8, 64, generator=g)
     op = sparse_view_ct(64, 15)
     y = add_noise(op.A(x), 0.01, generator=g)
-    dds = float(psnr(solve(DDS(), prior, y, op, generator=g).clamp(0, 1), x).mean())
+    dds = float(psnr(solve(DDS(noise_mix="paper"), prior, y, op, generator=g).clamp(0, 1), x).mean())
     fbp = float(psnr(op.fbp(y).clamp(0, 1), x).mean())
     tv = float(psnr(admm_tv_reconstruct(y, op, lam=0.02, rho=1.0).clamp(0, 1), x).mean())
     assert dds > fbp + 3 and dds > tv + 1
@@ -60,7 +60,7 @@ def test_d3ip_beats_dds_on_real_ct_with_the_codes_noise_mixing(prior):
     benchmarks/results/ood_gain.md."""
     m = _slab(14, 18)
     dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code"), prior)
-    d3ip = reconstruct(m, ReconstructConfig(method="d3ip", n_slices=4, noise_mix="code"), prior)
+    d3ip = reconstruct(m, ReconstructConfig(method="d3ip", k=4, noise_mix="code"), prior)
     gain = float(psnr(d3ip.volume, m.ground_truth).mean() - psnr(dds.volume, m.ground_truth).mean())
     assert gain > 0.5
 
@@ -91,6 +91,6 @@ def test_adaptation_does_not_collapse_on_csmri(method):
     prior = load_prior("ellipses-complex-64")
     dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code"), prior)
     adapted = reconstruct(m, ReconstructConfig(method=method, noise_mix="code",
-                                               **({"n_slices": 2} if method == "d3ip" else {})), prior)
+                                               **({"k": 2} if method == "d3ip" else {})), prior)
     truth = m.ground_truth
     assert float(psnr(adapted.volume, truth).mean()) > float(psnr(dds.volume, truth).mean()) + 0.5

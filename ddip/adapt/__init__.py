@@ -1,6 +1,15 @@
 """Adapting the diffusion prior to the volume during sampling: LoRA, the adaptation hook and the paper's methods."""
 
-from ddip.adapt.adapter import AdaptConfig, Replay, VolumeAdapter, adaptation_loss, load_trajectory, save_trajectory
+from ddip.adapt.adapter import (
+    AdaptConfig,
+    Replay,
+    VolumeAdapter,
+    adaptation_backward,
+    adaptation_loss,
+    load_trajectory,
+    network_estimate,
+    save_trajectory,
+)
 from ddip.adapt.lora import (
     LoRAConfig,
     count_parameters,
@@ -10,7 +19,7 @@ from ddip.adapt.lora import (
     snapshot,
     trainable_parameters,
 )
-from ddip.adapt.methods import AdaptReport, d3ip, d3ip_mbir, d3ip_meta, ddip, scd
+from ddip.adapt.methods import AdaptReport, d3ip, d3ip_mbir, d3ip_meta, ddip_slicewise, scd
 
 __all__ = [
     "AdaptConfig",
@@ -18,15 +27,17 @@ __all__ = [
     "LoRAConfig",
     "Replay",
     "VolumeAdapter",
+    "adaptation_backward",
     "adaptation_loss",
     "count_parameters",
     "d3ip",
     "d3ip_mbir",
     "d3ip_meta",
-    "ddip",
+    "ddip_slicewise",
     "inject_lora",
     "load_trajectory",
     "merge_lora",
+    "network_estimate",
     "restore",
     "save_trajectory",
     "scd",

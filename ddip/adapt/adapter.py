@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ddip.adapt.lora import has_lora_dropout, restore, snapshot, trainable_parameters
 from ddip.errors import DdipError
+from ddip.io import atomic_path
+from ddip.physics.base import is_complex_image, physics_subset
+from ddip.physics.sharding import Shard
 from ddip.priors.prior import DiffusionPrior
-from ddip.sharding import Shard
-from ddip.solvers.base import is_complex_image, physics_subset, predict_eps, to_image, tweedie
+from ddip.solvers.base import predict_eps, to_image
 from ddip.timing import section
 
 log = logging.getLogger("ddip.adapt")
@@ -37,8 +40,8 @@ class AdaptConfig:
 
     lr: float = 1e-3
     n_iters: int = 10  # L: optimiser steps per adapted timestep
-    n_slices: int = 6  # K: slices per optimiser step (D3IP); 1 for DDIP/SCD
-    horizon: tuple[int, int] | None = (40, 940)  # adapt for lo <= t <= hi; None adapts at every step
+    k: int = 6  # K: slices per optimiser step (D3IP); 1 for DDIP/SCD
+    zeta: int | None = 40  # ζ: adapt for ζ <= t <= T' − ζ, T' the first timestep (Alg. 1/2); None: every step
     loss_cg_iters: int | None = None  # CG steps of DC inside the loss (None: as in sampling; SCD: 1)
     loss_admm_iters: int = 1  # ADMM iterations of the MBIR DC inside the loss (the code uses 1)
     optimizer: Literal["reset", "persistent"] = "reset"  # AdamW re-created every timestep (code) or kept
@@ -46,16 +49,17 @@ class AdaptConfig:
     draw: Literal["per_iter", "per_step"] = "per_iter"  # new K slices every optimiser step (code) or per timestep
     neighbours: bool = False  # K contiguous slices (D3IP mbir, Eq. 15)
     reptile: tuple[float, float] | None = None  # D3IP meta: α decays linearly from the first to the second value
-    max_batch: int = 6  # slices per forward/backward; K larger than this is reached by gradient accumulation
+    chunk: int = 6  # slices per forward/backward; K larger than this is reached by gradient accumulation
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.n_iters < 1 or self.n_slices < 1 or self.max_batch < 1:
-            raise DdipError("adaptation needs lr > 0, n_iters >= 1, n_slices >= 1 and max_batch >= 1")
-        if self.horizon is not None and self.horizon[0] > self.horizon[1]:
-            raise DdipError(f"adaptation horizon {self.horizon} is empty")
+        if not self.lr > 0 or self.n_iters < 1 or self.k < 1 or self.chunk < 1:
+            raise DdipError("adaptation needs lr > 0, n_iters >= 1, k >= 1 and chunk >= 1")
+        if self.zeta is not None and self.zeta < 0:
+            raise DdipError(f"adaptation window: zeta must be >= 0, got {self.zeta}")
 
-    def adapts_at(self, t: int) -> bool:
-        return self.horizon is None or self.horizon[0] <= t <= self.horizon[1]
+    def adapts_at(self, t: int, t_start: int) -> bool:
+        """Whether timestep ``t`` of a schedule starting at ``t_start`` (T') lies in the window [ζ, T' − ζ]."""
+        return self.zeta is None or self.zeta <= t <= t_start - self.zeta
 
 
 def loss_step(step, cfg: AdaptConfig):
@@ -68,16 +72,18 @@ def loss_step(step, cfg: AdaptConfig):
     return dataclasses.replace(step, **changes) if changes else step
 
 
-def adaptation_loss(prior: DiffusionPrior, step, x_t: Tensor, t: int, y: Tensor, physics) -> Tensor:
-    """mean |y − A·DC(x̂₀(x_t; θ))|² with gradients through the network and the data-consistency step."""
+def network_estimate(prior: DiffusionPrior, x_t: Tensor, t: int, y: Tensor, physics) -> Tensor:
+    """x̂₀(x_t; θ) in image layout (complex for complex images), differentiable in the network's parameters."""
     complex_image = x_t.shape[1] == 2 and is_complex_image(physics, y)
     eps = predict_eps(prior, x_t, t, max_batch=x_t.shape[0])
-    x0 = to_image(tweedie(prior, x_t, t, eps), complex_image)
-    return data_fit(step, x0, y, physics)
+    return to_image(prior.tweedie(x_t, t, eps), complex_image)
 
 
-def data_fit(step, x0: Tensor, y: Tensor, physics) -> Tensor:
-    """mean |y − A·DC(x̂₀)|²: the part of the adaptation loss after the network."""
+def adaptation_loss(step, x0: Tensor, y: Tensor, physics) -> Tensor:
+    """ℒ = mean |y − A·DC(x̂₀)|² (Alg. 1 L5, Alg. 2 L6–7), DC being ``step``'s own data consistency.
+
+    Differentiable in ``x0`` through the data-consistency step (CG or ADMM unrolled).
+    """
     with section("data_consistency"):
         x0_dc, _ = step.data_consistency(x0, y, physics, {})
         return (physics.A(x0_dc) - y).abs().pow(2).mean()
@@ -85,16 +91,14 @@ def data_fit(step, x0: Tensor, y: Tensor, physics) -> Tensor:
 
 def adaptation_backward(prior: DiffusionPrior, step, x_t: Tensor, t: int, y: Tensor, physics,
                         weight: float) -> float:
-    """Backpropagate ``weight · ℒ`` into the LoRA parameters; returns the weighted loss.
+    """Backpropagate ``weight · ℒ(x̂₀(x_t; θ))`` into the LoRA parameters; returns the weighted loss.
 
     The chain rule is split at x̂₀ (through the data-consistency step first, then through the network), which gives
     the same gradients as one ``backward`` and lets each part be timed on its own.
     """
-    complex_image = x_t.shape[1] == 2 and is_complex_image(physics, y)
-    eps = predict_eps(prior, x_t, t, max_batch=x_t.shape[0])
-    x0 = to_image(tweedie(prior, x_t, t, eps), complex_image)
+    x0 = network_estimate(prior, x_t, t, y, physics)
     x0_leaf = x0.detach().requires_grad_(True)
-    loss = data_fit(step, x0_leaf, y, physics) * weight
+    loss = adaptation_loss(step, x0_leaf, y, physics) * weight
     with section("data_consistency_backward"):
         loss.backward()
     with section("network_backward"):
@@ -109,9 +113,9 @@ class VolumeAdapter:
     Keeps a record of the losses, of the network passes it costs, and (optionally) of the trainable state after each
     adapted step, so that sampling can be replayed without adapting (:class:`Replay`).
 
-    With ``shard`` (the volume split across processes, :mod:`ddip.sharding`) ``x_t`` is this rank's block while ``y``
-    and ``physics`` are the whole volume's: the K slices are drawn from the same generator on every rank, their
-    states assembled on every rank, the chunks of ``max_batch`` slices dealt round-robin to the ranks, and the LoRA
+    With ``shard`` (the volume split across processes, :mod:`~ddip.physics.sharding`) ``x_t`` is this rank's block
+    while ``y`` and ``physics`` are the whole volume's: the K slices are drawn from the same generator on every rank,
+    their states assembled on every rank, the chunks of ``cfg.chunk`` slices dealt round-robin to the ranks, and the LoRA
     gradient (and the loss) summed over the ranks before the optimiser step, so every rank holds the same LoRA
     state and takes the single-process step.
     """
@@ -125,27 +129,31 @@ class VolumeAdapter:
     record_trajectory: bool = False
     losses: list[tuple[int, float]] = field(default_factory=list)
     trajectory: dict[int, dict[str, Tensor]] = field(default_factory=dict)
-    events: list[dict] = field(default_factory=list)  # numerical incidents (non-finite loss rolled back)
     passes: int = 0  # network forward+backward passes, counted in images
-    n_total_adapted: int = 1  # adapted timesteps in the whole run (Reptile's α schedule needs it)
+    timesteps: list[int] | None = None  # the sampling grid (default: the step's own); sets T' and the window
+    n_total_adapted: int = field(init=False, default=0)  # adapted timesteps in the run (Reptile's α schedule)
     shard: Shard | None = None  # x_t is one block of a volume split across processes
     _optimizer: torch.optim.Optimizer | None = None
     _n_adapted: int = 0
 
     def __post_init__(self) -> None:
+        if self.timesteps is None:
+            self.timesteps = self.prior.schedule.timesteps(self.step.n_steps).tolist()
+        self._t_start = self.timesteps[0]
+        self.n_total_adapted = sum(self.cfg.adapts_at(t, self._t_start) for t in self.timesteps)
         self._dc_step = loss_step(self.step, self.cfg)
         if not trainable_parameters(self.prior.net):
             raise DdipError("the prior has no trainable parameters: inject LoRA first (ddip.adapt.inject_lora)")
 
     def _draw(self, n_total: int) -> Tensor:
-        k = min(self.cfg.n_slices, n_total)
+        k = min(self.cfg.k, n_total)
         if self.cfg.neighbours:
             start = int(torch.randint(0, n_total - k + 1, (1,), generator=self.generator))
             return torch.arange(start, start + k)
         return torch.randperm(n_total, generator=self.generator)[:k].sort().values
 
     def __call__(self, i: int, t: int, x_t: Tensor, state: dict) -> None:
-        if not self.cfg.adapts_at(t):
+        if not self.cfg.adapts_at(t, self._t_start):
             return
         net = self.prior.net
         params = list(trainable_parameters(net).values())
@@ -165,12 +173,12 @@ class VolumeAdapter:
             good = snapshot(net)
             x_k = x_t[index] if self.shard is None else self.shard.gather_rows(x_t, index)
             total = 0.0
-            for c, chunk in enumerate(index.split(self.cfg.max_batch)):
+            for c, chunk in enumerate(index.split(self.cfg.chunk)):
                 self.passes += chunk.numel()
                 if self.shard is not None and c % self.shard.world != self.shard.rank:
                     continue  # another rank's chunk
                 weight = chunk.numel() / index.numel()
-                rows = slice(c * self.cfg.max_batch, c * self.cfg.max_batch + chunk.numel())
+                rows = slice(c * self.cfg.chunk, c * self.cfg.chunk + chunk.numel())
                 sub = chunk if not self.cfg.neighbours else slice(int(chunk[0]), int(chunk[-1]) + 1)
                 total += adaptation_backward(self.prior, self._dc_step, x_k[rows], t, self.y[sub],
                                              physics_subset(self.physics, sub), weight)
@@ -212,8 +220,6 @@ class VolumeAdapter:
         restore(self.prior.net, good)
         for group in self._optimizer.param_groups:
             group["lr"] *= 0.5
-        self.events.append({"step": i, "t": t, "loss": loss, "event": "non-finite: rolled back, lr halved",
-                            "lr": self._optimizer.param_groups[0]["lr"]})
         log.warning("adaptation at step %d (t = %d): non-finite loss or gradient; LoRA rolled back, lr halved to %g",
                     i, t, self._optimizer.param_groups[0]["lr"])
 
@@ -259,18 +265,12 @@ class Replay:
 
 def save_trajectory(path, trajectory: dict[int, dict[str, Tensor]]) -> None:
     """Write a LoRA trajectory as one safetensors file (keys ``step/param``)."""
-    from safetensors.torch import save_file
-
-    from ddip.io import atomic_path
-
     flat = {f"{i:04d}/{name}": v.contiguous() for i, state in trajectory.items() for name, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp))
 
 
 def load_trajectory(path) -> dict[int, dict[str, Tensor]]:
-    from safetensors.torch import load_file
-
     out: dict[int, dict[str, Tensor]] = {}
     for key, v in load_file(str(path)).items():
         step, name = key.split("/", 1)

@@ -79,11 +79,6 @@ def restore(net: nn.Module, state: dict[str, Tensor]) -> None:
             p.copy_(state[name])
 
 
-def flat_vector(state: dict[str, Tensor]) -> Tensor:
-    """A snapshot as one flat vector (names in sorted order), e.g. for Reptile's interpolation."""
-    return torch.cat([state[k].flatten() for k in sorted(state)])
-
-
 def has_lora_dropout(net: nn.Module) -> bool:
     """True when some LoRA branch has active dropout (p > 0)."""
     return any(isinstance(m, nn.Dropout) and m.p > 0 for name, m in net.named_modules() if "lora_dropout" in name)

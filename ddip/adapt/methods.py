@@ -4,7 +4,7 @@
 ``d3ip``            Alg. 2: one LoRA state for the volume, K random slices per optimiser step
 ``d3ip_mbir``       Eq. 15: K neighbouring slices, DiffusionMBIR's ADMM-TV as data consistency
 ``d3ip_meta``       App. B: Reptile over the D3IP trajectory gives θ_vol, then per-slice DDIP from θ_vol
-``ddip``            Alg. 1: per slice, a fresh LoRA state (or carried over), K = 1
+``ddip_slicewise``  Alg. 1 (DDIP): per slice, a fresh LoRA state (or carried over), K = 1
 ``scd``             DDIP with 1 CG step in the loss, adapting at every step, from pure noise
 =================  ===================================================================================
 
@@ -22,10 +22,11 @@ from torch import Tensor
 
 from ddip.adapt.adapter import AdaptConfig, VolumeAdapter
 from ddip.adapt.lora import restore, snapshot
-from ddip.priors.prior import DiffusionPrior
-from ddip.sharding import Shard, split
 from ddip.checkpoint import Checkpointer, resumable_solve
-from ddip.solvers.base import Init, initialise, physics_subset
+from ddip.physics.base import physics_subset
+from ddip.physics.sharding import Shard, split
+from ddip.priors.prior import DiffusionPrior
+from ddip.solvers.base import MAX_BATCH, Init, initialise
 
 
 @dataclass
@@ -42,26 +43,24 @@ class AdaptReport:
 
 def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
          generator: torch.Generator | None = None, adapt_generator: torch.Generator | None = None,
-         init: Init = "slerp", max_batch: int = 16, record_trajectory: bool = False, progress: bool = False,
+         init: Init = "slerp", max_batch: int = MAX_BATCH, record_trajectory: bool = False, progress: bool = False,
          checkpointer: Checkpointer | None = None, method: str = "d3ip", shard: Shard | None = None
          ) -> tuple[Tensor, AdaptReport]:
     """D3IP (Alg. 2), or D3IP mbir / the Reptile stage of meta according to ``step`` and ``cfg``.
 
     ``shard``: run as one of the ranks of a process group (``torchrun``), each sampling its block of slices and all
-    sharing one LoRA state (:mod:`ddip.sharding`); every rank passes the whole ``y`` and gets the whole volume back.
-    With the same generators the result is the single-process one up to the order of floating-point sums.
+    sharing one LoRA state (:mod:`~ddip.physics.sharding`); every rank passes the whole ``y`` and gets the whole
+    volume back. With the same generators the result is the single-process one up to the order of floating-point sums.
     """
-    timesteps = prior.schedule.timesteps(step.n_steps).tolist()
     generator = generator if generator is not None else torch.Generator()
     adapter = VolumeAdapter(prior, step, y, physics, cfg, generator=adapt_generator,
-                            record_trajectory=record_trajectory,
-                            n_total_adapted=sum(cfg.adapts_at(t) for t in timesteps), shard=shard)
+                            record_trajectory=record_trajectory, shard=shard)
     y_run, physics_run = split(shard, y, physics)
     x = resumable_solve(step, prior, y_run, physics_run, generator=generator, checkpointer=checkpointer,
                         adapter=adapter, init=init, max_batch=max_batch, progress=progress)
     if shard is not None:
         x = shard.gather_volume(x)
-    report = AdaptReport(method, passes_forward=len(timesteps) * y.shape[0], passes_adapt=adapter.passes,
+    report = AdaptReport(method, passes_forward=len(adapter.timesteps) * y.shape[0], passes_adapt=adapter.passes,
                          losses=adapter.losses, trajectory=adapter.trajectory)
     return x, report
 
@@ -71,9 +70,9 @@ def d3ip_mbir(step, prior, y, physics, cfg: AdaptConfig = AdaptConfig(neighbours
     return d3ip(step, prior, y, physics, dataclasses.replace(cfg, neighbours=True), method="d3ip-mbir", **kwargs)
 
 
-def ddip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(n_slices=1), *,
+def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(k=1), *,
          generator: torch.Generator | None = None, adapt_generator: torch.Generator | None = None,
-         init: Init = "slerp", carry_over: bool = False, start_state: dict | None = None, max_batch: int = 16,
+         init: Init = "slerp", carry_over: bool = False, start_state: dict | None = None, max_batch: int = MAX_BATCH,
          record_trajectory: bool = False, checkpointer: Checkpointer | None = None, method: str = "ddip"
          ) -> tuple[Tensor, AdaptReport]:
     """DDIP (Alg. 1): every slice adapted on its own, from a fresh LoRA state (or the previous slice's).
@@ -81,7 +80,7 @@ def ddip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Ada
     The initial state of all slices is drawn once for the volume (so the slerp of Eq. 16 spans the volume).
     A checkpoint holds the finished slices, the volume's initial state and the current slice's sampling state.
     """
-    cfg = dataclasses.replace(cfg, n_slices=1, neighbours=False)
+    cfg = dataclasses.replace(cfg, k=1, neighbours=False)
     generator = generator if generator is not None else torch.Generator()
     fresh = snapshot(prior.net) if start_state is None else start_state
     resume = checkpointer.load() if checkpointer is not None else None
@@ -129,16 +128,16 @@ class _SliceCheckpointer:
         return self.resume
 
 
-def scd(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(n_slices=1), **kwargs):
+def scd(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(k=1), **kwargs):
     """SCD as the paper re-implements it: DDIP with 1 CG step in the loss, every step adapted, pure-noise init."""
-    cfg = dataclasses.replace(cfg, loss_cg_iters=1, horizon=None)
+    cfg = dataclasses.replace(cfg, loss_cg_iters=1, zeta=None)
     kwargs.setdefault("init", "noise")
-    return ddip(step, prior, y, physics, cfg, method="scd", **kwargs)
+    return ddip_slicewise(step, prior, y, physics, cfg, method="scd", **kwargs)
 
 
 def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
               finetune: AdaptConfig | None = None, generator: torch.Generator | None = None,
-              adapt_generator: torch.Generator | None = None, init: Init = "slerp", max_batch: int = 16,
+              adapt_generator: torch.Generator | None = None, init: Init = "slerp", max_batch: int = MAX_BATCH,
               checkpointer: Checkpointer | None = None) -> tuple[Tensor, AdaptReport]:
     """D3IP (meta), App. B: Reptile D3IP (α 1.0 → 0.5) gives θ_vol; then DDIP on every slice started from θ_vol.
 
@@ -164,7 +163,7 @@ def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig 
             adapt_generator.set_state(done["adapt_generator"])
         stage1 = AdaptReport("d3ip-meta", passes_forward=int(done["passes_forward"]),
                              passes_adapt=int(done["passes_adapt"]))
-    x, stage2 = ddip(step, prior, y, physics, finetune or dataclasses.replace(cfg, n_slices=1), generator=generator,
+    x, stage2 = ddip_slicewise(step, prior, y, physics, finetune or dataclasses.replace(cfg, k=1), generator=generator,
                      adapt_generator=adapt_generator, init=init, start_state=theta_vol, max_batch=max_batch,
                      method="d3ip-meta", checkpointer=None if checkpointer is None else checkpointer.sibling("stage2"))
     report = AdaptReport("d3ip-meta", passes_forward=stage1.passes_forward + stage2.passes_forward,
@@ -177,4 +176,4 @@ def _gen_state(generator: torch.Generator | None):
     return None if generator is None else generator.get_state()
 
 
-__all__ = ["AdaptReport", "d3ip", "d3ip_meta", "d3ip_mbir", "ddip", "scd"]
+__all__ = ["AdaptReport", "d3ip", "d3ip_meta", "d3ip_mbir", "ddip_slicewise", "scd"]

@@ -7,7 +7,7 @@ import math
 from torch import Tensor
 
 from ddip.metrics.image import psnr, psnr_volume, ssim
-from ddip.metrics.perceptual import lpips, lpips_available
+from ddip.metrics.perceptual import lpips
 
 
 def _mean(values: list[float] | None) -> float | None:
@@ -36,4 +36,4 @@ def evaluate_volume(x: Tensor, ref: Tensor, *, ssim_data_range: float | None = N
     }
 
 
-__all__ = ["evaluate_volume", "lpips", "lpips_available", "psnr", "psnr_volume", "ssim"]
+__all__ = ["evaluate_volume", "lpips", "psnr", "psnr_volume", "ssim"]

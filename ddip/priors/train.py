@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
+from ddip import distributed
 from ddip.data.phantoms import random_complex_ellipses, random_ellipses
 from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
@@ -82,9 +88,6 @@ class _StopRequest:
     """SIGTERM / SIGINT ask the loop to stop after the current step (then it checkpoints) instead of dying."""
 
     def __init__(self) -> None:
-        import signal
-        import threading
-
         self.requested = False
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -95,8 +98,6 @@ class _StopRequest:
         self.requested = True
 
     def restore(self) -> None:
-        import signal
-
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -107,8 +108,6 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _save_weights(path: Path, state_dict: dict, metadata: dict) -> None:
-    from safetensors.torch import save_file
-
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp),
                   metadata={k: json.dumps(v) for k, v in metadata.items()})
@@ -141,10 +140,6 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     the checkpoint (with every rank's RNG states), weights, snapshots and log; a run resumes only with the world size
     it was started with.
     """
-    from tqdm import tqdm
-
-    from ddip import distributed
-
     rank, n_ranks = distributed.world()
     out = Path(cfg.out)
     if rank == 0:
@@ -181,8 +176,6 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         noise_rng.set_state(state["noise_rng"] if n_ranks == 1 else state["noise_rng"][rank])
         step, images = int(state["step"]), int(state["images"])
     elif cfg.init_weights is not None:
-        from safetensors.torch import load_file
-
         try:
             net.load_state_dict(widen_channels(load_file(cfg.init_weights), net.state_dict()))
         except Exception as exc:
@@ -195,8 +188,6 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         write_json(cfg_path, cfg.to_dict())
     model = net
     if n_ranks > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         model = DistributedDataParallel(net)  # broadcasts rank 0's weights, averages gradients in backward
     prior = DiffusionPrior(model)
 

@@ -4,7 +4,7 @@ from ddip.solvers.admm_tv import admm_tv_reconstruct
 from ddip.solvers.base import DataConsistencyStep, Step, StepOutput, initialise, predict_eps, solve
 from ddip.solvers.dds import DDNM, DDS, dds_data_consistency
 from ddip.solvers.dps import DPS
-from ddip.solvers.mbir import DiffusionMBIR, mbir_ct_parameters
+from ddip.solvers.mbir import DiffusionMBIR
 
 __all__ = [
     "DDNM",
@@ -17,7 +17,6 @@ __all__ = [
     "admm_tv_reconstruct",
     "dds_data_consistency",
     "initialise",
-    "mbir_ct_parameters",
     "predict_eps",
     "solve",
 ]

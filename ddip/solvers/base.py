@@ -5,16 +5,16 @@ Notation (paper §2.1, App. A; VP schedule with images in [0, 1]):
 =====================  ==================================================================================
 ``x_t``                 the diffusion state of every slice, ``(D, C, H, W)`` in the network's layout
 ``eps``                 ε_θ(x_t, t), the network's noise prediction
-``x0_hat``              Tweedie estimate x̂₀(x_t) = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t
+``x0_hat``              Tweedie estimate x̂₀(x_t) = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t (DiffusionPrior.tweedie)
 ``x0_dc``               D_θ(x_t | y): x̂₀ after the solver's data-consistency step (CG, ADMM)
 ``s``                   the next timestep (−1 after the last, where ᾱ = 1)
 =====================  ==================================================================================
 
 :func:`solve` owns the loop; a *step* (DDS, DDNM, DiffusionMBIR, DPS, ...) turns ``x_t`` into ``x_s``. The
 ``before_step`` hook runs before every step and may change the network in place (DDIP/D3IP adapt LoRA weights there);
-no step knows about adaptation. A volume split across processes (:mod:`ddip.sharding`) is the same loop run on each
-rank's block with a :class:`~ddip.sharding.ShardedPhysics`. Complex images (CS-MRI) are carried as two real channels
-(real, imaginary); a prior with one channel denoises them as two independent real images.
+no step knows about adaptation. A volume split across processes (:mod:`ddip.physics.sharding`) is the same loop run
+on each rank's block with a :class:`~ddip.physics.sharding.ShardedPhysics`. Complex images (CS-MRI) are carried as two
+real channels (real, imaginary); a prior with one channel denoises them as two independent real images.
 """
 
 from __future__ import annotations
@@ -25,14 +25,19 @@ from typing import Callable, Literal, Protocol
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ddip.errors import DdipError
+from ddip.physics.base import is_complex_image, pseudo_inverse
+from ddip.physics.sharding import Shard, shard_of
 from ddip.priors.prior import DiffusionPrior
-from ddip.sharding import Shard, shard_of
 from ddip.timing import section
 
 NoiseMix = Literal["paper", "code", "ddim"]
+NOISE_MIXES = ("paper", "code", "ddim")
 Init = Literal["slerp", "independent", "noise"]
+INITS = ("slerp", "independent", "noise")
+MAX_BATCH = 16  # network inputs per forward pass: bounds memory whatever the number of slices
 
 
 @dataclass(frozen=True)
@@ -42,23 +47,6 @@ class StepOutput:
     x_next: Tensor
     x0_hat: Tensor
     state: dict = field(default_factory=dict)
-
-
-# -- physics adapters (any object with A and A_adjoint works) -------------------------------------------------------
-def pseudo_inverse(physics, y: Tensor) -> Tensor:
-    """``A^† y``: the operator's ``A_dagger`` (FBP, zero-filled IFFT) or, lacking one, its adjoint."""
-    return physics.A_dagger(y) if hasattr(physics, "A_dagger") else physics.A_adjoint(y)
-
-
-def physics_subset(physics, index: slice | Tensor):
-    """The operator for a subset of the slices: ``physics.subset(index)`` where defined (per-slice coil maps),
-    otherwise the operator itself (it acts on each slice alike)."""
-    return physics.subset(index) if hasattr(physics, "subset") else physics
-
-
-def is_complex_image(physics, y: Tensor) -> bool:
-    return bool(getattr(physics, "img_complex", False)) or (
-        not hasattr(physics, "img_complex") and physics.A_adjoint(y[:1]).is_complex())
 
 
 # -- image <-> network layout --------------------------------------------------------------------------------------
@@ -72,7 +60,7 @@ def to_image(state: Tensor, complex_image: bool) -> Tensor:
     return torch.complex(state[:, :1], state[:, 1:2]) if complex_image else state
 
 
-def predict_eps(prior: DiffusionPrior, x_t: Tensor, t: int, *, max_batch: int = 16) -> Tensor:
+def predict_eps(prior: DiffusionPrior, x_t: Tensor, t: int, *, max_batch: int = MAX_BATCH) -> Tensor:
     """ε_θ(x_t, t) for a whole volume, ``max_batch`` network inputs at a time.
 
     When the state has more channels than the network (complex data, real prior), each channel is denoised as a
@@ -86,12 +74,6 @@ def predict_eps(prior: DiffusionPrior, x_t: Tensor, t: int, *, max_batch: int = 
     with section("network_forward"):
         outs = [prior.eps(flat[i : i + max_batch], t) for i in range(0, flat.shape[0], max_batch)]
     return torch.cat(outs).reshape(d, c, h, w)
-
-
-def tweedie(prior: DiffusionPrior, x_t: Tensor, t: int, eps: Tensor) -> Tensor:
-    """x̂₀ = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t (paper Eq. 4 in VP form)."""
-    ab = float(prior.schedule.at(t))
-    return (x_t - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
 
 
 def volume_noise(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
@@ -123,7 +105,7 @@ def ddim_update(prior: DiffusionPrior, x0: Tensor, eps: Tensor, t: int, s: int, 
     if noise_mix == "ddim":
         sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t)) * math.sqrt(max(0.0, 1 - ab_t / ab_s))
         return math.sqrt(ab_s) * x0 + math.sqrt(max(0.0, 1 - ab_s - sigma**2)) * eps + sigma * z
-    raise DdipError(f"unknown noise_mix {noise_mix!r}; choose 'paper', 'code' or 'ddim'")
+    raise DdipError(f"unknown noise_mix {noise_mix!r}; choose one of {', '.join(NOISE_MIXES)}")
 
 
 def slerp(a: Tensor, b: Tensor, tau: float) -> Tensor:
@@ -155,8 +137,8 @@ def initialise(prior: DiffusionPrior, y: Tensor, physics, t_start: int, *, mode:
                generator: torch.Generator | None) -> Tensor:
     """x_T' = √ᾱ_T'·A^†y + √(1−ᾱ_T')·noise (paper Eq. 16); ``mode="noise"`` drops the A^†y term."""
     x_dagger = to_state(pseudo_inverse(physics, y))
-    if mode not in ("slerp", "independent", "noise"):
-        raise DdipError(f"unknown init {mode!r}; choose 'slerp', 'independent' or 'noise'")
+    if mode not in INITS:
+        raise DdipError(f"unknown init {mode!r}; choose one of {', '.join(INITS)}")
     noise = initial_noise(tuple(x_dagger.shape), mode=mode, generator=generator, dtype=x_dagger.dtype,
                           shard=shard_of(physics)).to(x_dagger.device)
     if mode == "noise":
@@ -183,7 +165,7 @@ class DataConsistencyStep:
     """
 
     eta: float = 0.85
-    noise_mix: NoiseMix = "paper"
+    noise_mix: NoiseMix = "code"  # the authors' variance-preserving mixing; "paper" is Eq. 7 as printed
     n_steps: int = 50
 
     def init_state(self, x_image: Tensor) -> dict:
@@ -193,11 +175,11 @@ class DataConsistencyStep:
         raise NotImplementedError
 
     def __call__(self, x_t: Tensor, t: int, s: int, *, prior: DiffusionPrior, y: Tensor, physics, state: dict,
-                 generator: torch.Generator | None, max_batch: int = 16) -> StepOutput:
+                 generator: torch.Generator | None, max_batch: int = MAX_BATCH) -> StepOutput:
         complex_image = x_t.shape[1] == 2 and is_complex_image(physics, y)
         with torch.no_grad():
             eps = predict_eps(prior, x_t, t, max_batch=max_batch)
-            x0 = tweedie(prior, x_t, t, eps)
+            x0 = prior.tweedie(x_t, t, eps)
             with section("data_consistency"):
                 x0_dc, state = self.data_consistency(to_image(x0, complex_image), y, physics, state)
             x0_dc = to_state(x0_dc)
@@ -218,7 +200,7 @@ def solve(
     x_T: Tensor | None = None,
     start: int = 0,
     state: dict | None = None,
-    max_batch: int = 16,
+    max_batch: int = MAX_BATCH,
     before_step: Callable[[int, int, Tensor, dict], None] | None = None,
     callback: Callable[[int, int, StepOutput], None] | None = None,
     progress: bool = False,
@@ -247,7 +229,6 @@ def solve(
     x = initialise(prior, y, physics, timesteps[0], mode=init, generator=generator) if x_T is None else x_T
     if state is None:
         state = step.init_state(to_image(x, complex_image)) if hasattr(step, "init_state") else {}
-    from tqdm import tqdm
 
     bar = tqdm(total=len(timesteps), initial=start, disable=not progress, unit="step", dynamic_ncols=True,
                leave=False)

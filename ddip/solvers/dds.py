@@ -7,13 +7,15 @@ from typing import Literal
 
 from torch import Tensor
 
-from ddip.physics.cg import Reduce, conjugate_gradient
 from ddip.physics.base import normal_of
-from ddip.sharding import shard_of
+from ddip.physics.cg import Reduce, conjugate_gradient
+from ddip.physics.sharding import shard_of
 from ddip.solvers.base import DataConsistencyStep
 
+DC_VARIANTS = ("proximal", "normal")
 
-def dds_data_consistency(x0: Tensor, y: Tensor, physics, *, gamma: float = 5.0, n_iter: int = 5,
+
+def dds_data_consistency(x0: Tensor, y: Tensor, physics, *, gamma: float = 5.0, cg_iters: int = 5,
                          variant: Literal["proximal", "normal"] = "proximal", reduce: Reduce = "volume") -> Tensor:
     """CG(x̂₀, M): ``M`` CG steps started at x̂₀ (differentiable).
 
@@ -23,7 +25,7 @@ def dds_data_consistency(x0: Tensor, y: Tensor, physics, *, gamma: float = 5.0, 
     normal = normal_of(physics)
     aty = physics.A_adjoint(y)
     shard = shard_of(physics)  # a block of a volume split across processes: inner products over all blocks
-    kw = {"n_iter": n_iter, "reduce": reduce, "sum_ranks": None if shard is None else shard.sum}
+    kw = {"n_iter": cg_iters, "reduce": reduce, "sum_ranks": None if shard is None else shard.sum}
     if variant == "normal":
         return conjugate_gradient(normal, aty, x0, **kw)
     return conjugate_gradient(lambda x: x + gamma * normal(x), x0 + gamma * aty, x0, **kw)
@@ -39,27 +41,21 @@ class DDS(DataConsistencyStep):
     cg_reduce: Reduce = "volume"
 
     def data_consistency(self, x0: Tensor, y: Tensor, physics, state: dict) -> tuple[Tensor, dict]:
-        return dds_data_consistency(x0, y, physics, gamma=self.gamma, n_iter=self.cg_iters, variant=self.variant,
+        return dds_data_consistency(x0, y, physics, gamma=self.gamma, cg_iters=self.cg_iters, variant=self.variant,
                                     reduce=self.cg_reduce), state
 
 
 @dataclass(frozen=True)
-class DDNM(DataConsistencyStep):
-    """DDNM with CG in place of the pseudo-inverse (paper Eq. 24, App. A): M = 30 CG steps from x̂₀.
+class DDNM(DDS):
+    """DDNM with CG in place of the pseudo-inverse (paper Eq. 24, App. A): DDS's step with M = 30 CG steps from x̂₀.
 
     * ``"normal"`` (default, Eq. 24): A^H A x = A^H y, i.e. x̂₀'s null-space part plus (approximately) A^†y. With
       noisy data and an ill-conditioned A^H A (multi-coil SENSE at R = 4: small non-zero eigenvalues, the g-factor)
       30 steps fit the noise and amplify it — DDNM's known failure without its noise handling, and the reason the
       paper's DDNM scores 19.35 dB against DDS's 28.36 on CS-MRI. ``tests/solvers/test_solvers.py`` measures it.
-    * ``"proximal"`` (the authors' MRI code, which runs every MRI method with the proximal form and ``--CG_iter
-      30`` for DDNM, reference-notes §4): (I + γA^H A) x = x̂₀ + γA^H y, a contraction whatever the conditioning.
+    * ``"proximal"`` (what the authors' MRI code runs for every MRI method, DDNM included, with 30 CG steps):
+      (I + γA^H A) x = x̂₀ + γA^H y, a contraction whatever the conditioning.
     """
 
     cg_iters: int = 30
     variant: Literal["proximal", "normal"] = "normal"
-    gamma: float = 5.0
-    cg_reduce: Reduce = "volume"
-
-    def data_consistency(self, x0: Tensor, y: Tensor, physics, state: dict) -> tuple[Tensor, dict]:
-        return dds_data_consistency(x0, y, physics, gamma=self.gamma, n_iter=self.cg_iters, variant=self.variant,
-                                    reduce=self.cg_reduce), state

@@ -7,19 +7,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ddip.physics.base import operator_norm
+from ddip.physics.base import is_complex_image, operator_norm, physics_subset
 from ddip.priors.prior import DiffusionPrior
-from ddip.timing import section
 from ddip.solvers.base import (
+    MAX_BATCH,
     NoiseMix,
     StepOutput,
     ddim_update,
-    is_complex_image,
-    physics_subset,
     predict_eps,
     to_image,
-    tweedie,
 )
+from ddip.timing import section
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class DPS:
     scale_by_norm: bool = True
 
     def __call__(self, x_t: Tensor, t: int, s: int, *, prior: DiffusionPrior, y: Tensor, physics, state: dict,
-                 generator: torch.Generator | None, max_batch: int = 16) -> StepOutput:
+                 generator: torch.Generator | None, max_batch: int = MAX_BATCH) -> StepOutput:
         complex_image = x_t.shape[1] == 2 and is_complex_image(physics, y)
         if self.scale_by_norm and "op_norm" not in state:
             # fixed start: deterministic, and the sampling generator is not consumed
@@ -55,7 +53,7 @@ class DPS:
             xt = x_t[idx].detach().requires_grad_(True)
             with torch.enable_grad():
                 eps = predict_eps(prior, xt, t, max_batch=max_batch)
-                x0 = tweedie(prior, xt, t, eps)
+                x0 = prior.tweedie(xt, t, eps)
                 residual = y[idx] - physics_subset(physics, idx).A(to_image(x0, complex_image))
                 norm = residual.abs().pow(2).flatten(1).sum(1).sqrt().sum()  # Σ over slices of ‖y_i − A x̂₀_i‖
                 with section("network_backward"):  # (includes the operator's adjoint, negligible beside it)

@@ -12,34 +12,23 @@ from ddip.solvers.tv import admm_tv
 
 @dataclass(frozen=True)
 class DiffusionMBIR(DataConsistencyStep):
-    """Per step: ``n_admm`` = 5 ADMM iterations × ``n_cg`` = 5 CG on ½‖y − Ax‖² + λ‖D_z x‖₁, started at x̂₀.
+    """Per step: ``n_admm`` = 5 ADMM iterations × ``cg_iters`` = 5 CG on ½‖y − Ax‖² + λ‖D_z x‖₁, started at x̂₀.
 
     ``z`` and ``u`` persist across timesteps (initialised to zero once). ``rho`` and ``lam`` depend on the scale of
     the operator: the authors' CT values (ρ = 0.5, λ = 0.01) are tied to their back-projector scaled by π/(2·views);
-    with our exact adjoint the equivalent values are divided by that factor (see :func:`mbir_ct_parameters`).
+    with our exact adjoint the equivalent values are divided by that factor
+    (:func:`~ddip.reconstruct.mbir_ct_parameters`).
     """
 
     rho: float = 0.5
     lam: float = 0.01
     n_admm: int = 5
-    n_cg: int = 5
+    cg_iters: int = 5
 
     def init_state(self, x_image: Tensor) -> dict:
         return {"z": None, "u": None}
 
     def data_consistency(self, x0: Tensor, y: Tensor, physics, state: dict) -> tuple[Tensor, dict]:
         x, z, u = admm_tv(x0, y, physics, dims=(0,), lam=self.lam, rho=self.rho, n_admm=self.n_admm,
-                          n_cg=self.n_cg, z=state.get("z"), u=state.get("u"))
+                          cg_iters=self.cg_iters, z=state.get("z"), u=state.get("u"))
         return x, {"z": z, "u": u}
-
-
-def mbir_ct_parameters(n_views: int, *, rho: float = 0.5, lam: float = 0.01) -> dict[str, float]:
-    """The authors' CT ADMM parameters rescaled for an exact adjoint.
-
-    Their normal matrix is ``s·AᵀA`` with ``s = π / (2·n_views)``; dividing their objective by ``s`` gives the same
-    minimiser with ``ρ/s`` and ``λ/s`` for the exact ``AᵀA``.
-    """
-    import math
-
-    s = math.pi / (2 * n_views)
-    return {"rho": rho / s, "lam": lam / s}

@@ -11,8 +11,8 @@ ADMM with splitting ``z_d = D_d x`` and scaled duals ``u_d`` (reference-notes §
     u_d ← u_d + D_d x − z_d
 
 Differences are circular forward differences, as in the authors' code (the last slice wraps to the first). When the
-volume's slices are split across processes (:mod:`ddip.sharding`), the differences along the slice axis fetch the
-neighbouring block's edge slice (a halo exchange) and the CG inner products are summed over the ranks.
+volume's slices are split across processes (:mod:`ddip.physics.sharding`), the differences along the slice axis fetch
+the neighbouring block's edge slice (a halo exchange) and the CG inner products are summed over the ranks.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddip.physics.cg import conjugate_gradient
 from ddip.physics.base import normal_of
-from ddip.sharding import Shard, shard_of
+from ddip.physics.cg import conjugate_gradient
+from ddip.physics.sharding import Shard, shard_of
 
 
 def diff(x: Tensor, dim: int, shard: Shard | None = None) -> Tensor:
@@ -52,8 +52,8 @@ def soft_threshold(v: Tensor, tau: float) -> Tensor:
 
 
 def admm_tv(x: Tensor, y: Tensor, physics, *, dims: tuple[int, ...], lam: float, rho: float, n_admm: int,
-            n_cg: int, z: Tensor | None = None, u: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """``n_admm`` ADMM iterations (each with ``n_cg`` CG steps) from ``x`` and the carried ``(z, u)``.
+            cg_iters: int, z: Tensor | None = None, u: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``n_admm`` ADMM iterations (each with ``cg_iters`` CG steps) from ``x`` and the carried ``(z, u)``.
 
     ``z`` and ``u`` hold one difference image per axis in ``dims`` (stacked on a new leading axis); pass None to
     start them at zero. Differentiable in ``x`` (adaptation backpropagates through it). Returns ``(x, z, u)``.
@@ -71,7 +71,7 @@ def admm_tv(x: Tensor, y: Tensor, physics, *, dims: tuple[int, ...], lam: float,
 
     for _ in range(n_admm):
         rhs = aty + rho * sum(diff_adjoint(z[k] - u[k], d, shard) for k, d in enumerate(dims))
-        x = conjugate_gradient(system, rhs, x, n_iter=n_cg, reduce="volume",
+        x = conjugate_gradient(system, rhs, x, n_iter=cg_iters, reduce="volume",
                                sum_ranks=None if shard is None else shard.sum)
         dx = torch.stack([diff(x, d, shard) for d in dims])
         z = soft_threshold(dx + u, lam / rho)

@@ -11,15 +11,17 @@ from ddip.adapt import (
     LoRAConfig,
     Replay,
     VolumeAdapter,
+    adaptation_backward,
     adaptation_loss,
     count_parameters,
     d3ip,
     d3ip_mbir,
     d3ip_meta,
-    ddip,
+    ddip_slicewise,
     inject_lora,
     load_trajectory,
     merge_lora,
+    network_estimate,
     save_trajectory,
     scd,
     snapshot,
@@ -84,12 +86,12 @@ def test_adaptation_changes_only_the_chosen_parameters_and_lowers_the_loss(probl
     x_t = ab**0.5 * x + (1 - ab) ** 0.5 * torch.randn(x.shape, generator=g)
     step = DDS()
     with torch.no_grad():
-        first = float(adaptation_loss(prior, step, x_t, t, y, op))
-    adapter = VolumeAdapter(prior, step, y, op, AdaptConfig(n_iters=30, n_slices=8, lr=1e-3, horizon=None),
+        first = float(adaptation_loss(step, network_estimate(prior, x_t, t, y, op), y, op))
+    adapter = VolumeAdapter(prior, step, y, op, AdaptConfig(n_iters=30, k=8, lr=1e-3, zeta=None),
                             generator=g)
     adapter(0, t, x_t, {})
     with torch.no_grad():
-        last = float(adaptation_loss(prior, step, x_t, t, y, op))
+        last = float(adaptation_loss(step, network_estimate(prior, x_t, t, y, op), y, op))
     assert last < 0.8 * first
     after = prior.net.state_dict()
     assert all(torch.equal(base[k], after[k]) for k in base)  # base weights bit-identical
@@ -97,23 +99,28 @@ def test_adaptation_changes_only_the_chosen_parameters_and_lowers_the_loss(probl
     assert any(not torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
 
 
-def test_horizon_is_respected(problem):
+def test_adaptation_window_is_zeta_to_t_start_minus_zeta(problem):
     x, op, y = problem
     prior = _prior()
-    cfg = AdaptConfig(n_iters=2, n_slices=2, horizon=(200, 600))
+    cfg = AdaptConfig(n_iters=2, k=2, zeta=200)
     _, report = d3ip(DDS(n_steps=10), prior, y, op, cfg, generator=torch.Generator().manual_seed(0),
                      adapt_generator=torch.Generator().manual_seed(1))
     adapted_t = {t for t, _ in report.losses}
-    assert adapted_t == {t for t in range(0, 1000, 100) if 200 <= t <= 600}
+    assert adapted_t == {200, 300, 400, 500, 600, 700}  # T' = 900 at 10 steps: the window is [200, 700]
     assert len(report.losses) == 2 * len(adapted_t)
     assert report.passes_adapt == 2 * 2 * len(adapted_t) and report.passes_forward == 10 * 8
+    # the paper's window: ζ = 40 on 50 steps is [40, 940]; on 10 steps [40, 860], so t = 900 is not adapted
+    paper = AdaptConfig()
+    grid50 = prior.schedule.timesteps(50).tolist()
+    assert [t for t in grid50 if paper.adapts_at(t, grid50[0])] == list(range(940, 39, -20))
+    assert not paper.adapts_at(900, 900) and paper.adapts_at(860, 900)
 
 
 def test_replaying_a_saved_trajectory_reproduces_the_volume(problem, tmp_path):
     x, op, y = problem
     prior = _prior()
     fresh = snapshot(prior.net)
-    cfg = AdaptConfig(n_iters=2, n_slices=3)
+    cfg = AdaptConfig(n_iters=2, k=3)
     out, report = d3ip(DDS(n_steps=8), prior, y, op, cfg, generator=torch.Generator().manual_seed(4),
                        adapt_generator=torch.Generator().manual_seed(5), record_trajectory=True)
     save_trajectory(tmp_path / "lora.safetensors", report.trajectory)
@@ -133,7 +140,7 @@ def test_merging_folds_lora_into_the_base_weights(problem):
     prior.net.eval()
     with torch.no_grad():
         base = prior.net(x_in, t).sample
-    d3ip(DDS(n_steps=4), prior, y, op, AdaptConfig(n_iters=3, n_slices=2, horizon=None),
+    d3ip(DDS(n_steps=4), prior, y, op, AdaptConfig(n_iters=3, k=2, zeta=None),
          generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         unmerged = prior.net(x_in, t).sample
@@ -147,10 +154,10 @@ def test_merging_folds_lora_into_the_base_weights(problem):
 def test_every_method_runs_with_its_own_settings(method, problem):
     x, op, y = problem
     prior = _prior()
-    fns = {"d3ip": d3ip, "d3ip_mbir": d3ip_mbir, "ddip": ddip, "scd": scd, "d3ip_meta": d3ip_meta}
+    fns = {"d3ip": d3ip, "d3ip_mbir": d3ip_mbir, "ddip": ddip_slicewise, "scd": scd, "d3ip_meta": d3ip_meta}
     step = DiffusionMBIR(n_steps=5, rho=1.0, lam=0.01) if method == "d3ip_mbir" else DDS(n_steps=5)
     y_sub = y[:4]
-    out, report = fns[method](step, prior, y_sub, op, AdaptConfig(n_iters=1, n_slices=2),
+    out, report = fns[method](step, prior, y_sub, op, AdaptConfig(n_iters=1, k=2),
                               generator=torch.Generator().manual_seed(0),
                               adapt_generator=torch.Generator().manual_seed(1))
     assert out.shape == (4, 1, 16, 16) and bool(torch.isfinite(out).all()) and report.passes_adapt > 0
@@ -161,9 +168,9 @@ def test_every_method_runs_with_its_own_settings(method, problem):
 def test_d3ip_costs_one_lora_state_and_ddip_one_per_slice(problem):
     x, op, y = problem
     prior = _prior()
-    cfg = AdaptConfig(n_iters=2, n_slices=3, horizon=None)
+    cfg = AdaptConfig(n_iters=2, k=3, zeta=None)
     _, r3 = d3ip(DDS(n_steps=4), prior, y, op, cfg, generator=torch.Generator().manual_seed(0))
-    _, r1 = ddip(DDS(n_steps=4), prior, y, op, dataclasses.replace(cfg, n_slices=1),
+    _, r1 = ddip_slicewise(DDS(n_steps=4), prior, y, op, dataclasses.replace(cfg, k=1),
                  generator=torch.Generator().manual_seed(0))
     n = y.shape[0]
     assert r3.passes_adapt == 4 * 2 * 3  # T_a · L · K
@@ -172,13 +179,11 @@ def test_d3ip_costs_one_lora_state_and_ddip_one_per_slice(problem):
 
 
 def test_split_backward_gives_the_gradient_of_the_adaptation_loss(problem):
-    from ddip.adapt.adapter import adaptation_backward
-
     x, op, y = problem
     prior = _prior()
     x_t = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     params = list(trainable_parameters(prior.net).values())
-    adaptation_loss(prior, DDS(), x_t, 300, y, op).backward()
+    adaptation_loss(DDS(), network_estimate(prior, x_t, 300, y, op), y, op).backward()
     whole = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None
@@ -192,7 +197,7 @@ def test_reconstruct_reports_where_the_time_goes(ct_measurement, tiny_prior):
     from ddip.tasks import load_measurement
 
     res = reconstruct(load_measurement(ct_measurement), ReconstructConfig(method="d3ip", n_steps=4, n_iters=1,
-                                                                          n_slices=2), load_prior(tiny_prior))
+                                                                          k=2), load_prior(tiny_prior))
     parts = res.report["time_breakdown_s"]
     assert {"network_forward", "network_backward", "data_consistency", "data_consistency_backward",
             "other"} <= set(parts)

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from ddip import distributed
-from ddip.adapt import AdaptConfig, VolumeAdapter, LoRAConfig, d3ip, d3ip_mbir, inject_lora, snapshot
+from ddip.adapt import AdaptConfig, LoRAConfig, VolumeAdapter, d3ip, d3ip_mbir, inject_lora, snapshot
 from ddip.data import load_fixture
 from ddip.physics import add_noise, sparse_view_ct
+from ddip.physics.sharding import Shard, ShardedPhysics
 from ddip.priors import DiffusionPrior, UNetConfig, build_unet
-from ddip.sharding import Shard, ShardedPhysics
 from ddip.solvers import DDS, DiffusionMBIR, solve
 from ddip.solvers.tv import diff, diff_adjoint
 
@@ -34,7 +34,7 @@ def main(out: str) -> None:
         inject_lora(p.net, LoRAConfig(), generator=torch.Generator().manual_seed(1))
         return p
 
-    cfg = AdaptConfig(lr=1e-3, n_iters=2, n_slices=4, max_batch=2, horizon=None)  # 2 chunks: one per rank
+    cfg = AdaptConfig(lr=1e-3, n_iters=2, k=4, chunk=2, zeta=None)  # 2 chunks: one per rank
     for name, fn, step in (("d3ip", d3ip, DDS(n_steps=6)),
                            ("d3ip_mbir", d3ip_mbir, DiffusionMBIR(n_steps=6, rho=0.5, lam=0.01))):
         p = prior()

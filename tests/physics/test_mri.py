@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddip.data.simulation import simulate_multicoil
 from ddip.errors import DdipError
 from ddip.physics import (
     MultiCoilMRI,
@@ -13,7 +14,6 @@ from ddip.physics import (
     mri_single_coil,
     n_acs_lines,
     poisson_mask,
-    simulate_multicoil,
     uniform1d_mask,
 )
 

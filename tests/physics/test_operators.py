@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ddip.data.phantoms import random_ellipses
+from ddip.data.simulation import simulate_multicoil
 from ddip.errors import DdipError
 from ddip.metrics import psnr
 from ddip.physics import (
@@ -12,7 +13,6 @@ from ddip.physics import (
     SingleCoilMRI,
     adjointness_error,
     mri_single_coil,
-    simulate_multicoil,
     sparse_view_ct,
     uniform1d_mask,
 )

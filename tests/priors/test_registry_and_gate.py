@@ -2,15 +2,15 @@ import pytest
 import torch
 
 from ddip.errors import DdipError
+from ddip.evaluation import least_squares_psnr, quality_gate, sample_grid
 from ddip.priors import load_prior
-from ddip.priors.gate import least_squares_psnr, quality_gate, sample_grid
 
 
 def test_load_prior_from_a_training_run(tiny_prior):
     prior = load_prior(tiny_prior)
     assert prior.net.config.sample_size == 64 and not prior.net.training
     x = torch.rand(2, 1, 64, 64)
-    assert prior.x0(x, 500).shape == x.shape
+    assert prior.tweedie(x, 500).shape == x.shape
 
 
 def test_load_prior_errors_name_the_problem(tmp_path, tiny_prior):
@@ -58,7 +58,7 @@ def test_least_squares_improves_then_reports_each_iteration_count():
 
 
 def test_gate_curve_evaluates_each_snapshot_once(tmp_path):
-    from ddip.priors.gate import gate_curve
+    from ddip.evaluation import gate_curve
     from ddip.priors.train import TrainConfig, train_prior
     from ddip.priors.unet import UNetConfig
 

@@ -3,11 +3,11 @@ import dataclasses
 import pytest
 import torch
 
+from ddip.errors import DdipError
 from ddip.priors.prior import DiffusionPrior
 from ddip.priors.schedule import VPSchedule
 from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig, build_unet
-from ddip.errors import DdipError
 
 TINY = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 1), attention_resolutions=(8,))
 
@@ -34,7 +34,12 @@ def test_tweedie_estimate_inverts_the_forward_process():
     t = torch.tensor([10, 500, 980])
     ab = prior.schedule.at(t).view(-1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * oracle.eps
-    assert torch.allclose(prior.x0(x_t, t), x0, atol=1e-8)
+    assert torch.allclose(prior.tweedie(x_t, t), x0, atol=1e-8)
+    # one timestep for the batch (the sampling path), and the inverse map back to ε
+    ab = float(prior.schedule.at(500))
+    x_t = ab**0.5 * x0 + (1 - ab) ** 0.5 * oracle.eps
+    assert torch.allclose(prior.tweedie(x_t, 500), x0, atol=1e-8)
+    assert torch.allclose(prior.eps_from_x0(x_t, 500, x0), oracle.eps, atol=1e-8)
 
 
 def test_bfloat16_autocast_is_close_to_float32_and_leaves_the_prior_alone():

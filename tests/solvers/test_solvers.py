@@ -4,22 +4,21 @@ import math
 
 import pytest
 import torch
+from gaussian import gaussian_prior, posterior_mean
 
 from ddip.data.phantoms import random_ellipses
+from ddip.data.simulation import simulate_multicoil
 from ddip.physics import (
     MultiCoilMRI,
     SingleCoilMRI,
     add_noise,
     mri_single_coil,
-    simulate_multicoil,
     sparse_view_ct,
     uniform1d_mask,
 )
 from ddip.priors.schedule import VPSchedule
 from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR, admm_tv_reconstruct, solve
 from ddip.solvers.base import ddim_update, initial_noise
-
-from gaussian import gaussian_prior, posterior_mean
 
 STEPS = {
     "dds": lambda: DDS(),
@@ -175,6 +174,6 @@ def test_admm_tv_beats_least_squares_on_piecewise_constant_phantoms(generator):
     op = sparse_view_ct(32, 12)
     x = random_ellipses(4, 32, generator=generator, max_ellipses=8)
     y = add_noise(op.A(x), 0.05, generator=generator)
-    tv = admm_tv_reconstruct(y, op, lam=0.05, rho=1.0, n_admm=60, n_cg=10)
-    ls = admm_tv_reconstruct(y, op, lam=0.0, rho=1e-8, n_admm=6, n_cg=10)
+    tv = admm_tv_reconstruct(y, op, lam=0.05, rho=1.0, n_admm=60, cg_iters=10)
+    ls = admm_tv_reconstruct(y, op, lam=0.0, rho=1e-8, n_admm=6, cg_iters=10)
     assert (tv - x).norm() < 0.8 * (ls - x).norm()

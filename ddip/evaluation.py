@@ -15,17 +15,28 @@ gives DDS at the paper's settings (``dds_paper_psnr``) so the two can be compare
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ddip.data.phantoms import random_ellipses
+from ddip.io import atomic_path
 from ddip.metrics import psnr
 from ddip.physics import add_noise, conjugate_gradient, sparse_view_ct
 from ddip.priors.prior import DiffusionPrior
+from ddip.priors.registry import load_prior
+from ddip.solvers import DDS, solve
+from ddip.solvers.base import ddim_update, predict_eps
+from ddip.tasks import TaskConfig, paper_views, simulate
 
 GATE_SEED = 2_147_483_647  # the training streams use seeds 0 … 1e6 + 3; this one is never used for training
 GATE_MARGIN_DB = 3.0
 GATE_STEPS, GATE_ETA = 200, 0.2  # the gate's DDS sampler (module docstring: how it was chosen)
+GATE_NOISE_MIX = "paper"  # the mixing the gate's sampler was chosen and every shipped prior's gate made with
 
 
 def least_squares_psnr(op, y: Tensor, x: Tensor, iters: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 40, 80)
@@ -53,9 +64,6 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = 8, n_views: int | Non
     (:func:`ddip.tasks.simulate`); PSNR on magnitudes. ``paper_settings`` also runs DDS with the paper's 50 steps and
     η = 0.85 and reports it (not gated).
     """
-    from ddip.solvers import DDS, solve
-    from ddip.tasks import TaskConfig, paper_views, simulate
-
     size = int(prior.net.config.sample_size)
     g = torch.Generator().manual_seed(seed)
     x = random_ellipses(n_images, size, generator=g)
@@ -69,7 +77,7 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = 8, n_views: int | Non
         y = add_noise(op.A(x), sigma, generator=g)
     ls = least_squares_psnr(op, y, x)
     state = g.get_state()
-    rec = _clamp(solve(DDS(n_steps=n_steps, eta=eta), prior, y, op, generator=g))
+    rec = _clamp(solve(DDS(n_steps=n_steps, eta=eta, noise_mix=GATE_NOISE_MIX), prior, y, op, generator=g))
     dds = float(psnr(rec, x).mean())
     best_ls = max(ls.values())
     report = {"dds_psnr": dds, "least_squares_psnr": best_ls,
@@ -78,7 +86,7 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = 8, n_views: int | Non
               "task": task, "n_images": n_images, "n_views": n_views, "sigma": sigma, "size": size, "seed": seed}
     if paper_settings:
         g.set_state(state)
-        paper = _clamp(solve(DDS(), prior, y, op, generator=g))
+        paper = _clamp(solve(DDS(noise_mix=GATE_NOISE_MIX), prior, y, op, generator=g))
         report["dds_paper_psnr"] = float(psnr(paper, x).mean())
         report["paper_margin_db"] = report["dds_paper_psnr"] - best_ls
     return report
@@ -98,15 +106,10 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
     data range at every step — guided-diffusion's ``clip_denoised``, which is how ADM samples. Deterministic DDIM
     (η = 0) without clipping drives our small networks to saturated or empty images.
     """
-    import math
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ddip.io import atomic_path
-    from ddip.solvers.base import ddim_update, predict_eps, tweedie
 
     size = int(prior.net.config.sample_size)
     channels = int(prior.net.config.in_channels)
@@ -118,9 +121,8 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
         for i, t in enumerate(timesteps):
             s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             eps = predict_eps(prior, x, t)
-            x0 = tweedie(prior, x, t, eps).clamp(lo, 1.0)
-            ab = float(prior.schedule.at(t))
-            eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)  # the ε consistent with the clipped x̂₀
+            x0 = prior.tweedie(x, t, eps).clamp(lo, 1.0)
+            eps = prior.eps_from_x0(x, t, x0)  # the ε consistent with the clipped x̂₀
             x = ddim_update(prior, x0, eps, t, s, eta=1.0, noise_mix="ddim", generator=g)
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
@@ -143,13 +145,6 @@ def gate_curve(run_dir, *, n_images: int = 8) -> list[dict]:
     Rows are appended to ``RUN/gate_curve.jsonl`` (one JSON object per snapshot, with ``images`` seen) and the curve
     is drawn to ``RUN/gate_curve.png``.
     """
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from ddip.priors.registry import load_prior
-
     run = Path(run_dir)
     log = run / "gate_curve.jsonl"
     sampler = {"method": "dds", "n_steps": GATE_STEPS, "eta": GATE_ETA}  # rows of another gate sampler are redone
@@ -177,8 +172,6 @@ def _plot_curve(rows: list[dict], path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ddip.io import atomic_path
 
     images = [r["images"] / 1000 for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.2))

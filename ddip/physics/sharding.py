@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ddip.errors import DdipError
+from ddip.physics.base import normal_of, physics_subset, pseudo_inverse
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,6 @@ class ShardedPhysics:
     """
 
     def __init__(self, physics, shard: Shard):
-        from ddip.solvers.base import physics_subset
-
         self.whole, self.shard = physics, shard
         self.local = physics_subset(physics, shard.index)
 
@@ -149,18 +148,12 @@ class ShardedPhysics:
         return self.local.A_adjoint(y)
 
     def normal(self, x: Tensor) -> Tensor:
-        from ddip.physics.base import normal_of
-
         return normal_of(self.local)(x)
 
     def A_dagger(self, y: Tensor) -> Tensor:
-        from ddip.solvers.base import pseudo_inverse
-
         return pseudo_inverse(self.local, y)
 
     def subset(self, index):
-        from ddip.solvers.base import physics_subset
-
         return physics_subset(self.local, index)
 
     def __getattr__(self, name: str):  # img_complex, to_data_grid, ... of the wrapped operator
