@@ -1,4 +1,4 @@
-"""In-distribution diagnostics of the shipped ELLIPSES prior (benchmarks/results/diagnosis.md §3).
+"""In-distribution diagnostics of the shipped ELLIPSES prior (docs/diagnosis.md §3).
 
 The data are those of ``tests/test_quality.py::test_dds_beats_fbp_and_admm_tv_in_distribution``: 8 fresh ELLIPSES
 phantoms (seed ``GATE_SEED − 1``), 64 px, sparse-view CT, σ = 0.01. Three questions, one JSON row per answer:

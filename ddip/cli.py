@@ -33,9 +33,8 @@ from ddip.tasks import TASKS, TaskConfig, load_measurement, paper_views, save_me
 
 DEMO_PRIOR = "ellipses-64"
 # The demo's D3IP budget: the paper's K = 6, L = 10 cost 2,700 network forward+backward passes at 50 steps, about
-# 5 minutes on 2 CPU cores by themselves. Measured 2026-11-27 (948k-image prior, code mixing, whole `ddip demo`):
-# K = 3, L = 10 +0.59 dB in ~3.8 min; K = 2, L = 10 +0.73 dB in 186 s; K = 3, L = 7 +0.57 dB in 166 s; K = 4, L = 5
-# +0.41 dB in 150 s. Wall time follows the number of optimiser steps (L) more than K: small batches are overhead.
+# 5 minutes on 2 CPU cores by themselves; K = 3, L = 7 keeps the whole demo near 3 minutes (the budgets measured
+# are in docs/results.md). Wall time follows the number of optimiser steps (L) more than K.
 DEMO_K, DEMO_ITERS = 3, 7
 
 

@@ -1,6 +1,6 @@
 """The quality gate a prior must pass before it ships, and a grid of its unconditional samples.
 
-Gate (issue: diffusion prior): on in-distribution data — fresh ELLIPSES phantoms from a seed the training stream never
+Gate: on in-distribution data — fresh ELLIPSES phantoms from a seed the training stream never
 uses — at the prior's size with 15 CT views (the paper's 60 views at 256 px, scaled) and noise σ = 0.01, DDS with the
 prior must beat the least-squares solution by at least 3 dB PSNR. The least-squares baseline is CG on the normal
 equations from zero, reported at its best iteration count among several (early stopping is its regulariser), so the
@@ -8,9 +8,8 @@ comparison is against the strongest version of it.
 
 The gate's sampler is DDS (proximal CG, M = 5, γ = 5) with 200 steps and η = 0.2 instead of the paper's 50 steps and
 η = 0.85: the gate measures the prior, so it uses the best data-consistent sampler we found, chosen on a validation
-seed (``GATE_SEED - 2``) that the gate never reports. With the 113k-image ellipses-64 prior on that seed:
-50 steps η 0.85 → 28.86 dB, 50/0.35 → 29.92, 200/0.5 → 29.93, 200/0.35 → 30.23, 200/0.2 → 30.44. The report also
-gives DDS at the paper's settings (``dds_paper_psnr``) so the two can be compared.
+seed (``GATE_SEED - 2``) that the gate never reports (the candidates and their PSNR: ddip/priors/weights/README.md).
+The report also gives DDS at the paper's settings (``dds_paper_psnr``) so the two can be compared.
 """
 
 from __future__ import annotations

@@ -52,12 +52,9 @@ TABLE5 = {
     "csmri": {"scd": (1, 5, 1e-3), "ddip": (1, 5, 1e-3), "d3ip": (3, 5, 1e-3), "d3ip-mbir": (3, 5, 1e-3),
               "d3ip-meta": (3, 5, 1e-3)},
 }
-# Where Table 5's learning rate does not transfer to our priors (measured, benchmarks/results/diagnosis.md §4): on
-# CS-MRI at 50 steps every adapted method with lr 1e-3 collapses (2 slices: D3IP 11.78 dB, SCD 12.25, DDIP 11.46,
-# against DDS 21.13; 8 slices: D3IP 11.90) while 1e-4 gives D3IP 22.87 and DDIP 22.53; the adaptation loss ends
-# equal, so 1e-3 overfits the unmeasured k-space lines. D3IP-meta (D3IP then per-slice DDIP) and D3IP-mbir follow by
-# the same mechanism (not measured apart). Tuned at the default 50 steps: the rate that works scales with the number
-# of adapted steps (at 10 steps 1e-3 gives D3IP 21.75 dB, 1e-4 19.52; diagnosis.md §4). `--lr` overrides.
+# Where Table 5's learning rate does not transfer to our priors: on CS-MRI at 50 steps lr 1e-3 makes every adapted
+# method overfit the unmeasured k-space lines and collapse, 1e-4 does not (docs/diagnosis.md §4). The workable rate
+# grows as the number of adapted steps falls (at 10 steps 1e-3 is the better one); `--lr` overrides.
 LR_TUNED = {"csmri": 1e-4}  # task -> learning rate of every adapted method
 # ADMM-TV (no prior): λ and ρ per task, tuned on the development volumes (see benchmarks/).
 ADMM_TV = {"sv-ct": {"lam": 0.02, "rho": 1.0}, "mri3d": {"lam": 2e-3, "rho": 0.05},
@@ -79,9 +76,8 @@ def mbir_parameters(cfg: TaskConfig) -> dict[str, float]:
 
     CT: the paper's ρ = 0.5, λ = 0.01 rescaled to our exact adjoint (see :func:`mbir_ct_parameters`). 3D MRI: the
     paper's ρ = 1e-3, λ = 1e-5 diverge here — with ρ that small the x-update's CG takes steps of order 1/ρ along the
-    null space of the undersampled FFT (3.5 dB on the MNI slab, 2026-11-25); on the same slab ρ ≥ 0.1 is stable and
-    ρ = 0.1, λ = 1e-3 was best of a 4×3 grid (20.35 dB against 20.22–20.32 for its stable neighbours, 10 steps, an early
-    prior). To be re-tuned with the shipped prior by the benchmark.
+    null space of the undersampled FFT; ρ ≥ 0.1 is stable, and ρ = 0.1, λ = 1e-3 was the best of a 4×3 grid on the
+    MNI slab at 10 steps (docs/known-limits.md).
     """
     return mbir_ct_parameters(cfg.views) if cfg.task == "sv-ct" else {"rho": 0.1, "lam": 1e-3}
 

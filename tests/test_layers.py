@@ -100,3 +100,26 @@ def test_the_walker_sees_imports_inside_functions():
     src = "import torch\n\ndef f():\n    from ddip.solvers import solve\n    from ddip import distributed\n"
     assert imports_in(src) == {"ddip.solvers", "ddip.distributed"}
     assert layer("ddip.solvers") > layer("ddip.priors.prior")
+
+
+def third_party_imports() -> set[str]:
+    """Top-level names of the non-standard-library packages ddip imports (anywhere in a module)."""
+    import sys
+
+    names = set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "ddip"}
+
+
+def test_declared_dependencies_are_exactly_the_imports():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]
+    declared = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in project["dependencies"]}
+    imported = {n.lower() for n in third_party_imports()}  # every import name here is its distribution's name
+    assert imported == declared, f"imported but not declared: {imported - declared}; declared, not imported: " \
+                                 f"{declared - imported}"

@@ -30,13 +30,8 @@ def test_shipped_prior_passes_its_quality_gate(name):
     assert report["passed"], report
 
 
-@pytest.mark.xfail(strict=False, reason="measured with ellipses-64, seed GATE_SEED-1, paper sampling settings: DDS "
-                   "28.86 dB (113k images, 2026-11-25) and 28.94 (948k images, 2026-11-27), FBP 26.20, ADMM-TV "
-                   "30.12-30.18 for lam 0.005-0.02: ELLIPSES are piecewise constant, TV's best case; 8x the images "
-                   "moved DDS by +0.08 dB, and no sampler setting closes the gap (code/DDIM mixing, eta 0-0.85, "
-                   "gamma 20, 200 steps: 26.2-29.4 dB; eta 0.3: 29.87; mean of 6 samples 29.36), TV leads at 4-15 "
-                   "views alike, and the prior's MMSE denoiser beats TV denoising by only 1.2-1.6 dB "
-                   "(benchmarks/results/diagnosis.md section 3), so the network (3.6 M parameters) is the limit")
+@pytest.mark.xfail(strict=False, reason="DDS trails ADMM-TV in distribution with the shipped 3.6 M-parameter prior: "
+                   "the denoiser is the limit (docs/diagnosis.md section 3)")
 def test_dds_beats_fbp_and_admm_tv_in_distribution(prior):
     g = torch.Generator().manual_seed(GATE_SEED - 1)
     x = random_ellipses(8, 64, generator=g)
@@ -53,11 +48,7 @@ def _slab(a: int, b: int):
 
 
 def test_d3ip_beats_dds_on_real_ct_with_the_codes_noise_mixing(prior):
-    """Chest-CT slices 14:18, 64 px, 15 views, K = 4. Measured 2026-11-25 with ellipses-64 (113k images): with the
-    authors' √(1−η²) mixing DDS 26.15 dB, D3IP 27.29 (+1.14), and passed again (> 0.5) on 2026-11-27 with the
-    948k-image prior; with Eq. 7 as printed (the default) DDS 27.75, D3IP 27.21 — that state is not on the diffusion
-    marginal (variance 0.745) and adaptation then chases it (first loss 98 against 2.7); see
-    benchmarks/results/ood_gain.md."""
+    """Chest-CT slices 14:18, 64 px, 15 views, K = 4, the authors' noise mixing (benchmarks/results/ood_gain.md)."""
     m = _slab(14, 18)
     dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code"), prior)
     d3ip = reconstruct(m, ReconstructConfig(method="d3ip", k=4, noise_mix="code"), prior)
@@ -65,13 +56,8 @@ def test_d3ip_beats_dds_on_real_ct_with_the_codes_noise_mixing(prior):
     assert gain > 0.5
 
 
-@pytest.mark.xfail(strict=False, reason="not reached with our prior: in `ddip benchmark` table 2 (chest CT, 8 slices, "
-                   "64 px, 15 views, 10 steps, code mixing) DDIP 25.85 dB vs SCD 25.86 with the 113k-image prior, "
-                   "26.58 vs 26.30 (+0.28, below this test's +0.3) with the 948k-image one; on slices 14:16 at 50 "
-                   "steps (the test's case) SCD 26.51 / DDIP 26.55 with Eq. 7 mixing, 26.42 / 26.27 with the code's "
-                   "(2026-11-27); benchmark table 1 (8 slices, 10 steps, "
-                   "948k-image prior): 1 CG step in the loss (SCD's) 26.66 dB, 3 steps 26.48, 5 steps 26.58; "
-                   "CS-MRI at 50 steps, lr 1e-4 (benchmarks/results/steps50-csmri-adapted): SCD 22.94, DDIP 22.69")
+@pytest.mark.xfail(strict=False, reason="DDIP does not beat SCD by 0.3 dB with the shipped prior "
+                   "(docs/results.md, table 1 and table 2)")
 @pytest.mark.parametrize("noise_mix", ["paper", "code"])
 def test_ddip_beats_scd_on_real_ct(prior, noise_mix):
     m = _slab(14, 16)
@@ -82,9 +68,8 @@ def test_ddip_beats_scd_on_real_ct(prior, noise_mix):
 
 @pytest.mark.parametrize("method", ["d3ip", "ddip"])
 def test_adaptation_does_not_collapse_on_csmri(method):
-    """2 MNI slices, CS-MRI ×4, 50 steps, code mixing, the complex prior. With Table 5's lr 1e-3 D3IP fell to
-    11.78 dB and DDIP to 11.46 (DDS 21.13); with the tuned default 1e-4 they reached 22.87 and 22.53 (2026-11-27,
-    benchmarks/results/diagnosis.md)."""
+    """2 MNI slices, CS-MRI ×4, 50 steps, the complex prior: with Table 5's lr 1e-3 the adapted methods collapse,
+    the tuned default does not (docs/diagnosis.md section 4)."""
     from ddip.benchmark import BenchConfig, _measure
 
     m = _measure("csmri", BenchConfig(), 2)  # the benchmark's (and diagnose.py's) data

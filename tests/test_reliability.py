@@ -88,15 +88,44 @@ def test_readers_raise_only_ddip_errors_on_arbitrary_arrays(arr, tmp_path_factor
         pass
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arr=arrays(dtype=st.sampled_from([np.float32, np.float64, np.int16, np.uint8]),
+                  shape=st.tuples(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6)),
+                  elements=st.integers(1, 100)),
+       modality=st.sampled_from(["ct", "mri"]))
+def test_readers_accept_every_valid_array(arr, modality, tmp_path_factory):
+    """The other half of the fuzz test above: a finite, real, non-empty 3D array with a positive voxel is a volume."""
+    path = tmp_path_factory.mktemp("valid") / "v.npy"
+    np.save(path, arr)
+    prepared = prepare_volume(read_volume(path), modality=modality, size=8)
+    x = prepared.slices
+    assert x.ndim == 4 and x.shape[1:] == (1, 8, 8) and x.shape[0] >= 1
+    assert bool(torch.isfinite(x).all()) and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+OPERATORS = {"ct": lambda: sparse_view_ct(8, 3), "mri": lambda: SingleCoilMRI(torch.ones(8, 8)),
+             "mc": lambda: MultiCoilMRI(torch.ones(8, 8), torch.ones(2, 8, 8, dtype=torch.complex64))}
+
+
 @settings(max_examples=40, deadline=None)
 @given(shape=st.lists(st.integers(0, 20), min_size=0, max_size=5).map(tuple),
-       complex_=st.booleans(), which=st.sampled_from(["ct", "mri", "mc"]))
+       complex_=st.booleans(), which=st.sampled_from(sorted(OPERATORS)))
 def test_operators_raise_only_ddip_errors_on_malformed_tensors(shape, complex_, which):
-    op = {"ct": lambda: sparse_view_ct(8, 3), "mri": lambda: SingleCoilMRI(torch.ones(8, 8)),
-          "mc": lambda: MultiCoilMRI(torch.ones(8, 8), torch.ones(2, 8, 8, dtype=torch.complex64))}[which]()
+    op = OPERATORS[which]()
     t = torch.zeros(shape, dtype=torch.complex64 if complex_ else torch.float32)
     for fn in (op.A, op.A_adjoint):
         try:
             fn(t)
         except DdipError:
             pass
+
+
+@settings(max_examples=20, deadline=None)
+@given(depth=st.integers(1, 4), which=st.sampled_from(sorted(OPERATORS)))
+def test_operators_accept_every_well_formed_tensor(depth, which):
+    """The other half: a batch of the operator's own image and measurement shapes and dtypes always goes through."""
+    op = OPERATORS[which]()
+    x = torch.rand(depth, *op.img_shape, dtype=torch.complex64 if op.img_complex else torch.float32)
+    y = torch.rand(depth, *op.meas_shape, dtype=torch.complex64 if op.meas_complex else torch.float32)
+    assert op.A(x).shape == (depth, *op.meas_shape)
+    assert op.A_adjoint(y).shape == (depth, *op.img_shape)

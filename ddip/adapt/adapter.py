@@ -36,7 +36,7 @@ log = logging.getLogger("ddip.adapt")
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """Hyper-parameters of one adaptation method (paper Table 5; reference-notes §5 for the code's choices)."""
+    """Hyper-parameters of one adaptation method (paper Table 5; where the authors' code differs, its choice is an option)."""
 
     lr: float = 1e-3
     n_iters: int = 10  # L: optimiser steps per adapted timestep

@@ -1,6 +1,6 @@
 """LoRA on the denoiser, through peft: injection, the trainable set, cheap snapshots, explicit merging.
 
-What is adapted (paper §3, reference-notes §5.1): rank-4 LoRA (scale 1: ``lora_alpha = r``) on every Conv2d and
+What is adapted (paper §3 and the authors' code): rank-4 LoRA (scale 1: ``lora_alpha = r``) on every Conv2d and
 Linear inside the residual blocks — the two 3×3 convolutions, the 1×1 shortcut and the time-embedding projection,
 including the residual blocks that down- and up-sample — and on the attention projections (q, k, v, out). The
 down-projection starts as N(0, 1/r²) (peft's ``"gaussian"`` init), the up-projection at zero, so the network's output

@@ -1,6 +1,6 @@
 """The ELLIPSES distribution of the paper's prior, generated on the fly in torch.
 
-Disk-distributed ellipses (the SCD / educated-DIP ``DiskDistributedEllipsesDataset``, reference-notes §1), in the
+Disk-distributed ellipses (the SCD / educated-DIP ``DiskDistributedEllipsesDataset``), in the
 coordinates of ODL's ``ellipsoid_phantom``: the image covers [-1, 1]² with pixel centres at ``(i + ½)·2/N − 1``.
 Per image:
 

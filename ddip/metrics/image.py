@@ -1,6 +1,6 @@
 """PSNR and SSIM per slice, as the paper evaluates, and over the whole volume.
 
-Conventions (reference-notes §7): PSNR per slice uses the data range of the **ground-truth slice**
+Conventions (those of the authors' evaluation code): PSNR per slice uses the data range of the **ground-truth slice**
 (``max − min``) unless one is given; SSIM is skimage's default (7×7 uniform window, sample covariance,
 K1 = 0.01, K2 = 0.03) with an explicit data range; volume PSNR uses the range of the whole ground-truth volume.
 Complex inputs are compared as magnitudes (the paper's CS-MRI evaluation).

@@ -29,8 +29,7 @@ class DPS:
 
     ``scale_by_norm`` (default) divides the step by the operator norm ‖A‖ (power iteration, once per operator), so
     that ρ means the same for every operator: the gradient of ‖y − A x̂₀‖ grows with ‖A‖, which is 1 for the
-    orthonormal MRI operators (unchanged) but ≈ 30 for 15-view CT at 64 px, where ρ = 0.5 unscaled diverged (15 dB on
-    a chest CT slice against 27 dB for DDS, 2026-11-25).
+    orthonormal MRI operators (unchanged) but ≈ 30 for 15-view CT at 64 px, where ρ = 0.5 unscaled diverges.
     """
 
     rho: float = 0.5

@@ -4,7 +4,7 @@ Objective (paper Eq. 14/29, with the differences ``D_d`` along the chosen axes o
 
     min_x ½‖y − A x‖² + λ Σ_d ‖D_d x‖₁
 
-ADMM with splitting ``z_d = D_d x`` and scaled duals ``u_d`` (reference-notes §5.3):
+ADMM with splitting ``z_d = D_d x`` and scaled duals ``u_d`` (as the authors' code runs it):
 
     x ← CG on (A^H A + ρ Σ D_dᴴD_d) x = A^H y + ρ Σ D_dᴴ(z_d − u_d)     (started at the current x)
     z_d ← soft(D_d x + u_d, λ/ρ)

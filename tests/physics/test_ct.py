@@ -57,11 +57,13 @@ def test_autograd_through_projector_is_the_adjoint(generator):
     assert torch.autograd.gradcheck(op.A_adjoint, (y.requires_grad_(),))
 
 
-def test_matrix_is_cached_per_device_and_dtype():
+def test_the_projector_follows_the_input_dtype_and_agrees_across_dtypes():
     op = sparse_view_ct(16, 4)
-    op.A(torch.zeros(1, 1, 16, 16))
-    op.A(torch.zeros(1, 1, 16, 16, dtype=torch.float64))
-    assert set(op._mats) == {(torch.device("cpu"), torch.float32), (torch.device("cpu"), torch.float64)}
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    y64, y32 = op.A(x), op.A(x.float())
+    assert y64.dtype == torch.float64 and y32.dtype == torch.float32
+    assert torch.allclose(y32.double(), y64, rtol=1e-5, atol=1e-5)
+    assert op.A_adjoint(y32).dtype == torch.float32 and op.A_adjoint(y64).dtype == torch.float64
 
 
 def test_least_squares_fits_the_sinogram_far_better_than_fbp(generator):

@@ -10,8 +10,7 @@ from ddip.errors import DdipError
 from ddip.priors.adm import adm_parameters, convert_adm_state_dict, load_adm_checkpoint, unet_config_from_adm
 from ddip.priors.unet import build_unet
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "adm"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures/adm is not beside the repository")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "adm"
 CONFIG_256 = dict(image_size=256, model_channels=256, channel_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=1,
                   attention_resolutions=[16], num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True,
                   in_channels=1, out_channels=1)
@@ -27,15 +26,28 @@ def small_config():
     return json.loads((FIXTURES / "adm_small_config.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def positional_ema(tmp_path_factory):
+    """The score_sde EMA file of the same weights: the state_dict's tensors in guided-diffusion's parameter order
+    (``adm_small_parameters.tsv``). Rebuilt here rather than shipped twice: the original fixture held exactly these
+    tensors in this order (checked when the fixtures were copied into the repository)."""
+    state = torch.load(FIXTURES / "adm_small_state_dict.pt", map_location="cpu", weights_only=True)
+    path = tmp_path_factory.mktemp("adm") / "adm_small_ema_positional.pt"
+    torch.save({"decay": 0.999, "num_updates": 1234,
+                "shadow_params": [state[name] for name, _ in _tsv("adm_small_parameters.tsv")]}, path)
+    return path
+
+
 def test_parameter_order_matches_guided_diffusion(small_config):
     assert adm_parameters(small_config) == _tsv("adm_small_parameters.tsv")
     assert adm_parameters(CONFIG_256) == _tsv("adm_ellipses256_parameters.tsv")
 
 
-@pytest.mark.parametrize("filename", ["adm_small_state_dict.pt", "adm_small_ema_positional.pt"])
-def test_converted_network_reproduces_guided_diffusion(small_config, filename):
+@pytest.mark.parametrize("layout", ["state_dict", "positional_ema"])
+def test_converted_network_reproduces_guided_diffusion(small_config, positional_ema, layout):
     io = torch.load(FIXTURES / "adm_small_io.pt", map_location="cpu", weights_only=True)
-    prior = load_adm_checkpoint(FIXTURES / filename, small_config)
+    path = FIXTURES / "adm_small_state_dict.pt" if layout == "state_dict" else positional_ema
+    prior = load_adm_checkpoint(path, small_config)
     with torch.no_grad():
         eps = prior.eps(io["x"], io["t"].long())
     assert (eps - io["eps"]).abs().max() < 1e-5
@@ -61,7 +73,7 @@ def test_truncated_file_is_reported(small_config, tmp_path):
         load_adm_checkpoint(bad, small_config)
 
 
-def test_mismatched_tensors_are_named(small_config, tmp_path):
+def test_mismatched_tensors_are_named(small_config, positional_ema, tmp_path):
     state = torch.load(FIXTURES / "adm_small_state_dict.pt", map_location="cpu", weights_only=True)
     del state["middle_block.1.qkv.weight"]
     state["extra.weight"] = torch.zeros(1)
@@ -70,7 +82,7 @@ def test_mismatched_tensors_are_named(small_config, tmp_path):
     with pytest.raises(DdipError, match=r"missing tensors \['middle_block.1.qkv.weight'\].*unexpected tensors "
                                         r"\['extra.weight'\]"):
         load_adm_checkpoint(path, small_config)
-    ema = torch.load(FIXTURES / "adm_small_ema_positional.pt", map_location="cpu", weights_only=True)
+    ema = torch.load(positional_ema, map_location="cpu", weights_only=True)
     ema["shadow_params"] = ema["shadow_params"][:-3]
     torch.save(ema, path)
     with pytest.raises(DdipError, match="holds 141 tensors.*has 144"):
