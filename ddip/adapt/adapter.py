@@ -36,7 +36,8 @@ log = logging.getLogger("ddip.adapt")
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """Hyper-parameters of one adaptation method (paper Table 5; where the authors' code differs, its choice is an option)."""
+    """Hyper-parameters of one adaptation method (paper Table 5; where the authors' code differs, its choice is an
+    option)."""
 
     lr: float = 1e-3
     n_iters: int = 10  # L: optimiser steps per adapted timestep
@@ -115,8 +116,8 @@ class VolumeAdapter:
 
     With ``shard`` (the volume split across processes, :mod:`~ddip.physics.sharding`) ``x_t`` is this rank's block
     while ``y`` and ``physics`` are the whole volume's: the K slices are drawn from the same generator on every rank,
-    their states assembled on every rank, the chunks of ``cfg.chunk`` slices dealt round-robin to the ranks, and the LoRA
-    gradient (and the loss) summed over the ranks before the optimiser step, so every rank holds the same LoRA
+    their states assembled on every rank, the chunks of ``cfg.chunk`` slices dealt round-robin to the ranks, and the
+    LoRA gradient (and the loss) summed over the ranks before the optimiser step, so every rank holds the same LoRA
     state and takes the single-process step.
     """
 
