@@ -243,11 +243,15 @@ class VolumeAdapter:
         self.passes, self._n_adapted = int(state["passes"]), int(state["n_adapted"])
         self.losses = [(int(t), float(v)) for t, v in state["losses"].tolist()]
 
-    def _reptile_interpolate(self, before: dict[str, Tensor]) -> None:
-        """θ ← θ_t + α_n(θ̃ − θ_t), α_n linear from ``reptile[0]`` to ``reptile[1]`` over the adapted steps (App. B)."""
+    def reptile_alpha(self) -> float:
+        """α_n of the current adapted step: linear from ``reptile[0]`` (first) to ``reptile[1]`` (last) (App. B)."""
         a0, a1 = self.cfg.reptile
         frac = min(self._n_adapted / max(self.n_total_adapted - 1, 1), 1.0)
-        alpha = a0 + (a1 - a0) * frac
+        return a0 + (a1 - a0) * frac
+
+    def _reptile_interpolate(self, before: dict[str, Tensor]) -> None:
+        """θ ← θ_t + α_n(θ̃ − θ_t): Reptile's step towards the adapted state θ̃ (App. B)."""
+        alpha = self.reptile_alpha()
         after = snapshot(self.prior.net)
         restore(self.prior.net, {k: before[k] + alpha * (after[k] - before[k]) for k in before})
 

@@ -202,3 +202,125 @@ def test_reconstruct_reports_where_the_time_goes(ct_measurement, tiny_prior):
     assert {"network_forward", "network_backward", "data_consistency", "data_consistency_backward",
             "other"} <= set(parts)
     assert sum(parts.values()) == pytest.approx(res.wall_time_s, rel=1e-6)
+
+
+# -- the hook contract: every before_step hook ----------------------------------------------------------------------
+class Subsample:
+    """An operator the library does not define: only A and A_adjoint."""
+
+    def A(self, x):
+        return x[..., ::2, ::2]
+
+    def A_adjoint(self, y):
+        out = torch.zeros(*y.shape[:-2], 2 * y.shape[-2], 2 * y.shape[-1], dtype=y.dtype)
+        out[..., ::2, ::2] = y
+        return out
+
+
+def _adapter(prior, y, op, seed):
+    return VolumeAdapter(prior, DDS(n_steps=10), y, op, AdaptConfig(n_iters=2, k=2),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def _replay(prior, y, op, seed):
+    target = {k: v + 0.01 * (seed + 1) for k, v in snapshot(prior.net).items()}
+    return Replay(prior, {0: target, 3: target})
+
+
+HOOKS = {"volume_adapter": _adapter, "replay": _replay}
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+@pytest.mark.parametrize("operator", ["ct", "foreign"])
+def test_contract_hooks_change_only_lora_reproducibly_and_leave_x_and_state_alone(hook, operator, problem):
+    x, op, y = problem
+    if operator == "foreign":
+        op = Subsample()
+        y = op.A(x)
+    x_t = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    state = {"z": torch.ones(2)}
+    runs = []
+    for _ in range(2):
+        prior = _prior()
+        base = {k: v.clone() for k, v in prior.net.state_dict().items() if "lora_" not in k}
+        before = snapshot(prior.net)
+        x_in, state_in = x_t.clone(), {k: v.clone() for k, v in state.items()}
+        assert HOOKS[hook](prior, y, op, seed=0)(0, 500, x_in, state_in) is None
+        assert torch.equal(x_in, x_t) and torch.equal(state_in["z"], state["z"])
+        after = snapshot(prior.net)
+        assert all(torch.equal(base[k], prior.net.state_dict()[k]) for k in base)  # base weights untouched
+        assert all(after[k].dtype == before[k].dtype for k in before)
+        assert any(not torch.equal(before[k], after[k]) for k in before)  # the hook acted at step 0
+        runs.append(after)
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])  # same seed, same state
+    prior = _prior()
+    before = snapshot(prior.net)
+    HOOKS[hook](prior, y, op, seed=0)(1, 980, x_t, state)  # outside the window / not in the trajectory
+    assert all(torch.equal(before[k], v) for k, v in snapshot(prior.net).items())
+
+
+# -- method-level facts ----------------------------------------------------------------------------------------------
+class _Spy(VolumeAdapter):
+    """VolumeAdapter recording the LoRA state it starts from, the slices it draws and Reptile's α."""
+
+    starts, draws, alphas = [], [], []
+
+    def __post_init__(self):
+        super().__post_init__()
+        _Spy.starts.append(snapshot(self.prior.net))
+
+    def _draw(self, n_total):
+        index = super()._draw(n_total)
+        _Spy.draws.append(index.tolist())
+        return index
+
+    def reptile_alpha(self):
+        alpha = super().reptile_alpha()
+        _Spy.alphas.append(alpha)
+        return alpha
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    import ddip.adapt.methods as methods
+
+    _Spy.starts, _Spy.draws, _Spy.alphas = [], [], []
+    monkeypatch.setattr(methods, "VolumeAdapter", _Spy)
+    return _Spy
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("carry_over", [False, True])
+def test_ddip_starts_every_slice_from_the_fresh_lora_state_unless_carried_over(problem, spy, carry_over):
+    x, op, y = problem
+    prior = _prior()
+    fresh = snapshot(prior.net)
+    ddip_slicewise(DDS(n_steps=4), prior, y[:3], op, AdaptConfig(n_iters=1, zeta=None), carry_over=carry_over,
+                   generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(1))
+    assert len(spy.starts) == 3 and _same(spy.starts[0], fresh)
+    assert all(_same(s, fresh) != carry_over for s in spy.starts[1:])
+
+
+def test_d3ip_mbir_draws_contiguous_slices_and_d3ip_random_ones(problem, spy):
+    x, op, y = problem
+    kwargs = dict(generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(1))
+    cfg = AdaptConfig(n_iters=3, k=3, zeta=None)
+    d3ip_mbir(DiffusionMBIR(n_steps=4, rho=1.0, lam=0.01), _prior(), y, op, cfg, **kwargs)
+    assert len(spy.draws) == 4 * (1 + 3) and all(d == list(range(d[0], d[0] + 3)) for d in spy.draws)
+    spy.draws.clear()
+    d3ip(DDS(n_steps=4), _prior(), y, op, cfg, **kwargs)
+    assert any(d != list(range(d[0], d[0] + 3)) for d in spy.draws)  # 8 slices, K = 3: random subsets
+
+
+def test_d3ip_meta_decays_alpha_from_one_to_a_half_and_fine_tunes_every_slice_from_theta_vol(problem, spy):
+    x, op, y = problem
+    _, report = d3ip_meta(DDS(n_steps=6), _prior(), y[:3], op, AdaptConfig(n_iters=1, k=2, zeta=None),
+                          generator=torch.Generator().manual_seed(0),
+                          adapt_generator=torch.Generator().manual_seed(1))
+    assert spy.alphas[0] == 1.0 and spy.alphas[-1] == pytest.approx(0.5) and len(spy.alphas) == 6
+    assert all(a > b for a, b in zip(spy.alphas, spy.alphas[1:]))
+    stage2 = spy.starts[1:]  # the first adapter is stage 1 (Reptile D3IP); then one per slice
+    assert len(stage2) == 3 and all(_same(s, report.theta_vol) for s in stage2)

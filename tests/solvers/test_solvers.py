@@ -49,17 +49,25 @@ def test_contract_shapes_dtype_and_reproducibility(name, ct_problem):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_network_batching_does_not_change_the_result(ct_problem):
+@pytest.mark.parametrize("name", STEPS)
+def test_contract_network_batching_does_not_change_the_result(name, ct_problem):
     op, y = ct_problem
     prior = gaussian_prior(0.5, 0.2)
-    a = solve(DDS(), prior, y, op, generator=torch.Generator().manual_seed(3), n_steps=8, max_batch=1)
-    b = solve(DDS(), prior, y, op, generator=torch.Generator().manual_seed(3), n_steps=8, max_batch=64)
-    assert torch.allclose(a, b, atol=1e-6)
+    run = lambda batch: solve(STEPS[name](), prior, y, op, generator=torch.Generator().manual_seed(3),  # noqa
+                              n_steps=8 if name != "dps" else None, max_batch=batch)
+    assert torch.allclose(run(1), run(64), atol=1e-6)
+
+
+# Error of the sample mean of 256 runs against the closed-form posterior mean, relative to the prior-to-posterior
+# distance. Measured (seeds 1 and 2, code noise mixing): CT 0.17-0.18 DDS, 0.11-0.12 DDNM, 0.13-0.15 DDNM proximal,
+# 0.11-0.13 MBIR, 0.27 DPS (200 steps); MRI 0.018-0.03 for every step. A sampler that ignored the data would score 1.
+GAUSSIAN_TOLERANCE = {"ct": {"dds": 0.25, "ddnm": 0.2, "ddnm_proximal": 0.22, "mbir": 0.2, "dps": 0.35},
+                      "mri": {"dds": 0.06, "ddnm": 0.06, "ddnm_proximal": 0.06, "mbir": 0.06, "dps": 0.06}}
 
 
 @pytest.mark.parametrize("op_name", ["ct", "mri"])
-@pytest.mark.parametrize("step", ["dds", "ddnm"])
-def test_gaussian_prior_lands_near_the_closed_form_posterior_mean(op_name, step):
+@pytest.mark.parametrize("step", ["dds", "ddnm", "ddnm_proximal", "mbir", "dps"])
+def test_contract_gaussian_prior_lands_near_the_closed_form_posterior_mean(op_name, step):
     op = sparse_view_ct(8, 4) if op_name == "ct" else SingleCoilMRI(uniform1d_mask((8, 8), 2, seed=0))
     mean, std, sigma = 0.5, 0.2, 0.01
     g = torch.Generator().manual_seed(0)
@@ -67,11 +75,11 @@ def test_gaussian_prior_lands_near_the_closed_form_posterior_mean(op_name, step)
     y = add_noise(op.A(x), sigma, generator=g)
     mu = posterior_mean(op, y, mean, std, sigma)
     ys = y.expand(256, *y.shape[1:]).clone()  # 256 independent samples of the same problem
-    out = solve(STEPS[step](), gaussian_prior(mean, std), ys, op, generator=torch.Generator().manual_seed(1),
+    sampler = DPS(n_steps=200) if step == "dps" else STEPS[step]()
+    out = solve(sampler, gaussian_prior(mean, std), ys, op, generator=torch.Generator().manual_seed(1),
                 init="independent", max_batch=256)
     sample_mean = out.mean(0, keepdim=True)
-    # measured: error 0.14–0.24 (CT) and 0.02–0.03 (MRI) against a prior-to-posterior distance of 1.4–1.6
-    assert (sample_mean - mu).norm() < 0.25 * (mu - mean).norm()
+    assert (sample_mean - mu).norm() < GAUSSIAN_TOLERANCE[op_name][step] * (mu - mean).norm()
 
 
 def test_noiseless_ddnm_is_measurement_consistent(generator):
@@ -110,22 +118,29 @@ def test_mbir_tv_along_z_lowers_inter_slice_differences():
     assert dz(mbir) < 0.5 * dz(dds)
 
 
-def test_steps_accept_an_operator_the_library_does_not_define(generator):
-    class Subsample:  # only A and A_adjoint: no normal, no A_dagger, no shapes
-        def A(self, x):
-            return x[..., ::2, ::2]
+class Subsample:
+    """An operator the library does not define: only A and A_adjoint (no normal, no A_dagger, no shapes)."""
 
-        def A_adjoint(self, y):
-            out = torch.zeros(*y.shape[:-2], 2 * y.shape[-2], 2 * y.shape[-1], dtype=y.dtype)
-            out[..., ::2, ::2] = y
-            return out
+    def A(self, x):
+        return x[..., ::2, ::2]
 
+    def A_adjoint(self, y):
+        out = torch.zeros(*y.shape[:-2], 2 * y.shape[-2], 2 * y.shape[-1], dtype=y.dtype)
+        out[..., ::2, ::2] = y
+        return out
+
+
+@pytest.mark.parametrize("name", STEPS)
+def test_contract_steps_accept_an_operator_the_library_does_not_define(name):
     op = Subsample()
-    x = random_ellipses(2, 16, generator=generator)
+    x = random_ellipses(2, 16, generator=torch.Generator().manual_seed(0))
     y = op.A(x)
-    for step in (DDS(), DDNM(), DiffusionMBIR(rho=0.1, lam=1e-3)):
-        out = solve(step, gaussian_prior(0.2, 0.3), y, op, generator=generator, n_steps=5)
-        assert out.shape == x.shape and (op.A(out) - y).norm() < 0.05 * y.norm()
+    misfit = lambda step, n: float((op.A(solve(step, gaussian_prior(0.2, 0.3), y, op, n_steps=n,  # noqa: E731
+                                                   generator=torch.Generator().manual_seed(1))) - y).norm() / y.norm())
+    if name == "dps":  # guidance, not a projection: measured 0.15 with rho 0.5 against 1.57 unguided (200 steps)
+        assert misfit(DPS(n_steps=200), None) < 0.25 * misfit(DPS(n_steps=200, rho=0.0), None)
+    else:  # CG data consistency: measured 0.03 (DDS, DDNM proximal), 0.005 (MBIR), 2e-10 (DDNM)
+        assert misfit(STEPS[name](), 5) < 0.05
 
 
 @pytest.mark.parametrize("channels", [1, 2])
