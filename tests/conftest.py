@@ -21,6 +21,24 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DDIP_CACHE", str(cache))
 
 
+class Subsample:
+    """An operator the library does not define: only A and A_adjoint (no normal, no A_dagger, no shapes)."""
+
+    def A(self, x):
+        return x[..., ::2, ::2]
+
+    def A_adjoint(self, y):
+        out = torch.zeros(*y.shape[:-2], 2 * y.shape[-2], 2 * y.shape[-1], dtype=y.dtype)
+        out[..., ::2, ::2] = y
+        return out
+
+
+@pytest.fixture
+def foreign_operator():
+    """A user's own operator (2x subsampling), for the contracts that any object with A and A_adjoint must pass."""
+    return Subsample()
+
+
 @pytest.fixture(scope="session")
 def tiny_prior(tmp_path_factory):
     """A barely trained 64 px prior written by our own training loop (enough to exercise pipelines, not quality)."""

@@ -118,21 +118,9 @@ def test_mbir_tv_along_z_lowers_inter_slice_differences():
     assert dz(mbir) < 0.5 * dz(dds)
 
 
-class Subsample:
-    """An operator the library does not define: only A and A_adjoint (no normal, no A_dagger, no shapes)."""
-
-    def A(self, x):
-        return x[..., ::2, ::2]
-
-    def A_adjoint(self, y):
-        out = torch.zeros(*y.shape[:-2], 2 * y.shape[-2], 2 * y.shape[-1], dtype=y.dtype)
-        out[..., ::2, ::2] = y
-        return out
-
-
 @pytest.mark.parametrize("name", STEPS)
-def test_contract_steps_accept_an_operator_the_library_does_not_define(name):
-    op = Subsample()
+def test_contract_steps_accept_an_operator_the_library_does_not_define(name, foreign_operator):
+    op = foreign_operator
     x = random_ellipses(2, 16, generator=torch.Generator().manual_seed(0))
     y = op.A(x)
     misfit = lambda step, n: float((op.A(solve(step, gaussian_prior(0.2, 0.3), y, op, n_steps=n,  # noqa: E731
