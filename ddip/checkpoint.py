@@ -11,32 +11,45 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import torch
 
+from ddip import distributed
 from ddip.errors import DdipError
 from ddip.io import atomic_path
+from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import solve
 
 
 class Checkpointer:
-    """Saves ``payload`` dicts to ``path`` every ``every`` steps and reads them back for ``--resume``."""
+    """Saves ``payload`` dicts to ``path`` every ``every`` steps and reads them back for ``--resume``.
 
-    def __init__(self, path: str | os.PathLike, settings: dict, *, every: int = 5):
+    With a :class:`~ddip.signals.StopRequest` it also saves after the step during which SIGTERM or SIGINT arrived,
+    and the run then stops with :class:`~ddip.signals.Interrupted`.
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: dict, *, every: int = 5, stop: StopRequest | None = None):
         if every < 1:
             raise DdipError(f"checkpoint interval must be >= 1 step, got {every}")
-        self.path, self.every = Path(path), int(every)
+        self.path, self.every, self.stop = Path(path), int(every), stop
         self.settings_dict = settings
         self.settings = json.dumps(settings, sort_keys=True, default=str)
 
     def sibling(self, suffix: str) -> "Checkpointer":
         """A checkpointer for one stage of a multi-stage method, beside this one."""
         return Checkpointer(self.path.with_name(f"{self.path.stem}.{suffix}{self.path.suffix}"), self.settings_dict,
-                            every=self.every)
+                            every=self.every, stop=self.stop)
 
     def due(self, i: int) -> bool:
         return (i + 1) % self.every == 0
+
+    def stop_requested(self) -> bool:
+        """Whether a signal asked the run to stop (on any rank: every rank then stops at the same step)."""
+        if self.stop is None:
+            return False
+        return distributed.any_flag(self.stop.requested)[0] if distributed.world()[1] > 1 else self.stop.requested
 
     def save(self, payload: dict) -> None:
         with atomic_path(self.path) as tmp:
@@ -81,8 +94,16 @@ def resumable_solve(step, prior, y, physics, *, generator: torch.Generator, chec
         solve_kwargs.update(x_T=resume["x"].to(y.device), start=int(resume["i"]) + 1, state=resume["state"])
 
     def save(i: int, t: int, out) -> None:
-        if checkpointer is not None and checkpointer.due(i) and i < n_total - 1:
+        if checkpointer is None or i == n_total - 1:  # after the last step the run finishes and writes its result
+            return
+        stop = checkpointer.stop_requested()
+        if stop or checkpointer.due(i):
             checkpointer.save({"i": i, "x": out.x_next, "state": out.state, "generator": generator.get_state(),
                                "adapter": None if adapter is None else adapter.state_dict()})
+        if stop:
+            signum = checkpointer.stop.signum or signal.SIGTERM
+            raise Interrupted(f"{signal.Signals(signum).name} received: stopped after sampling step {i + 1} of "
+                              f"{n_total} with the whole state saved in {checkpointer.path}; run the same command "
+                              f"with --resume to continue", signum)
 
     return solve(step, prior, y, physics, generator=generator, before_step=adapter, callback=save, **solve_kwargs)

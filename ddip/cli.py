@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ddip import distributed
+from ddip import __version__, distributed
 from ddip.benchmark import TABLES, BenchConfig, run_benchmark
 from ddip.checkpoint import Checkpointer
 from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
@@ -27,6 +28,7 @@ from ddip.priors import default_prior, load_prior
 from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
 from ddip.reconstruct import METHODS, PRECISIONS, ReconstructConfig, reconstruct
+from ddip.signals import Interrupted, StopRequest
 from ddip.solvers.base import INITS, NOISE_MIXES
 from ddip.solvers.dds import DC_VARIANTS
 from ddip.tasks import TASKS, TaskConfig, load_measurement, paper_views, save_measurement, simulate
@@ -151,21 +153,34 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
     config = {"command": "reconstruct", "measurement": str(args.measurement), "prior": args.prior,
               "device": args.device, **asdict(cfg), "task": asdict(m.config), "volume_record": m.record}
     config["world_size"] = distributed.world()[1]
-    ckpt = Checkpointer(out / "checkpoint.pt", config, every=args.checkpoint_every)
-    if rank == 0 and not args.resume:
-        _remove_checkpoints(ckpt)
-    elif rank == 0 and not any(out.glob("checkpoint*.pt")):
-        print(f"ddip: no checkpoint in {out}; starting from the beginning", file=sys.stderr)
-    distributed.any_flag(False)
-    result = reconstruct(m, cfg, prior, device=args.device, progress=not args.quiet and rank == 0,
-                         checkpointer=ckpt)
+    with StopRequest() as stop:  # SIGTERM / SIGINT: checkpoint after the current step, then stop
+        ckpt = Checkpointer(out / "checkpoint.pt", config, every=args.checkpoint_every, stop=stop)
+        if rank == 0 and not args.resume:
+            _remove_checkpoints(ckpt)
+        elif rank == 0 and not any(out.glob("checkpoint*.pt")):
+            print(f"ddip: no checkpoint in {out}; starting from the beginning", file=sys.stderr)
+        distributed.any_flag(False)
+        result = reconstruct(m, cfg, prior, device=args.device, progress=not args.quiet and rank == 0,
+                             checkpointer=ckpt)
     if rank != 0:
         return
     metrics = write_result(out, result.volume, m.ground_truth, method=args.method, wall=result.wall_time_s,
-                           peak_mb=result.peak_memory_mb, report=result.report, config=config)
+                           peak_mb=result.peak_memory_mb, report=result.report,
+                           config={**config, "environment": environment()})
     _remove_checkpoints(ckpt)
     _print_metrics(args.method, metrics)
     print(f"results in {out}")
+
+
+def environment() -> dict:
+    """What a bit-identical rerun needs besides the settings: the thread count and the library versions."""
+    import diffusers
+    import numpy
+    import peft
+
+    return {"torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__,
+            "ddip": __version__, "machine": platform.machine()}
 
 
 def _remove_checkpoints(ckpt) -> None:
@@ -459,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
             argv = [argv[0], *config_arguments(parser.subcommands[argv[0]], path), *argv[1:]]
         args = parser.parse_args(argv)
         args.func(args)
+    except Interrupted as exc:
+        print(f"ddip: {exc}", file=sys.stderr)
+        return exc.exit_code
     except DdipError as exc:
         print(f"ddip: error: {exc}", file=sys.stderr)
         return 2

@@ -236,7 +236,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             step = build_step(cfg, m)
             y_run, phys_run = split(shard, y, physics)
             x = resumable_solve(step, prior, y_run, phys_run, generator=generator, checkpointer=checkpointer,
-                                init=cfg.init, max_batch=cfg.max_batch, progress=progress)
+                                init=cfg.init, max_batch=cfg.max_batch, progress=progress, desc=cfg.method)
             if shard is not None:
                 x = shard.gather_volume(x)
             report["network_forward_passes"] = step.n_steps * y.shape[0]
@@ -253,7 +253,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             fn = {"scd": scd, "ddip": ddip_slicewise, "d3ip": d3ip, "d3ip-mbir": d3ip_mbir,
                   "d3ip-meta": d3ip_meta}[cfg.method]
             kwargs = dict(generator=generator, adapt_generator=torch.Generator().manual_seed(cfg.seed + 2),
-                          max_batch=cfg.max_batch, checkpointer=checkpointer)
+                          max_batch=cfg.max_batch, checkpointer=checkpointer, progress=progress)
             if cfg.method != "scd":
                 kwargs["init"] = cfg.init
             if shard is not None:

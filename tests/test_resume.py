@@ -85,3 +85,46 @@ def test_truncated_checkpoint_is_reported(ct_measurement, tiny_prior, tmp_path, 
     assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "4",
                  "--out", str(out), "--resume", "--quiet"]) == 2
     assert "corrupt or truncated checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,extra,sig", [("d3ip", ["--k", "2", "--iters", "2"], signal.SIGTERM),
+                                              ("ddip", ["--iters", "1"], signal.SIGINT)])
+def test_a_signal_checkpoints_at_the_next_step_and_resume_gives_the_same_volume(method, extra, sig, ct_measurement,
+                                                                                tiny_prior, tmp_path):
+    """A real SIGTERM / SIGINT on the CLI: regular checkpoints are off (every 1000 steps), so the checkpoint that
+    the resumed run continues from can only be the one the signal made."""
+    common = ["reconstruct", str(ct_measurement), "--method", method, "--prior", tiny_prior, "--steps", STEPS,
+              "--checkpoint-every", "1000", *extra]
+    straight = tmp_path / "straight"
+    assert _run([*common, "--quiet", "--out", str(straight)]).wait(timeout=300) == 0
+
+    stopped = tmp_path / "stopped"
+    proc = _run([*common, "--out", str(stopped)])  # with the progress bar: it says when sampling has begun
+    seen, deadline = b"", time.time() + 300
+    while b"step" not in seen:
+        assert proc.poll() is None, f"the run ended before it could be signalled: {seen.decode()[-2000:]}"
+        assert time.time() < deadline
+        seen += os.read(proc.stderr.fileno(), 4096)
+    proc.send_signal(sig)
+    err = seen + proc.stderr.read()
+    assert proc.wait(timeout=300) == 128 + sig
+    assert f"{signal.Signals(sig).name} received: stopped after sampling step".encode() in err
+    assert b"Traceback" not in err and b"--resume" in err
+    assert (stopped / "checkpoint.pt").exists() and not (stopped / "reconstruction.nii.gz").exists()
+
+    resumed = _run([*common, "--quiet", "--out", str(stopped), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    assert np.array_equal(_volume(straight), _volume(stopped))
+
+
+def test_the_same_command_twice_gives_the_bit_identical_volume_and_records_the_environment(ct_measurement,
+                                                                                             tiny_prior, tmp_path):
+    import json
+
+    common = ["reconstruct", str(ct_measurement), "--method", "d3ip", "--prior", tiny_prior, "--steps", "4",
+              "--k", "2", "--iters", "2", "--zeta", "none", "--quiet"]
+    for name in ("a", "b"):
+        assert _run([*common, "--out", str(tmp_path / name)]).wait(timeout=300) == 0
+    assert np.array_equal(_volume(tmp_path / "a"), _volume(tmp_path / "b"))
+    env = json.loads((tmp_path / "a" / "config.json").read_text())["environment"]
+    assert env["torch_threads"] == 1 and env["torch"] == torch.__version__  # OMP_NUM_THREADS=1 in _run

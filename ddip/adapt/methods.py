@@ -57,7 +57,7 @@ def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Ada
                             record_trajectory=record_trajectory, shard=shard)
     y_run, physics_run = split(shard, y, physics)
     x = resumable_solve(step, prior, y_run, physics_run, generator=generator, checkpointer=checkpointer,
-                        adapter=adapter, init=init, max_batch=max_batch, progress=progress)
+                        adapter=adapter, init=init, max_batch=max_batch, progress=progress, desc=method)
     if shard is not None:
         x = shard.gather_volume(x)
     report = AdaptReport(method, passes_forward=len(adapter.timesteps) * y.shape[0], passes_adapt=adapter.passes,
@@ -73,8 +73,8 @@ def d3ip_mbir(step, prior, y, physics, cfg: AdaptConfig = AdaptConfig(neighbours
 def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(k=1), *,
          generator: torch.Generator | None = None, adapt_generator: torch.Generator | None = None,
          init: Init = "slerp", carry_over: bool = False, start_state: dict | None = None, max_batch: int = MAX_BATCH,
-         record_trajectory: bool = False, checkpointer: Checkpointer | None = None, method: str = "ddip"
-         ) -> tuple[Tensor, AdaptReport]:
+         record_trajectory: bool = False, checkpointer: Checkpointer | None = None, method: str = "ddip",
+         progress: bool = False) -> tuple[Tensor, AdaptReport]:
     """DDIP (Alg. 1): every slice adapted on its own, from a fresh LoRA state (or the previous slice's).
 
     The initial state of all slices is drawn once for the volume (so the slerp of Eq. 16 spans the volume).
@@ -102,7 +102,8 @@ def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptCo
             checkpointer, {"slice": i, "done": torch.cat(slices) if slices else torch.zeros(0), "x_T": x_T},
             resume["inner"] if resume is not None and i == first else None)
         slices.append(resumable_solve(step, prior, y[i : i + 1], phys_i, generator=generator, checkpointer=inner,
-                                      adapter=adapter, x_T=x_T[i : i + 1], max_batch=max_batch))
+                                      adapter=adapter, x_T=x_T[i : i + 1], max_batch=max_batch, progress=progress,
+                                      desc=f"{method} slice {i + 1}/{y.shape[0]}"))
         report.passes_forward += step.n_steps
         report.passes_adapt += adapter.passes
         report.losses.extend(adapter.losses)
@@ -117,9 +118,13 @@ class _SliceCheckpointer:
 
     def __init__(self, outer: Checkpointer, extra: dict, resume: dict | None):
         self.outer, self.extra, self.resume, self.every = outer, extra, resume, outer.every
+        self.path, self.stop = outer.path, outer.stop
 
     def due(self, i: int) -> bool:
         return self.outer.due(i)
+
+    def stop_requested(self) -> bool:
+        return self.outer.stop_requested()
 
     def save(self, payload: dict) -> None:
         self.outer.save({**self.extra, "inner": payload})
@@ -138,7 +143,7 @@ def scd(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Adap
 def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
               finetune: AdaptConfig | None = None, generator: torch.Generator | None = None,
               adapt_generator: torch.Generator | None = None, init: Init = "slerp", max_batch: int = MAX_BATCH,
-              checkpointer: Checkpointer | None = None) -> tuple[Tensor, AdaptReport]:
+              checkpointer: Checkpointer | None = None, progress: bool = False) -> tuple[Tensor, AdaptReport]:
     """D3IP (meta), App. B: Reptile D3IP (α 1.0 → 0.5) gives θ_vol; then DDIP on every slice started from θ_vol.
 
     Each stage checkpoints beside ``checkpointer`` (``.stage1`` / ``.stage2``); θ_vol is kept once stage 1 ends.
@@ -148,7 +153,7 @@ def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig 
     done = checkpointer.sibling("theta_vol").load() if checkpointer is not None else None
     if done is None:
         _, stage1 = d3ip(step, prior, y, physics, meta_cfg, generator=generator, adapt_generator=adapt_generator,
-                         init=init, max_batch=max_batch, method="d3ip-meta",
+                         init=init, max_batch=max_batch, method="d3ip-meta", progress=progress,
                          checkpointer=None if checkpointer is None else checkpointer.sibling("stage1"))
         theta_vol = snapshot(prior.net)
         if checkpointer is not None:
@@ -165,7 +170,8 @@ def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig 
                              passes_adapt=int(done["passes_adapt"]))
     x, stage2 = ddip_slicewise(step, prior, y, physics, finetune or dataclasses.replace(cfg, k=1), generator=generator,
                      adapt_generator=adapt_generator, init=init, start_state=theta_vol, max_batch=max_batch,
-                     method="d3ip-meta", checkpointer=None if checkpointer is None else checkpointer.sibling("stage2"))
+                     method="d3ip-meta", progress=progress,
+                     checkpointer=None if checkpointer is None else checkpointer.sibling("stage2"))
     report = AdaptReport("d3ip-meta", passes_forward=stage1.passes_forward + stage2.passes_forward,
                          passes_adapt=stage1.passes_adapt + stage2.passes_adapt,
                          losses=stage1.losses + stage2.losses, theta_vol=theta_vol)

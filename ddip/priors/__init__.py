@@ -6,5 +6,5 @@ from ddip.priors.registry import default_prior, load_prior, shipped_priors
 from ddip.priors.schedule import VPSchedule
 from ddip.priors.unet import UNetConfig, build_unet
 
-__all__ = ["DiffusionPrior", "UNetConfig", "VPSchedule", "build_unet", "default_prior", "load_adm_checkpoint", "load_prior",
-           "shipped_priors"]
+__all__ = ["DiffusionPrior", "UNetConfig", "VPSchedule", "build_unet", "default_prior", "load_adm_checkpoint",
+           "load_prior", "shipped_priors"]

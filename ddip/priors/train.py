@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
 from ddip.priors.prior import DiffusionPrior
 from ddip.priors.unet import UNetConfig, build_unet
+from ddip.signals import StopRequest
 
 
 @dataclass(frozen=True)
@@ -82,24 +81,6 @@ class TrainConfig:
 # Settings that may change between a run and its resumption without changing what is trained.
 _OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapshot_every", "log_every",
                 "init_weights", "device")
-
-
-class _StopRequest:
-    """SIGTERM / SIGINT ask the loop to stop after the current step (then it checkpoints) instead of dying."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -211,50 +192,49 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
                dynamic_ncols=True)
     net.train()
     make = random_complex_ellipses if cfg.data == "ellipses-complex" else random_ellipses
-    stop = _StopRequest()
-    while images < cfg.max_images:
-        # every rank takes the same decisions: stop (signal or time limit) and checkpoint (rank 0's clock)
-        out_of_time = (time.time() - t_start) / 3600 >= cfg.max_hours
-        ckpt_due = rank == 0 and (time.time() - t_ckpt) / 60 >= cfg.checkpoint_minutes
-        halt, ckpt_due = distributed.any_flag(stop.requested or out_of_time, ckpt_due)
-        if ckpt_due:
-            checkpoint()
-            t_ckpt = time.time()
-        if halt:
-            break
-        x0 = make(cfg.batch_size, cfg.unet.image_size, generator=data_rng, device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = prior.loss(x0, generator=noise_rng).mean()
-        if cfg.warmup_steps:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss = loss.detach()
-        step += 1
-        images += cfg.batch_size * n_ranks
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
-        with torch.no_grad():  # ema ← decay·ema + (1 − decay)·θ, all tensors in one call
-            torch._foreach_lerp_([ema[k] for k in ema_float], [params[k] for k in ema_float], 1 - decay)
-            for k in ema_other:
-                ema[k].copy_(params[k])
-        losses.append(loss)
-        bar.update(cfg.batch_size * n_ranks)
-        if step % cfg.log_every == 0:
-            now = time.time()
-            rate = cfg.log_every * cfg.batch_size * n_ranks / max(now - t_log, 1e-9)
-            mean_loss = torch.stack(losses).mean().item()  # rank 0's own loss
-            if rank == 0:
-                with open(log_path, "a") as fh:
-                    fh.write(f"{step},{images},{mean_loss:.6f},{rate:.2f},{now - t_start:.1f}\n")
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
-            losses.clear()
-            t_log = now
-        if rank == 0 and cfg.snapshot_every and images % cfg.snapshot_every < cfg.batch_size * n_ranks:
-            _save_weights(out / "snapshots" / f"ema_{images:09d}.safetensors", ema, {"images_seen": images})
-    bar.close()
-    stop.restore()
+    with StopRequest() as stop:  # SIGTERM / SIGINT: leave the loop, then the final checkpoint below
+        while images < cfg.max_images:
+            # every rank takes the same decisions: stop (signal or time limit) and checkpoint (rank 0's clock)
+            out_of_time = (time.time() - t_start) / 3600 >= cfg.max_hours
+            ckpt_due = rank == 0 and (time.time() - t_ckpt) / 60 >= cfg.checkpoint_minutes
+            halt, ckpt_due = distributed.any_flag(stop.requested or out_of_time, ckpt_due)
+            if ckpt_due:
+                checkpoint()
+                t_ckpt = time.time()
+            if halt:
+                break
+            x0 = make(cfg.batch_size, cfg.unet.image_size, generator=data_rng, device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = prior.loss(x0, generator=noise_rng).mean()
+            if cfg.warmup_steps:
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss = loss.detach()
+            step += 1
+            images += cfg.batch_size * n_ranks
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
+            with torch.no_grad():  # ema ← decay·ema + (1 − decay)·θ, all tensors in one call
+                torch._foreach_lerp_([ema[k] for k in ema_float], [params[k] for k in ema_float], 1 - decay)
+                for k in ema_other:
+                    ema[k].copy_(params[k])
+            losses.append(loss)
+            bar.update(cfg.batch_size * n_ranks)
+            if step % cfg.log_every == 0:
+                now = time.time()
+                rate = cfg.log_every * cfg.batch_size * n_ranks / max(now - t_log, 1e-9)
+                mean_loss = torch.stack(losses).mean().item()  # rank 0's own loss
+                if rank == 0:
+                    with open(log_path, "a") as fh:
+                        fh.write(f"{step},{images},{mean_loss:.6f},{rate:.2f},{now - t_start:.1f}\n")
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
+                losses.clear()
+                t_log = now
+            if rank == 0 and cfg.snapshot_every and images % cfg.snapshot_every < cfg.batch_size * n_ranks:
+                _save_weights(out / "snapshots" / f"ema_{images:09d}.safetensors", ema, {"images_seen": images})
+        bar.close()
     checkpoint()
     return {"step": step, "images": images, "out": str(out), "finished": images >= cfg.max_images,
             "elapsed_s": time.time() - t_start, "last_loss": math.nan if not losses else losses[-1].item()}

@@ -204,6 +204,7 @@ def solve(
     before_step: Callable[[int, int, Tensor, dict], None] | None = None,
     callback: Callable[[int, int, StepOutput], None] | None = None,
     progress: bool = False,
+    desc: str | None = None,
 ) -> Tensor:
     """Reconstruct every slice of ``y`` with ``step`` on the grid t = T', …, 0 (default 980, 960, …, 0).
 
@@ -217,6 +218,7 @@ def solve(
         max_batch: network inputs per forward pass, which bounds memory whatever the number of slices.
         before_step: ``before_step(i, t, x_t, state)``, called before each step (the adaptation hook).
         callback: ``callback(i, t, output)`` after each step.
+        progress, desc: a progress bar (with ETA) on stderr, labelled ``desc``.
 
     Returns the final data-consistent estimate in image layout ``(D, 1, H, W)`` (complex for complex images).
     """
@@ -230,7 +232,7 @@ def solve(
     if state is None:
         state = step.init_state(to_image(x, complex_image)) if hasattr(step, "init_state") else {}
 
-    bar = tqdm(total=len(timesteps), initial=start, disable=not progress, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=len(timesteps), initial=start, disable=not progress, unit="step", dynamic_ncols=True, desc=desc,
                leave=False)
     out = None
     for i, t in enumerate(timesteps):
