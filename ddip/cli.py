@@ -20,6 +20,7 @@ from ddip.benchmark import TABLES, BenchConfig, run_benchmark
 from ddip.checkpoint import Checkpointer
 from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
 from ddip.data.fixtures import FIXTURES, load_fixture
+from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError
 from ddip.evaluation import gate_curve
 from ddip.io import write_json, write_nifti, write_png_views
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--prior", help="a shipped prior name or a .safetensors path (default: the shipped prior for the "
                                    "task and size; ellipses-complex-64 for csmri where it ships)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, help="network evaluations (default 50; DPS 1000)")
     p.add_argument("--seed", type=int, default=r.seed)
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster; weights stay fp32)")
     p.add_argument("--warmup-steps", type=int, default=t.warmup_steps,
                    help="linear learning-rate warm-up over this many steps")
-    p.add_argument("--device", default=t.device, help="cpu, cuda, cuda:1, ... (phantoms are rasterised there too)")
+    p.add_argument("--device", default=t.device, help=f"{DEVICE_HELP} (phantoms are rasterised there too)")
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--checkpoint-minutes", type=float, default=t.checkpoint_minutes)
     p.add_argument("--snapshot-every", type=int, default=t.snapshot_every, help="EMA snapshot every N images")

@@ -26,6 +26,7 @@ from ddip.adapt import (
     scd,
 )
 from ddip.checkpoint import resumable_solve
+from ddip.devices import resolve_device
 from ddip.errors import DdipError
 from ddip.physics import Resampled
 from ddip.physics.sharding import Shard, split
@@ -201,10 +202,10 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     With a :class:`~ddip.checkpoint.Checkpointer` the run saves its whole state every few steps and, if the
     checkpoint already exists, resumes from it to the same result an uninterrupted run gives.
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     y = m.y.to(device)
     physics = m.physics
-    report: dict = {"method": cfg.method, "task": m.config.task}
+    report: dict = {"method": cfg.method, "task": m.config.task, "device": str(device)}
     rank, world = distributed.world()
     shard = None
     if world > 1:  # under torchrun: this rank samples its block of slices (ddip.physics.sharding)

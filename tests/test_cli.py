@@ -176,3 +176,24 @@ def test_command_line_defaults_are_the_config_defaults():
     b = BenchConfig()
     assert (bench["size"], bench["n_slices"], bench["noise_mix"], bench["dps_slices"]) == \
         (b.size, b.n_slices, b.noise_mix, b.dps_slices)
+
+
+@pytest.mark.parametrize("device,message", [("bogus", "unknown device 'bogus'"), ("gpu", "unknown device 'gpu'"),
+                                            ("meta", "device 'meta' is not supported"),
+                                            pytest.param("cuda", "requested but", marks=pytest.mark.skipif(
+                                                __import__("torch").cuda.is_available(), reason="a GPU is here"))])
+def test_an_unusable_device_is_one_clear_error(device, message, ct_measurement, tiny_prior, tmp_path, capsys):
+    assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "2",
+                 "--device", device, "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ddip: error:") and message in err and err.count("\n") == 1
+
+
+def test_device_auto_is_the_default_and_picks_what_is_there(ct_measurement, tiny_prior, tmp_path):
+    import torch
+
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["report"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "ddip"
 
 # Lowest first. A module may import its own layer or any layer below it, never one above.
 LAYERS = [
-    ("ddip", "ddip.errors", "ddip.timing", "ddip.io", "ddip.distributed"),  # plumbing
+    ("ddip", "ddip.errors", "ddip.timing", "ddip.io", "ddip.distributed", "ddip.signals", "ddip.devices"),  # plumbing
     ("ddip.physics", "ddip.data", "ddip.metrics"),  # operators, volumes and phantoms, image metrics
     ("ddip.priors", "ddip.tasks"),  # the denoiser; the paper's tasks as data and operators
     ("ddip.solvers",),  # the sampling loop and its steps

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ddip import distributed
 from ddip.data.phantoms import random_complex_ellipses, random_ellipses
+from ddip.devices import resolve_device
 from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
 from ddip.priors.prior import DiffusionPrior
@@ -127,7 +128,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     cfg_path = out / "config.json"
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolution kernels
     net = build_unet(cfg.unet, seed=cfg.seed).to(device)
