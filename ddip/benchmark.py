@@ -35,6 +35,7 @@ from ddip.reconstruct import METHODS, ReconstructConfig, reconstruct
 from ddip.tasks import TaskConfig, paper_views, simulate
 
 TABLES = ("table2", "table1", "table3", "table4", "scaling")
+QUICK = {"n_slices": 4, "n_steps": 10, "dps_slices": 1, "scaling_sizes": (2, 4)}  # --quick: a smoke test's sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,22 +59,21 @@ class BenchConfig:
             raise DdipError(f"benchmark: unknown or no method(s) {unknown}; choose from {', '.join(METHODS)}")
 
     @classmethod
-    def quick_config(cls, prior: str | None) -> "BenchConfig":
-        return cls(prior=prior, n_slices=4, n_steps=10, dps_slices=1, quick=True, scaling_sizes=(2, 4))
+    def quick_config(cls, **given) -> "BenchConfig":
+        """``--quick``: the smoke-test sizes, except where a setting is given explicitly."""
+        return cls(**{**QUICK, **given, "quick": True})
 
     def command(self) -> str:
         """The ``ddip benchmark`` command line that gives this configuration."""
-        if self.quick:
-            return "ddip benchmark --quick" + (f" --prior {self.prior}" if self.prior else "")
         def flags(c: BenchConfig) -> dict:
             return {"prior": c.prior, "size": c.size, "n_slices": c.n_slices, "steps": c.n_steps,
                     "dps_slices": c.dps_slices, "scaling_steps": c.scaling_steps,
                     "scaling_sizes": ",".join(map(str, c.scaling_sizes)), "noise_mix": c.noise_mix,
                     "table2": ",".join(c.table2_settings), "methods": ",".join(c.methods)}
 
-        mine, defaults = flags(self), flags(BenchConfig())
-        return "ddip benchmark" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in mine.items()
-                                          if v != defaults[k])
+        mine, defaults = flags(self), flags(BenchConfig.quick_config() if self.quick else BenchConfig())
+        return "ddip benchmark" + (" --quick" if self.quick else "") + "".join(
+            f" --{k.replace('_', '-')} {v}" for k, v in mine.items() if v != defaults[k])
 
 
 def _volume(task: str, cfg: BenchConfig, n_slices: int):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ddip import __version__, distributed
-from ddip.benchmark import TABLES, BenchConfig, run_benchmark
+from ddip.benchmark import QUICK, TABLES, BenchConfig, run_benchmark
 from ddip.checkpoint import Checkpointer
 from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
 from ddip.data.fixtures import FIXTURES, load_fixture
@@ -230,12 +230,21 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     unknown = [t for t in tables if t not in TABLES]
     if unknown:
         raise DdipError(f"unknown table(s) {unknown}; choose from {', '.join(TABLES)}")
-    cfg = BenchConfig.quick_config(args.prior) if args.quick else BenchConfig(
-        prior=args.prior, size=args.size, n_slices=args.n_slices, n_steps=args.steps, dps_slices=args.dps_slices,
-        scaling_steps=args.scaling_steps, scaling_sizes=_ints(args.scaling_sizes), noise_mix=args.noise_mix,
-        table2_settings=tuple(args.table2.split(",")), methods=tuple(args.methods.split(",")))
+    cfg = bench_config(args)
+    print(f"ddip: {cfg.command()}", file=sys.stderr)
     run_benchmark(cfg, tables, args.out)
     print(f"results in {args.out}")
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The benchmark's settings: the options given, the rest from BenchConfig (or ``--quick``'s sizes)."""
+    split = lambda text: None if text is None else tuple(text.split(","))  # noqa: E731
+    given = {"prior": args.prior, "size": args.size, "n_slices": args.n_slices, "n_steps": args.steps,
+             "dps_slices": args.dps_slices, "scaling_steps": args.scaling_steps,
+             "scaling_sizes": None if args.scaling_sizes is None else _ints(args.scaling_sizes),
+             "noise_mix": args.noise_mix, "table2_settings": split(args.table2), "methods": split(args.methods)}
+    given = {k: v for k, v in given.items() if v is not None}
+    return BenchConfig.quick_config(**given) if args.quick else BenchConfig(**given)
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
@@ -366,22 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("benchmark", help="reproduce the paper's tables on the development volumes")
-    p.add_argument("--quick", action="store_true", help="4 slices, 10 network evaluations: a smoke test")
+    # Defaults are BenchConfig's (or --quick's sizes), filled in by bench_config() for the options not given.
+    p.add_argument("--quick", action="store_true",
+                   help=f"a smoke test: {QUICK['n_slices']} slices, {QUICK['n_steps']} network evaluations, unless "
+                        "given explicitly")
     p.add_argument("--prior", help="one prior for every task (default: the shipped prior of each task and size)")
-    p.add_argument("--size", type=int, default=b.size)
-    p.add_argument("--n-slices", type=int, default=b.n_slices, help="slices N of each test volume")
+    p.add_argument("--size", type=int, help=f"image size (default {b.size})")
+    p.add_argument("--n-slices", type=int, help=f"slices N of each test volume (default {b.n_slices})")
     p.add_argument("--steps", type=int, help="network evaluations of every method but DPS (default: the paper's 50)")
-    p.add_argument("--dps-slices", type=int, default=b.dps_slices,
-                   help="slices DPS runs on (1000 evaluations per slice)")
+    p.add_argument("--dps-slices", type=int, help=f"slices DPS runs on, 1000 evaluations each (default {b.dps_slices})")
     p.add_argument("--scaling-steps", type=int, help="network evaluations in the cost-scaling runs (default: --steps)")
-    p.add_argument("--scaling-sizes", default=",".join(map(str, b.scaling_sizes)),
-                   help="slice counts N of the cost-scaling runs")
-    p.add_argument("--table2", default=",".join(b.table2_settings),
-                   help="table 2 settings: sv-ct-60 (60 views), sv-ct-paper (60·size/256 views), mri3d, csmri")
-    _add_noise_mix(p)
+    p.add_argument("--scaling-sizes", help="slice counts N of the cost-scaling runs (default "
+                                           f"{','.join(map(str, b.scaling_sizes))})")
+    p.add_argument("--table2", help="table 2 settings: sv-ct-60 (60 views), sv-ct-paper (60·size/256 views), mri3d, "
+                                    "csmri (default: all)")
+    p.add_argument("--noise-mix", choices=NOISE_MIXES, help=f"DDIM noise mixing (default {b.noise_mix})")
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
-    p.add_argument("--methods", default=",".join(b.methods), help="table 2's methods, comma-separated")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--methods", help="table 2's methods, comma-separated (default: all)")
+    p.add_argument("--out", default="out/benchmark", help="output folder (default out/benchmark)")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_benchmark)
 

@@ -160,7 +160,7 @@ def test_a_config_file_goes_through_the_parser_and_the_command_line_wins(ct_meas
 
 def test_command_line_defaults_are_the_config_defaults():
     from ddip.benchmark import BenchConfig
-    from ddip.cli import build_parser
+    from ddip.cli import bench_config, build_parser
     from ddip.reconstruct import ReconstructConfig
     from ddip.tasks import TaskConfig
 
@@ -172,10 +172,19 @@ def test_command_line_defaults_are_the_config_defaults():
     sim = vars(commands["simulate"].parse_args(["--task", "sv-ct", "--volume", "v", "--out", "o"]))
     task = TaskConfig(task="sv-ct")
     assert (sim["size"], sim["views"], sim["noise"], sim["seed"]) == (task.size, task.views, task.noise, task.seed)
-    bench = vars(commands["benchmark"].parse_args([]))
-    b = BenchConfig()
-    assert (bench["size"], bench["n_slices"], bench["noise_mix"], bench["dps_slices"]) == \
-        (b.size, b.n_slices, b.noise_mix, b.dps_slices)
+    assert bench_config(commands["benchmark"].parse_args([])) == BenchConfig()
+
+
+def test_benchmark_quick_keeps_what_is_given_explicitly():
+    from ddip.benchmark import QUICK, BenchConfig
+    from ddip.cli import bench_config, build_parser
+
+    parse = build_parser().subcommands["benchmark"].parse_args
+    assert bench_config(parse(["--quick"])) == BenchConfig.quick_config()
+    cfg = bench_config(parse(["--quick", "--table2", "mri3d", "--methods", "dds,d3ip", "--n-slices", "2"]))
+    assert cfg.quick and cfg.table2_settings == ("mri3d",) and cfg.methods == ("dds", "d3ip")
+    assert cfg.n_slices == 2 and cfg.n_steps == QUICK["n_steps"]
+    assert cfg.command() == "ddip benchmark --quick --n-slices 2 --table2 mri3d --methods dds,d3ip"
 
 
 @pytest.mark.parametrize("device,message", [("bogus", "unknown device 'bogus'"), ("gpu", "unknown device 'gpu'"),
