@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import platform
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +37,7 @@ from ddip.solvers.base import INITS, NOISE_MIXES
 from ddip.solvers.dds import DC_VARIANTS
 from ddip.tasks import TASKS, TaskConfig, load_measurement, paper_views, save_measurement, simulate
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
 DEMO_PRIOR = "ellipses-64"
 # The demo's D3IP budget: the paper's K = 6, L = 10 cost 2,700 network forward+backward passes at 50 steps, about
 # 5 minutes on 2 CPU cores by themselves; K = 3, L = 7 keeps the whole demo near 3 minutes (the budgets measured
@@ -69,6 +73,8 @@ def _load_config_file(path: str | None) -> dict:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty output folder unless told; the folder itself is created only when results are written."""
+    if out.is_symlink() and not out.exists():
+        raise DdipError(f"{out}: is a link to {os.readlink(out)}, which does not exist")
     if out.exists() and not out.is_dir():
         raise DdipError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -120,6 +126,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     cfg = TaskConfig(task=args.task, size=args.size, views=args.views, acceleration=args.acceleration,
                      noise=args.noise, seed=args.seed)
     out = Path(args.out)
+    if out.is_symlink() and not out.exists():
+        raise DdipError(f"{out}: is a link to {os.readlink(out)}, which does not exist")
+    if out.is_dir():
+        raise DdipError(f"{out}: is a folder; --out names the measurement file to write (.safetensors)")
     if out.exists() and not args.overwrite:
         raise DdipError(f"{out}: exists (pass --overwrite to replace it)")
     modality = "ct" if args.task == "sv-ct" else "mri"
@@ -304,9 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     r, b = ReconstructConfig(method="dds"), BenchConfig()
     parser = argparse.ArgumentParser(prog="ddip", description="Diffusion priors adapted to 3D volumes (DDIP/D3IP)")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
+                        help="messages to print; debug also shows the traceback of an unexpected error")
     parser.subcommands = sub.choices  # name -> subparser (the --config reader needs each one's options)
 
-    p = sub.add_parser("simulate", help="simulate measurements of a volume for one of the paper's tasks")
+    p = sub.add_parser("simulate", parents=[common],
+                       help="simulate measurements of a volume for one of the paper's tasks")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--volume", required=True,
                    help="NIfTI / DICOM folder / .npy path, a development volume (chest-ct, mni-t1) or fixture:NAME")
@@ -323,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("reconstruct", help="reconstruct a measurement file with one method")
+    p = sub.add_parser("reconstruct", parents=[common], help="reconstruct a measurement file with one method")
     p.add_argument("measurement")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--prior", help="a shipped prior name or a .safetensors path (default: the shipped prior for the "
@@ -357,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("demo", help="DDS vs D3IP on the bundled chest CT (the README's main job)")
+    p = sub.add_parser("demo", parents=[common], help="DDS vs D3IP on the bundled chest CT (the README's main job)")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--prior", default=DEMO_PRIOR)
     p.add_argument("--n-slices", type=int, default=8, help="central slices of the bundled 32-slice slab")
@@ -374,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("benchmark", help="reproduce the paper's tables on the development volumes")
+    p = sub.add_parser("benchmark", parents=[common], help="reproduce the paper's tables on the development volumes")
     # Defaults are BenchConfig's (or --quick's sizes), filled in by bench_config() for the options not given.
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke test: {QUICK['n_slices']} slices, {QUICK['n_steps']} network evaluations, unless "
@@ -396,14 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("prior-gate", help="evaluate the quality gate on every snapshot of a training run")
+    p = sub.add_parser("prior-gate", parents=[common],
+                       help="evaluate the quality gate on every snapshot of a training run")
     p.add_argument("run", help="a train-prior run folder")
     p.add_argument("--n-images", type=int, default=8, help="in-distribution phantoms per evaluation")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_gate)
 
     u, t = UNetConfig(), TrainConfig(out="")
-    p = sub.add_parser("train-prior", help="train a diffusion prior on ELLIPSES phantoms made on the fly",
+    p = sub.add_parser("train-prior", parents=[common],
+                       help="train a diffusion prior on ELLIPSES phantoms made on the fly",
                        description="Train (or resume, if OUT holds a checkpoint) an ADM-style prior on ELLIPSES.")
     p.add_argument("--out", required=True, help="run folder (checkpoint, EMA weights, config, loss log)")
     p.add_argument("--size", type=int, default=u.image_size, help="image size in pixels")
@@ -476,15 +492,24 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+# What lowers the memory a command needs, named in the out-of-memory message.
+MEMORY_HINT = {"reconstruct": "--max-batch (network inputs per pass) or the number of slices",
+               "demo": "--n-slices", "benchmark": "--n-slices or --size", "train-prior": "--batch",
+               "prior-gate": "--n-images"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (0, 2 for bad input, 1 for a bug, 128 + N after signal N)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
         path = _config_path(argv)
         if path is not None and argv and argv[0] in parser.subcommands:
             # The file's options come first, so that flags given on the command line win.
             argv = [argv[0], *config_arguments(parser.subcommands[argv[0]], path), *argv[1:]]
         args = parser.parse_args(argv)
+        logging.basicConfig(level=args.log_level.upper(), format="ddip: %(levelname)s: %(message)s")
         args.func(args)
     except Interrupted as exc:
         print(f"ddip: {exc}", file=sys.stderr)
@@ -492,4 +517,17 @@ def main(argv: list[str] | None = None) -> int:
     except DdipError as exc:
         print(f"ddip: error: {exc}", file=sys.stderr)
         return 2
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        hint = MEMORY_HINT.get(getattr(args, "command", ""), "the problem size")
+        print(f"ddip: error: out of memory ({type(exc).__name__}); lower {hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ddip: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as exc:  # a bug: one line, the traceback behind --log-level debug
+        if args is not None and args.log_level == "debug":
+            raise
+        print(f"ddip: error: unexpected {type(exc).__name__}: {exc} (a bug in ddip: rerun with --log-level debug "
+              f"for the traceback, and report it)", file=sys.stderr)
+        return 1
     return 0

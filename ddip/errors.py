@@ -10,3 +10,12 @@ from __future__ import annotations
 
 class DdipError(ValueError):
     """Bad input given to ddip: the message names what is wrong and where."""
+
+
+MAX_SEED = 2**62  # below torch's 2**63 limit with room for the derived seeds (seed + 1, seed + 2)
+
+
+def check_seed(seed: int, owner: str) -> None:
+    """Raise a :class:`DdipError` unless ``seed`` is an integer in [0, 2**62)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise DdipError(f"{owner}: seed must be an integer in [0, 2**62), got {seed!r}")

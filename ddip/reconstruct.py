@@ -27,7 +27,7 @@ from ddip.adapt import (
 )
 from ddip.checkpoint import resumable_solve
 from ddip.devices import resolve_device
-from ddip.errors import DdipError
+from ddip.errors import DdipError, check_seed
 from ddip.physics import Resampled
 from ddip.physics.sharding import Shard, split
 from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR, admm_tv_reconstruct
@@ -138,6 +138,7 @@ class ReconstructConfig:
             raise DdipError("k and n_iters must be >= 1")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise DdipError(f"lr must be a positive finite number, got {self.lr}")
+        check_seed(self.seed, "reconstruct")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ddip.data.simulation import simulate_multicoil
-from ddip.errors import DdipError
+from ddip.errors import DdipError, check_seed
 from ddip.io import atomic_path, read_safetensors
 from ddip.physics import (
     MultiCoilMRI,
@@ -60,8 +60,13 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise DdipError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
-        if self.size < 8 or self.views < 1 or self.noise < 0 or self.n_coils < 1:
+        if self.size < 8 or self.views < 1 or not self.noise >= 0 or self.n_coils < 1:
             raise DdipError("task needs size >= 8, views >= 1, noise >= 0 and n_coils >= 1")
+        if self.acceleration is not None and not self.acceleration >= 1:
+            raise DdipError(f"acceleration must be >= 1 (1 samples all of k-space), got {self.acceleration}")
+        if not 0 < self.center_fraction <= 1:
+            raise DdipError(f"center_fraction must be in (0, 1], got {self.center_fraction}")
+        check_seed(self.seed, "task")
 
     @property
     def accel(self) -> float:
@@ -163,6 +168,12 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
         extras["coil_maps"] = tensors["coil_maps"]
     physics = build_operator(cfg, extras)
     y = tensors["y"]
+    expected = (torch.complex64, torch.complex128) if cfg.task != "sv-ct" else (torch.float32, torch.float64)
+    if y.dtype not in expected:
+        raise DdipError(f"{p}: measurement 'y' has dtype {y.dtype}; {cfg.task} measurements are "
+                        f"{' or '.join(map(str, expected))}")
+    if y.ndim < 1 or y.shape[0] < 1:
+        raise DdipError(f"{p}: measurement 'y' holds no slices (shape {tuple(y.shape)})")
     check_finite(torch.view_as_real(y) if y.is_complex() else y, f"{p}: measurement 'y'")
     physics.check_measurement(y, f"{p}: measurement 'y'")
     truth = tensors.get("ground_truth")

@@ -206,3 +206,31 @@ def test_device_auto_is_the_default_and_picks_what_is_there(ct_measurement, tiny
                  "--out", str(out), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["report"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_is_behind_log_level_debug(monkeypatch, tmp_path,
+                                                                                   capsys):
+    import ddip.cli as cli
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "simulate", broken)
+    args = ["simulate", "--task", "sv-ct", "--volume", "fixture:chest-ct", "--n-slices", "1", "--out",
+            str(tmp_path / "m.safetensors")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected KeyError" in err and "--log-level debug" in err
+    with pytest.raises(KeyError, match="a bug"):
+        main([*args, "--log-level", "debug"])
+
+
+def test_out_of_memory_names_the_option_that_lowers_it(monkeypatch, ct_measurement, tmp_path, capsys):
+    import ddip.cli as cli
+
+    def oom(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(cli, "reconstruct", oom)
+    assert main(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--out", str(tmp_path / "o")]) == 2
+    assert "out of memory (MemoryError); lower --max-batch" in capsys.readouterr().err

@@ -1,5 +1,8 @@
 """Numerical guards and malformed input: one clear DdipError, never a NaN result or a foreign exception."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -129,3 +132,90 @@ def test_operators_accept_every_well_formed_tensor(depth, which):
     y = torch.rand(depth, *op.meas_shape, dtype=torch.complex64 if op.meas_complex else torch.float32)
     assert op.A(x).shape == (depth, *op.meas_shape)
     assert op.A_adjoint(y).shape == (depth, *op.img_shape)
+
+
+# -- bad input on the command line: one `ddip: error:` line each, and the valid neighbour goes through ------------
+def _cli(args, capsys):
+    from ddip.cli import main
+
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_measurement_files_with_a_bad_y_are_refused(ct_measurement, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ddip.tasks import load_measurement
+
+    with safe_open(str(ct_measurement), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(ct_measurement))
+    for name, y, message in [("f16", tensors["y"].half(), "has dtype torch.float16"),
+                             ("empty", tensors["y"][:0], "holds no slices")]:
+        path = tmp_path / f"{name}.safetensors"
+        save_file({**tensors, "y": y.contiguous(), "ground_truth": tensors["ground_truth"][: y.shape[0]].contiguous()},
+                  str(path), metadata=meta)
+        with pytest.raises(DdipError, match=message):
+            load_measurement(path)
+    assert load_measurement(ct_measurement).y.shape[0] == 3  # the file they were made from is fine
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seed", str(2**63)], "seed must be an integer in [0, 2**62)"),
+    (["--lr", "nan"], "lr must be a positive finite number"),
+    (["--k", "0"], "k and n_iters must be >= 1"),
+])
+def test_reconstruct_settings_out_of_range_are_one_error(args, message, ct_measurement, tiny_prior, tmp_path,
+                                                          capsys):
+    common = ["reconstruct", str(ct_measurement), "--method", "d3ip", "--prior", tiny_prior, "--steps", "1",
+              "--iters", "1", "--quiet"]
+    code, err = _cli([*common, *args, "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and err.startswith("ddip: error:") and message in err and err.count("\n") == 1
+    good = {"--seed": "7", "--lr": "1e-3", "--k": "1"}[args[0]]
+    assert _cli([*common, args[0], good, "--out", str(tmp_path / "good")], capsys)[0] == 0
+
+
+def test_simulate_refuses_a_folder_a_dangling_link_and_acceleration_below_one(tmp_path, capsys):
+    common = ["simulate", "--volume", "fixture:chest-ct", "--n-slices", "1", "--size", "64"]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "m.safetensors")
+    for out, extra, message in [(tmp_path / "folder", ["--task", "sv-ct"], "is a folder"),
+                                (tmp_path / "dangling", ["--task", "sv-ct"], "which does not exist"),
+                                (tmp_path / "m.safetensors", ["--task", "csmri", "--acceleration", "0"],
+                                 "acceleration must be >= 1")]:
+        code, err = _cli([*common, *extra, "--out", str(out)], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert _cli([*common, "--task", "mri3d", "--acceleration", "4", "--out", str(tmp_path / "m.safetensors")],
+                capsys)[0] == 0
+
+
+def test_reconstruct_refuses_an_output_through_a_dangling_link(ct_measurement, tiny_prior, tmp_path, capsys):
+    (tmp_path / "out").symlink_to(tmp_path / "missing")
+    code, err = _cli(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--out", str(tmp_path / "out")],
+                     capsys)
+    assert code == 2 and "which does not exist" in err
+
+
+@pytest.mark.parametrize("unet,message", [
+    ("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object"),
+    ('{"image_size": 16, "colour": 3}', "unknown network setting(s) ['colour']"),
+    ('{"image_size": "16"}', "'image_size' = '16' is not a positive integer"),
+    ('{"image_size": 16, "model_channels": 64, "channel_mult": [1, 1], "attention_resolutions": []}',
+     "have the wrong shape"),
+])
+def test_a_prior_with_malformed_network_metadata_is_one_clear_error(unet, message, tmp_path):
+    from safetensors.torch import save_file
+
+    from ddip.priors import load_prior
+
+    tiny = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 1), attention_resolutions=())
+    weights = {k: v.contiguous() for k, v in build_unet(tiny).state_dict().items()}
+    good = tmp_path / "good.safetensors"
+    save_file(weights, str(good), metadata={"unet": json.dumps(tiny.to_dict())})
+    assert load_prior(good).net.config.sample_size == 16
+    bad = tmp_path / "bad.safetensors"
+    save_file(weights, str(bad), metadata={"unet": unet})
+    with pytest.raises(DdipError, match=re.escape(message)):
+        load_prior(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -44,7 +45,21 @@ def _unet_config(path: Path, metadata: dict) -> UNetConfig:
                 break
     if raw is None:
         raise DdipError(f"{path}: no network configuration (neither 'unet' metadata nor a config.json beside it)")
-    d = json.loads(raw)
+    try:
+        d = json.loads(raw)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DdipError(f"{path}: the network configuration is not valid JSON ({exc})") from exc
+    if not isinstance(d, dict):
+        raise DdipError(f"{path}: the network configuration must be a JSON object, got {type(d).__name__}")
+    fields = {f.name: f.type for f in dataclasses.fields(UNetConfig)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise DdipError(f"{path}: unknown network setting(s) {unknown}; known: {', '.join(fields)}")
+    for key, value in d.items():
+        ok = (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+              if "tuple" in str(fields[key]) else isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (isinstance(value, int) and not isinstance(value, bool) and value < 1):
+            raise DdipError(f"{path}: network setting {key!r} = {value!r} is not a positive integer (list)")
     return UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -66,5 +81,10 @@ def load_prior(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     if missing or unexpected:
         raise DdipError(f"{path}: weights do not match the network: missing {missing[:5]}, unexpected "
                         f"{unexpected[:5]}")
+    wrong = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise DdipError(f"{path}: {len(wrong)} weight(s) have the wrong shape for the network configuration, e.g. "
+                        f"{k}: {tuple(state[k].shape)} instead of {tuple(own[k].shape)}")
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return DiffusionPrior(net.to(device).eval())

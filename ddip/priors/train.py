@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ddip import distributed
 from ddip.data.phantoms import random_complex_ellipses, random_ellipses
 from ddip.devices import resolve_device
-from ddip.errors import DdipError
+from ddip.errors import DdipError, check_seed
 from ddip.io import atomic_path, write_json
 from ddip.priors.prior import DiffusionPrior
 from ddip.priors.unet import UNetConfig, build_unet
@@ -57,8 +57,9 @@ class TrainConfig:
     device: str = "cpu"  # where the network trains and phantoms are rasterised; the random streams stay on the CPU
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
+        if self.batch_size < 1 or not self.lr > 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
             raise DdipError("train-prior: need batch_size >= 1, lr > 0, 0 <= ema_decay < 1 and max_images >= 1")
+        check_seed(self.seed, "train-prior")
         if self.warmup_steps < 0:
             raise DdipError(f"train-prior: warmup_steps must be >= 0, got {self.warmup_steps}")
         channels = 2 if self.data == "ellipses-complex" else 1
