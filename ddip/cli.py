@@ -150,10 +150,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 def _reconstruct(args: argparse.Namespace, rank: int) -> None:
     m = load_measurement(args.measurement)
-    cfg = ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
-                            init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
-                            zeta=args.zeta, dc_variant=args.dc_variant,
-                            precision=args.precision, resize=args.resize)
+    cfg = reconstruct_config(args)
     out = Path(args.out)
     if rank == 0:
         _check_out(out, args.overwrite or args.resume)
@@ -192,6 +189,14 @@ def environment() -> dict:
     return {"torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__,
             "ddip": __version__, "machine": platform.machine()}
+
+
+def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
+    """The reconstruction settings of parsed ``ddip reconstruct`` arguments (validated by ReconstructConfig)."""
+    return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
+                             init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
+                             zeta=args.zeta, dc_variant=args.dc_variant, precision=args.precision,
+                             resize=args.resize)
 
 
 def _remove_checkpoints(ckpt) -> None:
@@ -478,7 +483,7 @@ def config_arguments(subparser: argparse.ArgumentParser, path: str) -> list[str]
             raise DdipError(f"{path}: option {key!r}: invalid value {value!r} ({exc})") from exc
         if action.choices is not None and converted not in action.choices:
             raise DdipError(f"{path}: option {key!r}: {value!r} is not one of {', '.join(map(str, action.choices))}")
-        tokens += [flag, text]
+        tokens.append(f"{flag}={text}")  # one token: a value such as -1e-3 must not read as a flag
     return tokens
 
 

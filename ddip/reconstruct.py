@@ -139,6 +139,8 @@ class ReconstructConfig:
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise DdipError(f"lr must be a positive finite number, got {self.lr}")
         check_seed(self.seed, "reconstruct")
+        if self.zeta is not None and (isinstance(self.zeta, bool) or self.zeta < 0):
+            raise DdipError(f"zeta must be >= 0 (or None: adapt at every step), got {self.zeta}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ how the volume was prepared.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +61,14 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise DdipError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        for name in ("size", "views", "n_coils", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise DdipError(f"task setting {name!r} must be an integer, got {value!r}")
+        for name in ("noise", "center_fraction", "acceleration"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise DdipError(f"task setting {name!r} must be a number, got {value!r}")
         if self.size < 8 or self.views < 1 or not self.noise >= 0 or self.n_coils < 1:
             raise DdipError("task needs size >= 8, views >= 1, noise >= 0 and n_coils >= 1")
         if self.acceleration is not None and not self.acceleration >= 1:
@@ -166,7 +175,6 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
         if "coil_maps" not in tensors:
             raise DdipError(f"{p}: csmri measurement lacks its 'coil_maps'")
         extras["coil_maps"] = tensors["coil_maps"]
-    physics = build_operator(cfg, extras)
     y = tensors["y"]
     expected = (torch.complex64, torch.complex128) if cfg.task != "sv-ct" else (torch.float32, torch.float64)
     if y.dtype not in expected:
@@ -174,6 +182,17 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
                         f"{' or '.join(map(str, expected))}")
     if y.ndim < 1 or y.shape[0] < 1:
         raise DdipError(f"{p}: measurement 'y' holds no slices (shape {tuple(y.shape)})")
+    # The settings must describe the stored arrays before any operator is built from them (an edited size or view
+    # count would otherwise allocate whatever it says).
+    shape = {"sv-ct": (1, cfg.views, math.ceil(math.sqrt(2) * cfg.size)), "mri3d": (1, cfg.size, cfg.size),
+             "csmri": (cfg.n_coils, cfg.size, cfg.size)}[cfg.task]
+    if tuple(y.shape[1:]) != shape:
+        raise DdipError(f"{p}: measurement 'y' has shape {tuple(y.shape)}, but the settings ({cfg.task}, "
+                        f"size {cfg.size}, views {cfg.views}, coils {cfg.n_coils}) describe (D, *{shape})")
+    for name in ("mask", "coil_maps"):
+        if name in extras and tuple(extras[name].shape[-2:]) != (cfg.size, cfg.size):
+            raise DdipError(f"{p}: '{name}' has shape {tuple(extras[name].shape)}, not {cfg.size} x {cfg.size}")
+    physics = build_operator(cfg, extras)
     check_finite(torch.view_as_real(y) if y.is_complex() else y, f"{p}: measurement 'y'")
     physics.check_measurement(y, f"{p}: measurement 'y'")
     truth = tensors.get("ground_truth")

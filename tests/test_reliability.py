@@ -219,3 +219,52 @@ def test_a_prior_with_malformed_network_metadata_is_one_clear_error(unet, messag
     save_file(weights, str(bad), metadata={"unet": unet})
     with pytest.raises(DdipError, match=re.escape(message)):
         load_prior(bad)
+
+
+# -- fuzzing the config reader and the measurement loader ------------------------------------------------------------
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64), st.floats(allow_nan=True),
+                        st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3))
+RECONSTRUCT_KEYS = ["max_batch", "seed", "steps", "k", "iters", "lr", "zeta", "init", "noise_mix", "dc_variant",
+                    "precision", "quiet", "resize", "device", "checkpoint_every", "method", "bogus"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=st.dictionaries(st.sampled_from(RECONSTRUCT_KEYS), JSON_VALUES, max_size=5))
+def test_a_config_file_of_any_values_gives_a_valid_config_or_one_ddip_error(config, tmp_path_factory):
+    from ddip.cli import build_parser, config_arguments, reconstruct_config
+
+    path = tmp_path_factory.mktemp("cfg") / "c.json"
+    path.write_text(json.dumps(config))
+    parser = build_parser()
+    try:
+        tokens = config_arguments(parser.subcommands["reconstruct"], str(path))
+        args = parser.parse_args(["reconstruct", "m.safetensors", "--method", "dds", "--out", "o", *tokens])
+        cfg = reconstruct_config(args)
+    except DdipError:
+        return
+    assert cfg.max_batch >= 1 and 0 <= cfg.seed < 2**62  # what it accepted is a usable configuration
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0, 1, exclude_max=True),
+       edit=st.dictionaries(st.sampled_from(["task", "size", "views", "acceleration", "noise", "seed", "n_coils",
+                                             "center_fraction", "extra"]), JSON_VALUES, max_size=3))
+def test_corrupted_or_edited_measurement_files_raise_only_ddip_errors(cut, edit, ct_measurement, tmp_path_factory):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ddip.tasks import load_measurement
+
+    folder = tmp_path_factory.mktemp("meas")
+    data = ct_measurement.read_bytes()
+    (folder / "cut.safetensors").write_bytes(data[: int(cut * len(data))])
+    with safe_open(str(ct_measurement), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    meta["config"] = json.dumps({**json.loads(meta["config"]), **edit})
+    save_file(load_file(str(ct_measurement)), str(folder / "edited.safetensors"), metadata=meta)
+    for name in ("cut", "edited"):
+        try:
+            m = load_measurement(folder / f"{name}.safetensors")
+        except DdipError:
+            continue
+        assert name == "edited" and m.y.shape[0] == 3  # an edit that keeps the file valid still loads
