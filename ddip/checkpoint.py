@@ -22,6 +22,8 @@ from ddip.io import atomic_path
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import solve
 
+CHECKPOINT_EVERY = 5  # steps between checkpoints: at most this many are lost to kill -9
+
 
 class Checkpointer:
     """Saves ``payload`` dicts to ``path`` every ``every`` steps and reads them back for ``--resume``.
@@ -30,7 +32,8 @@ class Checkpointer:
     and the run then stops with :class:`~ddip.signals.Interrupted`.
     """
 
-    def __init__(self, path: str | os.PathLike, settings: dict, *, every: int = 5, stop: StopRequest | None = None):
+    def __init__(self, path: str | os.PathLike, settings: dict, *, every: int = CHECKPOINT_EVERY,
+                 stop: StopRequest | None = None):
         if every < 1:
             raise DdipError(f"checkpoint interval must be >= 1 step, got {every}")
         self.path, self.every, self.stop = Path(path), int(every), stop

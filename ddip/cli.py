@@ -20,12 +20,12 @@ import torch
 
 from ddip import __version__, distributed
 from ddip.benchmark import QUICK, TABLES, BenchConfig, run_benchmark
-from ddip.checkpoint import Checkpointer
+from ddip.checkpoint import CHECKPOINT_EVERY, Checkpointer
 from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
 from ddip.data.fixtures import FIXTURES, load_fixture
 from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError
-from ddip.evaluation import gate_curve
+from ddip.evaluation import GATE_IMAGES, gate_curve
 from ddip.io import write_json, write_nifti, write_png_views
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(operator composed with a resampling) and report the result on the data's grid")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt")
-    p.add_argument("--checkpoint-every", type=int, default=5, help="save the whole state every N steps")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, help="save the whole state every N steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_reconstruct)
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prior-gate", parents=[common],
                        help="evaluate the quality gate on every snapshot of a training run")
     p.add_argument("run", help="a train-prior run folder")
-    p.add_argument("--n-images", type=int, default=8, help="in-distribution phantoms per evaluation")
+    p.add_argument("--n-images", type=int, default=GATE_IMAGES, help="in-distribution phantoms per evaluation")
     p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_gate)
 

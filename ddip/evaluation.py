@@ -34,6 +34,7 @@ from ddip.tasks import TaskConfig, paper_views, simulate
 
 GATE_SEED = 2_147_483_647  # the training streams use seeds 0 … 1e6 + 3; this one is never used for training
 GATE_MARGIN_DB = 3.0
+GATE_IMAGES = 8  # fresh phantoms per evaluation
 GATE_STEPS, GATE_ETA = 200, 0.2  # the gate's DDS sampler (module docstring: how it was chosen)
 GATE_NOISE_MIX = "paper"  # the mixing the gate's sampler was chosen and every shipped prior's gate made with
 
@@ -52,7 +53,7 @@ def least_squares_psnr(op, y: Tensor, x: Tensor, iters: tuple[int, ...] = (1, 2,
     return out
 
 
-def quality_gate(prior: DiffusionPrior, *, n_images: int = 8, n_views: int | None = None, sigma: float = 0.01,
+def quality_gate(prior: DiffusionPrior, *, n_images: int = GATE_IMAGES, n_views: int | None = None, sigma: float = 0.01,
                  n_steps: int = GATE_STEPS, eta: float = GATE_ETA, paper_settings: bool = True,
                  seed: int = GATE_SEED) -> dict:
     """DDS against least squares on fresh in-distribution phantoms; ``passed`` when the margin is ≥ 3 dB.
@@ -138,7 +139,7 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
     return x
 
 
-def gate_curve(run_dir, *, n_images: int = 8) -> list[dict]:
+def gate_curve(run_dir, *, n_images: int = GATE_IMAGES) -> list[dict]:
     """Evaluate the gate on every EMA snapshot of a training run not yet evaluated; returns all rows, sorted.
 
     Rows are appended to ``RUN/gate_curve.jsonl`` (one JSON object per snapshot, with ``images`` seen) and the curve
