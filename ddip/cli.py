@@ -31,7 +31,7 @@ from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
 from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
-from ddip.reconstruct import METHODS, PRECISIONS, ReconstructConfig, reconstruct
+from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, PRECISIONS, ReconstructConfig, reconstruct
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers.base import INITS, NOISE_MIXES
 from ddip.solvers.dds import DC_VARIANTS
@@ -196,7 +196,7 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
                              init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
                              zeta=args.zeta, dc_variant=args.dc_variant, precision=args.precision,
-                             resize=args.resize)
+                             resize=args.resize, normalise=args.normalise)
 
 
 def _remove_checkpoints(ckpt) -> None:
@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", action="store_true",
                    help="if the prior's image size differs from the data's, reconstruct on the prior's grid "
                         "(operator composed with a resampling) and report the result on the data's grid")
+    p.add_argument("--normalise", default=r.normalise, choices=NORMALISE,
+                   help="auto: measurements whose intensity is far from the prior's [0, 1] range (more than "
+                        f"{INTENSITY_RANGE[1]:g}x off) are rescaled for the reconstruction and the result scaled back")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt")
     p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, help="save the whole state every N steps")

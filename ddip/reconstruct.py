@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -29,12 +30,15 @@ from ddip.checkpoint import resumable_solve
 from ddip.devices import resolve_device
 from ddip.errors import DdipError, check_seed
 from ddip.physics import Resampled
+from ddip.physics.base import pseudo_inverse
 from ddip.physics.sharding import Shard, split
 from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR, admm_tv_reconstruct
 from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES, DataConsistencyStep
 from ddip.solvers.dds import DC_VARIANTS
 from ddip.tasks import Measurement, TaskConfig
 from ddip.timing import Timings
+
+log = logging.getLogger("ddip.reconstruct")
 
 METHODS = ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
@@ -43,6 +47,10 @@ ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # network arithmetic -> DiffusionPrior autocast dtype
+NORMALISE = ("auto", "off")
+# The data's intensity (the robust maximum of |A^† y|, see intensity_scale) is left alone within this factor range of
+# the prior's [0, 1]; outside it, "auto" divides y by it and multiplies the result back. Simulated data sit near 1.
+INTENSITY_RANGE = (0.1, 10.0)
 
 # Paper Table 5: (K slices, L optimiser steps, learning rate) per task and method.
 TABLE5 = {
@@ -83,6 +91,17 @@ def mbir_parameters(cfg: TaskConfig) -> dict[str, float]:
     return mbir_ct_parameters(cfg.views) if cfg.task == "sv-ct" else {"rho": 0.1, "lam": 1e-3}
 
 
+def intensity_scale(y: Tensor, physics) -> float:
+    """The data's intensity in image units: the 99.5th percentile of |A^† y| (FBP, zero-filled IFFT, ...).
+
+    A percentile rather than the maximum, so that a few hot pixels of noise or streaks do not set it. Computed on at
+    most 10^6 evenly spaced voxels.
+    """
+    a = pseudo_inverse(physics, y).abs().flatten().float()
+    a = a[:: max(1, a.numel() // 1_000_000)]
+    return float(torch.quantile(a, 0.995))
+
+
 def adaptation_chunk(max_batch: int, k: int, world: int = 1) -> int:
     """Slices per forward/backward pass in adaptation: at most ``max_batch`` and ``AdaptConfig.chunk``, and with P
     processes at most ⌈K/P⌉ so that the K slices of an optimiser step are shared out to the ranks (each rank one chunk).
@@ -117,6 +136,7 @@ class ReconstructConfig:
     dc_variant: str | None = None  # CG data consistency: None = the method's own (DDS proximal, DDNM normal)
     precision: str = "float32"  # the network's arithmetic: "bfloat16" autocasts it (benchmarks/results/precision.md)
     resize: bool = False  # reconstruct on the prior's grid when the data's differs (physics.Resampled)
+    normalise: str = "auto"  # "auto": rescale data whose intensity is far from the prior's [0, 1] (undone on output)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -130,6 +150,8 @@ class ReconstructConfig:
         if self.dc_variant is not None and self.method in ("dps", "admm-tv", "mbir", "d3ip-mbir"):
             raise DdipError(f"dc_variant applies to the CG samplers (DDS, DDNM and the adapted methods on DDS), "
                             f"not to {self.method}")
+        if self.normalise not in NORMALISE:
+            raise DdipError(f"unknown normalise {self.normalise!r}; choose one of {', '.join(NORMALISE)}")
         if self.precision not in PRECISIONS:
             raise DdipError(f"unknown precision {self.precision!r}; choose {' or '.join(PRECISIONS)}")
         if self.max_batch < 1 or (self.n_steps is not None and self.n_steps < 1):
@@ -231,6 +253,18 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             physics = Resampled(physics, size)
             report["resized_from"] = size
         prior = prior.to(device).with_autocast(PRECISIONS[cfg.precision])
+    scale = intensity_scale(y, physics)
+    factor = 1.0 if INTENSITY_RANGE[0] <= scale <= INTENSITY_RANGE[1] or scale == 0 else scale
+    if factor != 1.0 and cfg.normalise == "auto":
+        log.warning("the data's intensity is %.3g times the prior's range [0, 1]: measurements divided by %.3g for "
+                    "the reconstruction and the result multiplied back (normalise='off' keeps them as they are)",
+                    scale, scale)
+    elif factor != 1.0:
+        log.warning("the data's intensity is %.3g times the prior's range [0, 1] and normalise is off: expect a poor "
+                    "reconstruction", scale)
+        factor = 1.0
+    report.update(intensity_scale=scale, normalised_by=factor)
+    y = y / factor
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     with _PeakMemory(device) as mem, Timings() as timings:
         t0 = time.perf_counter()
@@ -272,6 +306,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             report["communication_bytes"] = dict(shard.traffic)  # what this rank sent into collectives, by kind
         if hasattr(physics, "to_data_grid"):
             x = physics.to_data_grid(x)
+        x = x * factor
         wall = time.perf_counter() - t0
     if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
         raise DdipError(f"{cfg.method} produced NaN or Inf values")
