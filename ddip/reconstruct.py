@@ -150,6 +150,13 @@ class ReconstructConfig:
         if self.dc_variant is not None and self.method in ("dps", "admm-tv", "mbir", "d3ip-mbir"):
             raise DdipError(f"dc_variant applies to the CG samplers (DDS, DDNM and the adapted methods on DDS), "
                             f"not to {self.method}")
+        given = [name for name, default in (("k", None), ("n_iters", None), ("lr", None), ("zeta", AdaptConfig.zeta),
+                                            ("loss_cg_iters", None), ("lora_rank", LoRAConfig.rank),
+                                            ("train_biases", LoRAConfig.train_biases))
+                 if getattr(self, name) != default]
+        if given and self.method not in ADAPTED:
+            raise DdipError(f"{', '.join(given)} set the adaptation, which {self.method} does not do; they apply to "
+                            f"{', '.join(ADAPTED)}")
         if self.normalise not in NORMALISE:
             raise DdipError(f"unknown normalise {self.normalise!r}; choose one of {', '.join(NORMALISE)}")
         if self.precision not in PRECISIONS:

@@ -234,3 +234,13 @@ def test_out_of_memory_names_the_option_that_lowers_it(monkeypatch, ct_measureme
     monkeypatch.setattr(cli, "reconstruct", oom)
     assert main(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--out", str(tmp_path / "o")]) == 2
     assert "out of memory (MemoryError); lower --max-batch" in capsys.readouterr().err
+
+
+def test_adaptation_settings_given_to_a_method_that_does_not_adapt_are_refused(ct_measurement, tiny_prior, tmp_path,
+                                                                               capsys):
+    for extra in (["--k", "3"], ["--iters", "2"], ["--lr", "1e-3"], ["--zeta", "none"]):
+        assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "2",
+                     "--out", str(tmp_path / "o"), "--quiet", *extra]) == 2
+        assert "set the adaptation, which dds does not do" in capsys.readouterr().err
+    assert main(["reconstruct", str(ct_measurement), "--method", "scd", "--prior", tiny_prior, "--steps", "2",
+                 "--iters", "1", "--lr", "1e-4", "--out", str(tmp_path / "ok"), "--quiet"]) == 0
