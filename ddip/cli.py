@@ -141,11 +141,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     """One reconstruction; under ``torchrun`` every rank samples a block of slices and rank 0 writes the results."""
-    distributed.init_from_env()
-    try:
+    with distributed.process_group():
         _reconstruct(args, distributed.world()[0])
-    finally:
-        distributed.close()
 
 
 def _reconstruct(args: argparse.Namespace, rank: int) -> None:
@@ -282,12 +279,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                       init_weights=args.init_weights, data=args.data, warmup_steps=args.warmup_steps,
                       device=args.device)
 
-    distributed.init_from_env()  # under torchrun: DistributedDataParallel, one phantom stream per rank
-    rank = distributed.world()[0]
-    try:
+    with distributed.process_group():  # under torchrun: DistributedDataParallel, one phantom stream per rank
+        rank = distributed.world()[0]
         summary = train_prior(cfg)
-    finally:
-        distributed.close()
     if rank == 0:
         print(f"trained to {summary['images']} images ({summary['step']} steps); weights in {summary['out']}")
 

@@ -7,6 +7,8 @@ is initialised, so the same code path runs under plain ``python`` and under ``to
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -34,9 +36,29 @@ def init_from_env() -> bool:
     return True
 
 
-def close() -> None:
+def close(*, wait: bool = True) -> None:
+    """Leave the process group; with ``wait`` (a normal end) only once every rank is done with it.
+
+    Without the barrier a rank that finishes first tears its gloo connections down while another still uses them,
+    and about one two-process run in six aborted at exit ("terminate called without an active exception"). After an
+    error on one rank there is no barrier: the others may never reach it.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group() -> Iterator[bool]:
+    """Join the ``torchrun`` process group (if any) for the block; yields whether the run is distributed."""
+    distributed = init_from_env()
+    try:
+        yield distributed
+    except BaseException:
+        close(wait=False)
+        raise
+    close()
 
 
 def _collective_device() -> torch.device:
