@@ -75,6 +75,10 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = GATE_IMAGES, n_views:
         task, n_views = "sv-ct", n_views or paper_views(size)
         op = sparse_view_ct(size, n_views)
         y = add_noise(op.A(x), sigma, generator=g)
+    # The phantoms are drawn on the CPU (the same ones whatever the device), then everything runs where the prior
+    # lives: the operators keep their matrices, masks and coil maps on the device of the data they are given.
+    device = next(prior.net.parameters()).device
+    x, y = x.to(device), y.to(device)
     ls = least_squares_psnr(op, y, x)
     state = g.get_state()
     rec = _clamp(solve(DDS(n_steps=n_steps, eta=eta, noise_mix=GATE_NOISE_MIX), prior, y, op, generator=g))
@@ -114,7 +118,7 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
     size = int(prior.net.config.sample_size)
     channels = int(prior.net.config.in_channels)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, channels, size, size, generator=g)
+    x = torch.randn(n, channels, size, size, generator=g).to(next(prior.net.parameters()).device)
     timesteps = prior.schedule.timesteps(n_steps).tolist()
     lo = 0.0 if channels == 1 else -1.0  # images in [0, 1]; complex ones have real and imaginary parts in [-1, 1]
     with torch.no_grad():
@@ -130,7 +134,7 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
-            img = x[k].norm(dim=0) if x.shape[1] > 1 else x[k, 0]
+            img = (x[k].norm(dim=0) if x.shape[1] > 1 else x[k, 0]).cpu()
             ax.imshow(img.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -82,3 +82,24 @@ def test_a_complex_prior_is_gated_on_cs_mri(tmp_path):
     report = quality_gate(load_prior(tmp_path / "ema.safetensors"), n_images=2, n_steps=2, paper_settings=False)
     assert report["task"] == "csmri" and report["size"] == 64
     assert report["least_squares_psnr"] == max(report["least_squares_by_iters"].values()) > 10
+
+
+def test_the_gate_runs_where_the_prior_lives_and_gives_the_same_report(tiny_prior, monkeypatch):
+    """The phantoms follow the prior's device (on a GPU they used to stay on the CPU and the network refused them).
+    Here the 'other device' is a copy of the prior on the CPU; every network input is checked to be on the
+    parameters' device."""
+    import copy
+
+    prior = load_prior(tiny_prior)
+    moved = copy.deepcopy(prior).to("cpu")
+    seen = []
+    forward = moved.net.forward
+
+    def spy(x, t, *args, **kwargs):
+        seen.append(x.device == next(moved.net.parameters()).device)
+        return forward(x, t, *args, **kwargs)
+
+    monkeypatch.setattr(moved.net, "forward", spy)
+    kwargs = dict(n_images=1, n_steps=2, paper_settings=False)
+    assert quality_gate(moved, **kwargs) == quality_gate(prior, **kwargs)
+    assert seen and all(seen)
