@@ -50,9 +50,7 @@ class Checkpointer:
 
     def stop_requested(self) -> bool:
         """Whether a signal asked the run to stop (on any rank: every rank then stops at the same step)."""
-        if self.stop is None:
-            return False
-        return distributed.any_flag(self.stop.requested)[0] if distributed.world()[1] > 1 else self.stop.requested
+        return self.stop is not None and distributed.any_flag(self.stop.requested)[0]
 
     def save(self, payload: dict) -> None:
         with atomic_path(self.path) as tmp:

@@ -71,10 +71,14 @@ def _load_config_file(path: str | None) -> dict:
     return cfg
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty output folder unless told; the folder itself is created only when results are written."""
+def _refuse_dangling_link(out: Path) -> None:
     if out.is_symlink() and not out.exists():
         raise DdipError(f"{out}: is a link to {os.readlink(out)}, which does not exist")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output folder unless told; the folder itself is created only when results are written."""
+    _refuse_dangling_link(out)
     if out.exists() and not out.is_dir():
         raise DdipError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -126,8 +130,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     cfg = TaskConfig(task=args.task, size=args.size, views=args.views, acceleration=args.acceleration,
                      noise=args.noise, seed=args.seed)
     out = Path(args.out)
-    if out.is_symlink() and not out.exists():
-        raise DdipError(f"{out}: is a link to {os.readlink(out)}, which does not exist")
+    _refuse_dangling_link(out)
     if out.is_dir():
         raise DdipError(f"{out}: is a folder; --out names the measurement file to write (.safetensors)")
     if out.exists() and not args.overwrite:
@@ -316,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
                         help="messages to print; debug also shows the traceback of an unexpected error")
+    common.add_argument("--config", help="JSON file of option values (command-line flags win)")
     parser.subcommands = sub.choices  # name -> subparser (the --config reader needs each one's options)
 
     p = sub.add_parser("simulate", parents=[common],
@@ -333,7 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=TaskConfig.seed)
     p.add_argument("--out", required=True, help="measurement file (.safetensors)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("reconstruct", parents=[common], help="reconstruct a measurement file with one method")
@@ -370,7 +373,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt")
     p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, help="save the whole state every N steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("demo", parents=[common], help="DDS vs D3IP on the bundled chest CT (the README's main job)")
@@ -387,7 +389,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("benchmark", parents=[common], help="reproduce the paper's tables on the development volumes")
@@ -409,14 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
     p.add_argument("--methods", help="table 2's methods, comma-separated (default: all)")
     p.add_argument("--out", default="out/benchmark", help="output folder (default out/benchmark)")
-    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("prior-gate", parents=[common],
                        help="evaluate the quality gate on every snapshot of a training run")
     p.add_argument("run", help="a train-prior run folder")
     p.add_argument("--n-images", type=int, default=GATE_IMAGES, help="in-distribution phantoms per evaluation")
-    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_gate)
 
     u, t = UNetConfig(), TrainConfig(out="")
@@ -446,7 +445,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-weights", help="warm start a new run from these weights (e.g. a shipped prior)")
     p.add_argument("--data", default="ellipses", choices=("ellipses", "ellipses-complex"),
                    help="ellipses-complex: smooth random phase, 2 channels (the CS-MRI prior)")
-    p.add_argument("--config", help="JSON file of option values (command-line flags win)")
     p.set_defaults(func=cmd_train)
     return parser
 

@@ -261,17 +261,17 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             report["resized_from"] = size
         prior = prior.to(device).with_autocast(PRECISIONS[cfg.precision])
     scale = intensity_scale(y, physics)
-    factor = 1.0 if INTENSITY_RANGE[0] <= scale <= INTENSITY_RANGE[1] or scale == 0 else scale
-    if factor != 1.0 and cfg.normalise == "auto":
+    far = scale > 0 and not INTENSITY_RANGE[0] <= scale <= INTENSITY_RANGE[1]
+    factor = scale if far and cfg.normalise == "auto" else 1.0
+    if factor != 1.0:
         log.warning("the data's intensity is %.3g times the prior's range [0, 1]: measurements divided by %.3g for "
                     "the reconstruction and the result multiplied back (normalise='off' keeps them as they are)",
                     scale, scale)
-    elif factor != 1.0:
+        y = y / factor
+    elif far:
         log.warning("the data's intensity is %.3g times the prior's range [0, 1] and normalise is off: expect a poor "
                     "reconstruction", scale)
-        factor = 1.0
     report.update(intensity_scale=scale, normalised_by=factor)
-    y = y / factor
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     with _PeakMemory(device) as mem, Timings() as timings:
         t0 = time.perf_counter()
@@ -313,7 +313,8 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             report["communication_bytes"] = dict(shard.traffic)  # what this rank sent into collectives, by kind
         if hasattr(physics, "to_data_grid"):
             x = physics.to_data_grid(x)
-        x = x * factor
+        if factor != 1.0:
+            x = x * factor
         wall = time.perf_counter() - t0
     if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
         raise DdipError(f"{cfg.method} produced NaN or Inf values")

@@ -15,7 +15,6 @@ how the volume was prepared.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from ddip.physics import (
     uniform1d_mask,
 )
 from ddip.physics.base import check_finite
+from ddip.physics.ct import detector_bins
 
 Task = Literal["sv-ct", "mri3d", "csmri"]
 TASKS = ("sv-ct", "mri3d", "csmri")
@@ -184,7 +184,7 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
         raise DdipError(f"{p}: measurement 'y' holds no slices (shape {tuple(y.shape)})")
     # The settings must describe the stored arrays before any operator is built from them (an edited size or view
     # count would otherwise allocate whatever it says).
-    shape = {"sv-ct": (1, cfg.views, math.ceil(math.sqrt(2) * cfg.size)), "mri3d": (1, cfg.size, cfg.size),
+    shape = {"sv-ct": (1, cfg.views, detector_bins(cfg.size)), "mri3d": (1, cfg.size, cfg.size),
              "csmri": (cfg.n_coils, cfg.size, cfg.size)}[cfg.task]
     if tuple(y.shape[1:]) != shape:
         raise DdipError(f"{p}: measurement 'y' has shape {tuple(y.shape)}, but the settings ({cfg.task}, "
@@ -194,7 +194,6 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
             raise DdipError(f"{p}: '{name}' has shape {tuple(extras[name].shape)}, not {cfg.size} x {cfg.size}")
     physics = build_operator(cfg, extras)
     check_finite(torch.view_as_real(y) if y.is_complex() else y, f"{p}: measurement 'y'")
-    physics.check_measurement(y, f"{p}: measurement 'y'")
     truth = tensors.get("ground_truth")
     if truth is not None and truth.shape[0] != y.shape[0]:
         raise DdipError(f"{p}: ground truth has {truth.shape[0]} slices, the measurement {y.shape[0]}")

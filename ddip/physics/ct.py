@@ -26,11 +26,16 @@ from ddip.errors import DdipError
 from ddip.physics.base import LinearOperator
 
 
+def detector_bins(img_size: int) -> int:
+    """``⌈√2·N⌉`` unit detector bins: every ray through an ``N × N`` image hits the detector."""
+    return math.ceil(math.sqrt(2) * img_size)
+
+
 @lru_cache(maxsize=8)
 def _projection_coo(img_size: int, angles_deg: tuple[float, ...]) -> tuple[Tensor, Tensor, int]:
     """Row/column indices and float64 weights of the projection matrix (rows: view-major sinogram bins)."""
     n = img_size
-    n_det = math.ceil(math.sqrt(2) * n)
+    n_det = detector_bins(n)
     c_img, c_det = n // 2, n_det // 2
     s = (torch.arange(n_det, dtype=torch.float64) - c_det).view(1, -1)  # detector offset (output column)
     u = (torch.arange(n_det, dtype=torch.float64) - c_det).view(-1, 1)  # offset along the ray (summed)
