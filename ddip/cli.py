@@ -29,9 +29,10 @@ from ddip.evaluation import GATE_IMAGES, gate_curve
 from ddip.io import write_json, write_nifti, write_png_views
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
+from ddip.priors.prior import PRECISIONS
 from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
-from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, PRECISIONS, ReconstructConfig, reconstruct
+from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, ReconstructConfig, reconstruct
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers.base import INITS, NOISE_MIXES
 from ddip.solvers.dds import DC_VARIANTS
@@ -196,7 +197,8 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
                              init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
                              zeta=args.zeta, dc_variant=args.dc_variant, precision=args.precision,
-                             resize=args.resize, normalise=args.normalise)
+                             channels_last=args.channels_last, compile=args.compile, resize=args.resize,
+                             normalise=args.normalise)
 
 
 def _remove_checkpoints(ckpt) -> None:
@@ -215,7 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     results = {}
     for method in ("dds", "d3ip"):
         cfg = ReconstructConfig(method=method, seed=args.seed, n_steps=args.steps, noise_mix=args.noise_mix,
-                                precision=args.precision,
+                                precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                                 **({"k": args.k, "n_iters": args.iters} if method == "d3ip" else {}))
         res = reconstruct(m, cfg, prior, progress=not args.quiet)
         config = {"command": "demo", "prior": args.prior, **asdict(cfg), "task": asdict(m.config),
@@ -280,7 +282,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                       max_images=args.max_images, max_hours=args.max_hours, bf16=args.bf16, seed=args.seed,
                       checkpoint_minutes=args.checkpoint_minutes, snapshot_every=args.snapshot_every,
                       init_weights=args.init_weights, data=args.data, warmup_steps=args.warmup_steps,
-                      device=args.device)
+                      device=args.device, rng=args.rng, channels_last=args.channels_last, compile=args.compile)
 
     with distributed.process_group():  # under torchrun: DistributedDataParallel, one phantom stream per rank
         rank = distributed.world()[0]
@@ -306,10 +308,15 @@ def _add_noise_mix(p: argparse.ArgumentParser) -> None:
                         "ddim, true DDIM")
 
 
-def _add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default=ReconstructConfig.precision, choices=tuple(PRECISIONS),
+def _add_speed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default=ReconstructConfig.precision, choices=PRECISIONS,
                    help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
-                        "or on a GPU; CG and the DDIM update stay float32)")
+                        "or on a GPU; CG and the DDIM update stay float32); bfloat16-weights casts the weights once "
+                        "and runs the whole network in bfloat16 (the fastest on a GPU, docs/gpu.md)")
+    p.add_argument("--channels-last", action="store_true", default=ReconstructConfig.channels_last,
+                   help="run the network in NHWC layout (faster convolutions on a GPU; docs/gpu.md)")
+    p.add_argument("--compile", action="store_true", default=ReconstructConfig.compile,
+                   help="torch.compile the network (pays a compilation of a minute or more on first use)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dc-variant", choices=DC_VARIANTS,
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")
-    _add_precision(p)
+    _add_speed(p)
     p.add_argument("--resize", action="store_true",
                    help="if the prior's image size differs from the data's, reconstruct on the prior's grid "
                         "(operator composed with a resampling) and report the result on the data's grid")
@@ -386,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"D3IP optimiser steps per timestep (default {DEMO_ITERS})")
     p.add_argument("--seed", type=int, default=r.seed)
     _add_noise_mix(p)
-    _add_precision(p)
+    _add_speed(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -438,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=t.warmup_steps,
                    help="linear learning-rate warm-up over this many steps")
     p.add_argument("--device", default=t.device, help=f"{DEVICE_HELP} (phantoms are rasterised there too)")
+    p.add_argument("--rng", default=t.rng, choices=("cpu", "device"),
+                   help="where phantoms and noise are drawn: cpu (the same run on any device) or device (faster on a "
+                        "GPU; reproducible on that device only)")
+    p.add_argument("--channels-last", action="store_true", default=t.channels_last,
+                   help="NHWC network and images (faster convolutions on a GPU)")
+    p.add_argument("--compile", action="store_true", default=t.compile, help="torch.compile the network")
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--checkpoint-minutes", type=float, default=t.checkpoint_minutes)
     p.add_argument("--snapshot-every", type=int, default=t.snapshot_every, help="EMA snapshot every N images")

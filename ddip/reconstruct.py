@@ -32,6 +32,7 @@ from ddip.errors import DdipError, check_seed
 from ddip.physics import Resampled
 from ddip.physics.base import pseudo_inverse
 from ddip.physics.sharding import Shard, split
+from ddip.priors.prior import NetworkSpeed
 from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR, admm_tv_reconstruct
 from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES, DataConsistencyStep
 from ddip.solvers.dds import DC_VARIANTS
@@ -46,7 +47,6 @@ ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 # per-slice methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
 DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # network arithmetic -> DiffusionPrior autocast dtype
 NORMALISE = ("auto", "off")
 # The data's intensity (the robust maximum of |A^† y|, see intensity_scale) is left alone within this factor range of
 # the prior's [0, 1]; outside it, "auto" divides y by it and multiplies the result back. Simulated data sit near 1.
@@ -134,9 +134,15 @@ class ReconstructConfig:
     zeta: int | None = AdaptConfig.zeta  # adaptation window [ζ, T' − ζ]; None adapts at every step
     loss_cg_iters: int | None = None
     dc_variant: str | None = None  # CG data consistency: None = the method's own (DDS proximal, DDNM normal)
-    precision: str = "float32"  # the network's arithmetic: "bfloat16" autocasts it (benchmarks/results/precision.md)
+    precision: str = NetworkSpeed.precision  # the network's arithmetic (ddip.priors.prior.PRECISIONS)
+    channels_last: bool = NetworkSpeed.channels_last  # NHWC network (GPU tensor cores; docs/gpu.md)
+    compile: bool = NetworkSpeed.compile  # torch.compile the network (docs/gpu.md)
     resize: bool = False  # reconstruct on the prior's grid when the data's differs (physics.Resampled)
     normalise: str = "auto"  # "auto": rescale data whose intensity is far from the prior's [0, 1] (undone on output)
+
+    @property
+    def speed(self) -> NetworkSpeed:
+        return NetworkSpeed(self.precision, self.channels_last, self.compile)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -159,8 +165,7 @@ class ReconstructConfig:
                             f"{', '.join(ADAPTED)}")
         if self.normalise not in NORMALISE:
             raise DdipError(f"unknown normalise {self.normalise!r}; choose one of {', '.join(NORMALISE)}")
-        if self.precision not in PRECISIONS:
-            raise DdipError(f"unknown precision {self.precision!r}; choose {' or '.join(PRECISIONS)}")
+        self.speed  # checks the precision
         if self.max_batch < 1 or (self.n_steps is not None and self.n_steps < 1):
             raise DdipError("max_batch and n_steps must be >= 1")
         if self.k is not None and self.k < 1 or self.n_iters is not None and self.n_iters < 1:
@@ -259,7 +264,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
 
             physics = Resampled(physics, size)
             report["resized_from"] = size
-        prior = prior.to(device).with_autocast(PRECISIONS[cfg.precision])
+        prior = prior.to(device).with_speed(cfg.speed)
     scale = intensity_scale(y, physics)
     far = scale > 0 and not INTENSITY_RANGE[0] <= scale <= INTENSITY_RANGE[1]
     factor = scale if far and cfg.normalise == "auto" else 1.0

@@ -52,6 +52,10 @@ def inject_lora(net: nn.Module, cfg: LoRAConfig = LoRAConfig(), *, generator: to
         torch.manual_seed(seed)
         inject_adapter_in_model(config, net)
     for name, param in net.named_parameters():
+        if "lora_" in name and param.dtype != torch.float32:
+            # peft gives LoRA the base layer's dtype; AdamW's small steps would vanish in bfloat16, so the adapted
+            # parameters stay float32 (peft casts the branch's input to them and its output back)
+            param.data = param.data.float()
         is_lora = "lora_" in name
         is_bias = cfg.train_biases and name.endswith("bias") and "time_emb_proj" not in name and "lora_" not in name
         param.requires_grad_(is_lora or is_bias)

@@ -33,16 +33,18 @@ def random_ellipse_parameters(
 ) -> Tensor:
     """Draw ``(n_images, max_ellipses, 6)`` rows ``(value, a1, a2, cx, cy, rotation)``; unused rows have value 0."""
     shape = (n_images, max_ellipses)
-    uniform = lambda: torch.rand(shape, dtype=torch.float64, generator=generator)  # noqa: E731
+    where = None if generator is None else generator.device  # drawn on the generator's device
+    uniform = lambda: torch.rand(shape, dtype=torch.float64, generator=generator, device=where)  # noqa: E731
     value = uniform() * 1.4 - 0.4
     a1 = 0.2 * diameter * -torch.log1p(-uniform())
     a2 = 0.2 * diameter * -torch.log1p(-uniform())
     radius = diameter * uniform().sqrt()  # Triangular(0, d, d): CDF (r/d)²
     angle = uniform() * 2 * math.pi
     rotation = uniform() * 2 * math.pi
-    rate = torch.full((n_images,), float(max_ellipses), dtype=torch.float64)
+    rate = torch.full((n_images,), float(max_ellipses), dtype=torch.float64, device=where)
     count = torch.poisson(rate, generator=generator).clamp(max=max_ellipses)
-    value = torch.where(torch.arange(max_ellipses).view(1, -1) < count.view(-1, 1), value, torch.zeros_like(value))
+    rows = torch.arange(max_ellipses, device=where).view(1, -1)
+    value = torch.where(rows < count.view(-1, 1), value, torch.zeros_like(value))
     return torch.stack([value, a1, a2, radius * angle.cos(), radius * angle.sin(), rotation], dim=-1)
 
 
@@ -97,8 +99,9 @@ def random_ellipses(
 ) -> Tensor:
     """A batch ``(n_images, 1, img_size, img_size)`` of ELLIPSES phantoms in [0, 1], reproducible per generator.
 
-    Parameters are drawn on the CPU from ``generator`` (so the same seed gives the same phantoms on any device) and
-    rasterised on ``device`` (on a GPU the rasterisation is what would otherwise starve training).
+    Parameters are drawn from ``generator`` on its device (a CPU generator gives the same phantoms whatever
+    ``device``; a GPU generator saves the CPU's draws in fast training) and rasterised on ``device`` (on a GPU the
+    rasterisation is what would otherwise starve training).
     """
     if n_images < 1 or img_size < 2:
         raise DdipError(f"random_ellipses: need n_images >= 1 and img_size >= 2, got {n_images}, {img_size}")
@@ -117,9 +120,10 @@ def smooth_phase(n_images: int, img_size: int, *, generator: torch.Generator | N
                  max_phase: float = math.pi, device: torch.device | str | None = None) -> Tensor:
     """Random smooth phase maps ``(n, 1, H, W)``: a random quadratic polynomial scaled to a peak of U(0, max_phase)."""
     basis = polynomial_basis(img_size, img_size).to(device)
-    coef = torch.randn(n_images, basis.shape[0], dtype=torch.float64, generator=generator).to(device)
+    where = None if generator is None else generator.device
+    coef = torch.randn(n_images, basis.shape[0], dtype=torch.float64, generator=generator, device=where).to(device)
     poly = torch.einsum("nk,khw->nhw", coef, basis)
-    peak = torch.rand(n_images, 1, 1, dtype=torch.float64, generator=generator).to(device) * max_phase
+    peak = torch.rand(n_images, 1, 1, dtype=torch.float64, generator=generator, device=where).to(device) * max_phase
     return (peak * poly / poly.abs().amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)).unsqueeze(1)
 
 

@@ -29,6 +29,14 @@ from ddip.errors import DdipError
 from ddip.priors.prior import DiffusionPrior
 from ddip.priors.unet import UNetConfig, build_unet
 
+# guided-diffusion hyper-parameters of the authors' priors (reference-notes.md): the 256 px ELLIPSES network of the
+# paper's CT/MRI experiments (374 M parameters, 1.5 TFLOP per forward)
+ADM_PRESETS = {
+    "ellipses-256": dict(image_size=256, model_channels=256, channel_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=1,
+                         attention_resolutions=[16], num_head_channels=64, use_scale_shift_norm=True,
+                         resblock_updown=True, in_channels=1, out_channels=1),
+}
+
 _ADM_KEYS = ("image_size", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
              "num_head_channels", "use_scale_shift_norm", "resblock_updown", "in_channels", "out_channels")
 

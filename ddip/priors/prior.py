@@ -8,12 +8,35 @@ estimate are written here and nowhere else:
 
 from __future__ import annotations
 
+import copy
 import math
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from ddip.errors import DdipError
 from ddip.priors.schedule import VPSchedule
+
+# The network's arithmetic: float32 as stored; "bfloat16" autocasts each call (weights re-cast every call, GroupNorm
+# and softmax kept in float32 by autocast); "bfloat16-weights" casts a copy of the weights once and runs the whole
+# network in bfloat16 (trained LoRA parameters stay float32, see ddip.adapt.lora).
+PRECISIONS = ("float32", "bfloat16", "bfloat16-weights")
+
+
+@dataclass(frozen=True)
+class NetworkSpeed:
+    """How the network is run: precision, memory layout, compilation. Every option computes the same function
+    as the eager float32 network up to rounding (tests/priors/test_speed.py states the tolerances)."""
+
+    precision: str = "float32"
+    channels_last: bool = False  # NHWC activations and weights: cuDNN's tensor-core convolutions need no transposes
+    compile: bool = False  # torch.compile the network (on first use; a new input shape recompiles)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise DdipError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
 def _per_sample(a: Tensor, like: Tensor) -> Tensor:
@@ -28,15 +51,52 @@ class DiffusionPrior(nn.Module):
     the network (CG, ADMM, the DDIM update) stays in full precision. None (default) runs the network as stored.
     """
 
-    def __init__(self, net: nn.Module, schedule: VPSchedule | None = None, *, autocast: torch.dtype | None = None):
+    def __init__(self, net: nn.Module, schedule: VPSchedule | None = None, *, autocast: torch.dtype | None = None,
+                 channels_last: bool = False, compile: bool = False):
         super().__init__()
         self.net = net
         self.schedule = schedule or VPSchedule.linear()
         self.autocast = autocast
+        self.channels_last = channels_last
+        self.compile = compile
+        self._compiled: tuple[nn.Module, nn.Module] | None = None  # (net, its compiled wrapper), made on first use
+
+    def __getstate__(self) -> dict:  # copies (deepcopy, pickling) compile their own network again on first use
+        state = self.__dict__.copy()
+        state["_compiled"] = None
+        return state
 
     def with_autocast(self, dtype: torch.dtype | None) -> "DiffusionPrior":
         """The same network and schedule (shared, not copied) with another network precision."""
-        return DiffusionPrior(self.net, self.schedule, autocast=dtype)
+        return DiffusionPrior(self.net, self.schedule, autocast=dtype, channels_last=self.channels_last,
+                              compile=self.compile)
+
+    def with_speed(self, speed: NetworkSpeed) -> "DiffusionPrior":
+        """This prior run as ``speed`` says. The network is shared unless the weights change dtype or layout, in which
+        case a converted copy is made: the caller's prior is never altered."""
+        net = self.net
+        weights = torch.bfloat16 if speed.precision == "bfloat16-weights" else None
+        if weights is not None or speed.channels_last:
+            net = copy.deepcopy(net)
+            if weights is not None:  # nn.Module.to: diffusers' own ``to`` warns about casts it did not make itself
+                net = nn.Module.to(net, weights)
+            if speed.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+        autocast = torch.bfloat16 if speed.precision == "bfloat16" else None
+        return DiffusionPrior(net, self.schedule, autocast=autocast, channels_last=speed.channels_last,
+                              compile=speed.compile)
+
+    def _network(self) -> nn.Module:
+        if not self.compile:
+            return self.net
+        if self._compiled is None or self._compiled[0] is not self.net:
+            self._compiled = (self.net, torch.compile(self.net))
+        return self._compiled[1]
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype the network's weights are stored in (its inputs are cast to it); None without weights."""
+        return next((p.dtype for p in self.net.parameters() if p.dtype.is_floating_point), None)
 
     def _timesteps(self, t: Tensor | int, batch: int, device: torch.device) -> Tensor:
         t = torch.as_tensor(t, device=device)
@@ -45,11 +105,14 @@ class DiffusionPrior(nn.Module):
     def eps(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         """ε_θ(x_t, t); ``t`` is an integer timestep, one per sample or one for the batch."""
         timesteps = self._timesteps(t, x_t.shape[0], x_t.device)
-        if self.autocast is None:  # no context at all: an enclosing autocast (training) stays in force
-            out = self.net(x_t, timesteps)
-        else:
-            with torch.autocast(x_t.device.type, dtype=self.autocast):
-                out = self.net(x_t, timesteps)
+        dtype = self.dtype
+        x = x_t if dtype is None else x_t.to(dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # no context at all without autocast: an enclosing autocast (training) stays in force
+        ctx = nullcontext() if self.autocast is None else torch.autocast(x_t.device.type, dtype=self.autocast)
+        with ctx:
+            out = self._network()(x, timesteps)
         out = out.sample if hasattr(out, "sample") else out
         return out[:, : x_t.shape[1]].to(x_t.dtype)
 
@@ -71,10 +134,12 @@ class DiffusionPrior(nn.Module):
         return (x_t - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
 
     def loss(self, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """DDPM ε-MSE per sample ``(B,)`` with ``t ~ U{0, …, T−1}`` and ``ε ~ N(0, I)`` drawn from ``generator``."""
-        t = torch.randint(0, self.schedule.T, (x0.shape[0],), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-        noise, t_dev = noise.to(x0.device), t.to(x0.device)
+        """DDPM ε-MSE per sample ``(B,)`` with ``t ~ U{0, …, T−1}`` and ``ε ~ N(0, I)`` drawn from ``generator``
+        (on its device; the CPU without one)."""
+        where = None if generator is None else generator.device  # draws on the generator's device
+        t = torch.randint(0, self.schedule.T, (x0.shape[0],), generator=generator, device=where)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=where)
+        noise, t = noise.to(x0.device), t.to(x0.device)
         ab = _per_sample(self.schedule.at(t), x0)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        return (self.eps(x_t, t_dev).float() - noise.float()).pow(2).flatten(1).mean(1)
+        return (self.eps(x_t, t).float() - noise.float()).pow(2).flatten(1).mean(1)

@@ -29,10 +29,11 @@ class VPSchedule:
         return int(self.alpha_bar.shape[0])
 
     def at(self, t: Tensor | int) -> Tensor:
-        """``ᾱ_t`` (float64), with ``t = −1`` giving 1 (the last DDIM step lands on the clean image)."""
+        """``ᾱ_t`` (float64, on ``t``'s device), with ``t = −1`` giving 1 (the last DDIM step lands on the clean
+        image)."""
         t = torch.as_tensor(t, dtype=torch.long)
-        padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar])
-        return padded[(t + 1).cpu()]
+        padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar]).to(t.device)
+        return padded[t + 1]
 
     def timesteps(self, n_steps: int = 50, t_start: int | None = None) -> Tensor:
         """Descending sampling grid ``t_start, t_start − Δ, …, 0`` with ``Δ = T // n_steps`` (default 980 … 0)."""

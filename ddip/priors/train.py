@@ -54,7 +54,10 @@ class TrainConfig:
     init_weights: str | None = None  # warm start (network and EMA) from a safetensors file of the same network
     data: Literal["ellipses", "ellipses-complex"] = "ellipses"  # complex: magnitude x smooth phase, 2 channels
     warmup_steps: int = 0  # learning rate rises linearly from 0 over this many steps (large batches, warm starts)
-    device: str = "cpu"  # where the network trains and phantoms are rasterised; the random streams stay on the CPU
+    device: str = "cpu"  # where the network trains and phantoms are rasterised
+    rng: Literal["cpu", "device"] = "cpu"  # random streams on the CPU (same run on any device) or on the device
+    channels_last: bool = False  # NHWC network and images (GPU tensor cores; docs/gpu.md)
+    compile: bool = False  # torch.compile the network (docs/gpu.md)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or not self.lr > 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
@@ -63,6 +66,8 @@ class TrainConfig:
         if self.warmup_steps < 0:
             raise DdipError(f"train-prior: warmup_steps must be >= 0, got {self.warmup_steps}")
         channels = 2 if self.data == "ellipses-complex" else 1
+        if self.rng not in ("cpu", "device"):
+            raise DdipError(f"train-prior: unknown rng {self.rng!r}; choose cpu or device")
         if self.data not in ("ellipses", "ellipses-complex"):
             raise DdipError(f"train-prior: unknown data {self.data!r}; choose ellipses or ellipses-complex")
         if (self.unet.in_channels, self.unet.out_channels) != (channels, channels):
@@ -82,7 +87,7 @@ class TrainConfig:
 
 # Settings that may change between a run and its resumption without changing what is trained.
 _OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapshot_every", "log_every",
-                "init_weights", "device")
+                "init_weights", "device", "channels_last", "compile")
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -133,11 +138,14 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolution kernels
     net = build_unet(cfg.unet, seed=cfg.seed).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     # fused AdamW: one kernel for all parameters on a GPU (the same update; not available for CPU tensors here)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0, fused=device.type == "cuda" or None)
-    data_rng = torch.Generator().manual_seed(cfg.seed + rank)
-    noise_rng = torch.Generator().manual_seed(cfg.seed + 1_000_003 + rank)
+    rng_device = device if cfg.rng == "device" else torch.device("cpu")
+    data_rng = torch.Generator(device=rng_device).manual_seed(cfg.seed + rank)
+    noise_rng = torch.Generator(device=rng_device).manual_seed(cfg.seed + 1_000_003 + rank)
     step = images = 0
     if ckpt_path.exists():
         saved_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
@@ -154,6 +162,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
                             f"{saved_world}, not {n_ranks} (each rank's phantom stream is in the checkpoint)")
         net.load_state_dict(state["model"])
         ema = {k: v.to(device) for k, v in state["ema"].items()}
+        if cfg.channels_last:  # the EMA's layout follows the parameters' (a checkpoint stores contiguous tensors)
+            ema = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in ema.items()}
         opt.load_state_dict(state["optimizer"])
         data_rng.set_state(state["data_rng"] if n_ranks == 1 else state["data_rng"][rank])
         noise_rng.set_state(state["noise_rng"] if n_ranks == 1 else state["noise_rng"][rank])
@@ -172,7 +182,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     model = net
     if n_ranks > 1:
         model = DistributedDataParallel(net)  # broadcasts rank 0's weights, averages gradients in backward
-    prior = DiffusionPrior(model)
+    prior = DiffusionPrior(model, channels_last=cfg.channels_last, compile=cfg.compile)
 
     def checkpoint() -> None:
         rngs = distributed.gather((data_rng.get_state(), noise_rng.get_state()))  # collective: every rank

@@ -7,13 +7,11 @@ import pytest
 import torch
 
 from ddip.errors import DdipError
-from ddip.priors.adm import adm_parameters, convert_adm_state_dict, load_adm_checkpoint, unet_config_from_adm
+from ddip.priors.adm import ADM_PRESETS, adm_parameters, convert_adm_state_dict, load_adm_checkpoint, unet_config_from_adm
 from ddip.priors.unet import build_unet
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "adm"
-CONFIG_256 = dict(image_size=256, model_channels=256, channel_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=1,
-                  attention_resolutions=[16], num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True,
-                  in_channels=1, out_channels=1)
+CONFIG_256 = ADM_PRESETS["ellipses-256"]
 
 
 def _tsv(name):
