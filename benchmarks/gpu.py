@@ -71,12 +71,15 @@ def batches(tiny: bool) -> dict[str, int]:
 
 
 ERRORS: list[str] = []  # variants that failed: reported, and the others still run
+ON_ROW: list = []  # called after every variant (the report is saved there)
 
 
 @contextmanager
 def guard(what: str):
     try:
         yield
+        for fn in ON_ROW:
+            fn()
     except Exception as exc:  # noqa: BLE001 (one failing variant must not lose the whole run's numbers)
         ERRORS.append(f"{what}: {type(exc).__name__}: {exc}"[:600])
         print(f"FAILED {ERRORS[-1]}", flush=True)
@@ -134,8 +137,8 @@ def peak_flops(device: torch.device, given: float | None) -> float | None:
 
 
 # -- 1. network throughput ----------------------------------------------------------------------------------------
-COMPILED = {"forward": {"bf16-weights+cl+compile": NetworkSpeed("bfloat16-weights", True, compile=True)},
-            "train_step": {"bf16-autocast+cl+compile": NetworkSpeed("bfloat16", True, compile=True)}}
+COMPILED = {"forward": {"bf16-weights+compile": NetworkSpeed("bfloat16-weights", compile=True)},
+            "train_step": {"bf16-autocast+compile": NetworkSpeed("bfloat16", compile=True)}}
 
 
 def network_rows(cfg: UNetConfig, size: str, batch: int, device: torch.device, peak: float | None, args,
@@ -272,7 +275,7 @@ def training_breakdown(device: torch.device, args) -> dict:
     return out
 
 
-def training_runs(device: torch.device, args, clock: Clock) -> list[dict]:
+def training_runs(device: torch.device, args, clock: Clock, rows: list) -> None:
     """``train_prior`` itself for ``--train-secs`` seconds per setting; images/s from the loss log's later lines."""
     size = 16 if args.tiny else 64
     unet = UNetConfig(image_size=size, model_channels=32, channel_mult=(1, 2) if args.tiny else (1, 2, 2, 4),
@@ -289,7 +292,6 @@ def training_runs(device: torch.device, args, clock: Clock) -> list[dict]:
         settings["bf16 + channels_last + device rng + compile, batch 1024"] = dict(
             batch_size=4 * small, bf16=True, channels_last=True, rng="device", compile=True, lr=2e-4,
             warmup_steps=20)
-    rows = []
     for name, kw in settings.items():
         need = args.train_secs + (args.compile_need if kw.get("compile") else 10)
         if not clock.allows(f"train_prior: {name}", need):
@@ -312,22 +314,22 @@ def training_runs(device: torch.device, args, clock: Clock) -> list[dict]:
                 shutil.rmtree(tmp, ignore_errors=True)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    return rows
 
 
 # -- 3. reconstruction ---------------------------------------------------------------------------------------------
-def reconstruction(device: torch.device, args, clock: Clock) -> dict:
+def reconstruction(device: torch.device, args, clock: Clock, out: dict) -> None:
+    """Fills ``out`` (``runs``, ``relative_difference``, ``d3ip_256_cubed_projection``) as the runs finish."""
     ucfg = networks(args.tiny)["16" if args.tiny else "256"]
     size = ucfg.image_size
     prior = DiffusionPrior(build_unet(ucfg, seed=0).eval())  # random weights: the cost, not the quality
     volume = random_ellipses(args.slices, size, generator=torch.Generator().manual_seed(0))
     m = simulate(volume, TaskConfig(task="sv-ct", size=size, views=paper_views(size), seed=0))
     steps = args.recon_steps
-    runs, volumes = [], {}
+    runs, volumes = out.setdefault("runs", []), {}
     plan = [("dds", "fp32", NetworkSpeed()), ("dds", "today", TODAY), ("dds", "fast", FAST),
             ("d3ip", "today", TODAY), ("d3ip", "fast", FAST)]
     for method, label, speed in plan:
-        if not clock.allows(f"{method} {label}", 20 if method == "dds" else 60):
+        if not clock.allows(f"{method} {label}", 15 if method == "dds" else 30):
             continue
         with guard(f"{method} {label}"):
             cfg = ReconstructConfig(method=method, n_steps=steps, precision=speed.precision,
@@ -341,7 +343,6 @@ def reconstruction(device: torch.device, args, clock: Clock) -> dict:
                    "adapt_passes": res.report.get("network_adapt_passes")}
             runs.append(row)
             print(json.dumps(row), flush=True)
-    out: dict = {"runs": runs}
     ref = volumes.get(("dds", "fp32"))
     for (method, label), v in volumes.items():
         base = ref if method == "dds" else volumes.get((method, "today"))
@@ -363,7 +364,6 @@ def reconstruction(device: torch.device, args, clock: Clock) -> dict:
         projection[label] = {"seconds_per_forward_image": per_forward, "seconds_per_adapt_pass": per_adapt_pass,
                              "d3ip_256cubed_50_steps_s": total}
     out["d3ip_256_cubed_projection"] = projection
-    return out
 
 
 # -- report --------------------------------------------------------------------------------------------------------
@@ -434,7 +434,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--slices", type=int, default=None, help="slices of the reconstructed volume")
     p.add_argument("--recon-steps", type=int, default=None, help="sampling steps of the reconstructions")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, if not known")
-    p.add_argument("--sections", default="networks,training,reconstruction")
+    p.add_argument("--sections", default="networks,reconstruction,training,compile",
+                   help="which sections, in this order of priority: networks, reconstruction, training, compile")
+    p.add_argument("--batches", default="", help="batch per network size instead of the defaults, e.g. 64=1024")
     args = p.parse_args(argv)
     args.min_time = args.min_time if args.min_time is not None else (0.02 if args.tiny else 1.0)
     args.train_secs = args.train_secs if args.train_secs is not None else (2.0 if args.tiny else 20.0)
@@ -463,27 +465,28 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "gpu.md").write_text(markdown(report))
 
     nets, sizes = networks(args.tiny), batches(args.tiny)
+    sizes.update({k: int(v) for k, v in (item.split("=") for item in args.batches.split(",") if item)})
+    ON_ROW.append(save)  # every finished variant is written at once: a run stopped from outside keeps its rows
     # the most wanted numbers first; compilation (a minute or more each) last, while the budget lasts
     if "networks" in sections:
         for size, cfg in nets.items():
             plan = {"forward": INFERENCE, "lora_fwd_bwd": {k: v for k, v in INFERENCE.items() if "autocast+" not in k},
                     "train_step": TRAINING if size != "256" or args.train_256 else {}}
             report["networks"] += network_rows(cfg, size, sizes[size], device, peak, args, clock, plan)
-            save()
     if "reconstruction" in sections:
-        report["reconstruction"] = reconstruction(device, args, clock)
-        save()
+        report["reconstruction"] = {}
+        reconstruction(device, args, clock, report["reconstruction"])
     if "training" in sections:
         with guard("training breakdown"):
             report["training_breakdown"] = training_breakdown(device, args)
-        report["training_runs"] = training_runs(device, args, clock)
-        save()
-    if args.compile and "networks" in sections:
+        report["training_runs"] = []
+        training_runs(device, args, clock, report["training_runs"])
+    if "compile" in sections:
         largest, smallest = max(nets, key=int), min(nets, key=int)
-        for size, plan in ((largest, {"forward": COMPILED["forward"]}),
-                           (smallest, {"train_step": COMPILED["train_step"]})):
+        for size, plan in ((largest, {"forward": {"bf16-weights": INFERENCE["bf16-weights"], **COMPILED["forward"]}}),
+                           (smallest, {"train_step": {"bf16-autocast": TODAY, **COMPILED["train_step"]}})):
             report["networks"] += network_rows(nets[size], size, sizes[size], device, peak, args, clock, plan)
-            save()
+    save()
     print(f"wrote {out / 'gpu.md'} ({report['total_s']:.0f} s)", flush=True)
     return report
 
