@@ -4,7 +4,8 @@
 
 For each volume size N (chest-CT fixture, 64 px, the paper's angular undersampling) it runs
 ``torchrun --nproc-per-node P -m ddip reconstruct ... --method d3ip`` for P = 1 and P = 2 with one thread per process,
-and one process with 2 threads as the single-process reference on the same cores (``--configs``). From each run's ``metrics.json``:
+and one process with 2 threads as the single-process reference on the same cores (``--configs``). From each run's
+``metrics.json``:
 wall time per step, and (P = 2) the bytes rank 0 put into collectives by kind (``report.communication_bytes``:
 LoRA gradient, the K adaptation slices, CG inner products, the final gather), divided by the steps, beside the
 volume's own size. Writes ``benchmarks/results/distributed.json`` and ``.md``.
@@ -72,7 +73,8 @@ def main() -> None:
     for r in rows:
         c = r["comm_bytes_per_step"]
         lines.append(f"| {r['N']} | {r['processes']} × {r['threads_per_process']} | {r['s_per_step']:.2f} | "
-                     f"{r['psnr']:.2f} | {r['volume_bytes'] / 1024:.0f} | {r['comm_bytes_per_step_total'] / 1024:.0f} | "
+                     f"{r['psnr']:.2f} | {r['volume_bytes'] / 1024:.0f} | "
+                     f"{r['comm_bytes_per_step_total'] / 1024:.0f} | "
                      f"{c.get('lora_gradient', 0) / 1024:.0f} |")
     Path(args.out).with_suffix(".md").write_text(
         f"# Distributed D3IP scaling ({record['date']})\n\nCommand: `{record['command']}`\n\n{record['setting']}; "

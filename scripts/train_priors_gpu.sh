@@ -4,8 +4,8 @@
 #   SECS=470 OUT=/some/dir bash scripts/train_priors_gpu.sh
 #
 # Each run warm-starts from the shipped weights (fresh AdamW, new phantom seed) and trains with `ddip train-prior
-# --device cuda` (phantoms rasterised on the GPU, bf16 autocast, fused AdamW) plus FAST (default: channels_last and
-# the random streams on the GPU, docs/gpu.md); a run that fails within its first minute with FAST is started again
+# --device cuda` (phantoms rasterised on the GPU, bf16 autocast, fused AdamW) plus FAST (default: the random
+# streams on the GPU, docs/gpu.md); a run that fails within its first minute with FAST is started again
 # without it. The three processes share the GPU, which also hides each one's kernel-launch gaps. What comes back in
 # OUT: each run's final EMA weights, with MIDPOINT=1 the snapshot nearest half-way (for the gate curve), and logs.tar
 # (loss logs, configs, stdout). Nothing is downloaded: where diffusers is missing, wheels in .whl/ are installed to
@@ -15,7 +15,7 @@ SECS=${SECS:-470}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of this script on a machine without a GPU
 OUT=${OUT:-/tmp/ddip-gpu-out}
-FAST=${FAST---channels-last --rng device}
+FAST=${FAST---rng device}
 MIDPOINT=${MIDPOINT:-0}
 RUNS=${RUNS:-/tmp/ddip-runs}
 mkdir -p "$OUT" "$RUNS"

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from ddip.errors import DdipError
-from ddip.priors.adm import ADM_PRESETS, adm_parameters, convert_adm_state_dict, load_adm_checkpoint, unet_config_from_adm
+from ddip.priors.adm import (
+    ADM_PRESETS,
+    adm_parameters,
+    convert_adm_state_dict,
+    load_adm_checkpoint,
+    unet_config_from_adm,
+)
 from ddip.priors.unet import build_unet
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "adm"
