@@ -1,4 +1,4 @@
-"""The ``ddip`` command line: simulate, reconstruct, demo, train-prior.
+"""The ``ddip`` command line: simulate, import, reconstruct, demo, benchmark, train-prior, prior-gate, convert-prior.
 
 Every command validates its settings once, prints one clear ``ddip: error: ...`` line and exits with status 2 on bad
 input, and writes its outputs atomically with the resolved configuration beside them.
@@ -26,9 +26,9 @@ from ddip.data.fixtures import FIXTURES, load_fixture
 from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError
 from ddip.evaluation import GATE_IMAGES, gate_curve
-from ddip.io import write_json, write_nifti, write_png_views
+from ddip.io import read_safetensors, write_json, write_nifti, write_png_views
 from ddip.metrics import evaluate_volume
-from ddip.priors import default_prior, load_prior
+from ddip.priors import ADM_PRESETS, adm_config, convert_adm_checkpoint, default_prior, load_prior
 from ddip.priors.prior import PRECISIONS
 from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
@@ -36,7 +36,7 @@ from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, ReconstructCon
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers.base import INITS, NOISE_MIXES
 from ddip.solvers.dds import DC_VARIANTS
-from ddip.tasks import TASKS, TaskConfig, load_measurement, paper_views, save_measurement, simulate
+from ddip.tasks import TASKS, TaskConfig, open_measurement, paper_views, save_measurement, simulate
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEMO_PRIOR = "ellipses-64"
@@ -86,6 +86,15 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise DdipError(f"{out}: output exists and is not empty (pass --overwrite to replace its files)")
 
 
+def _check_out_file(out: Path, overwrite: bool, what: str) -> None:
+    """Refuse to write a file over a folder, through a dangling link, or over an existing file unless told."""
+    _refuse_dangling_link(out)
+    if out.is_dir():
+        raise DdipError(f"{out}: is a folder; --out names {what} to write (.safetensors)")
+    if out.exists() and not overwrite:
+        raise DdipError(f"{out}: exists (pass --overwrite to replace it)")
+
+
 def _volume(spec: str, modality: str, size: int, slab: tuple[int, int] | None, n_slices: int | None):
     """A prepared volume from a path, a development volume name or a bundled fixture name."""
     if spec.startswith("fixture:"):
@@ -131,11 +140,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     cfg = TaskConfig(task=args.task, size=args.size, views=args.views, acceleration=args.acceleration,
                      noise=args.noise, seed=args.seed)
     out = Path(args.out)
-    _refuse_dangling_link(out)
-    if out.is_dir():
-        raise DdipError(f"{out}: is a folder; --out names the measurement file to write (.safetensors)")
-    if out.exists() and not args.overwrite:
-        raise DdipError(f"{out}: exists (pass --overwrite to replace it)")
+    _check_out_file(out, args.overwrite, "the measurement file")
     modality = "ct" if args.task == "sv-ct" else "mri"
     volume, record = _volume(args.volume, modality, args.size, _slab(args.slices), args.n_slices)
     m = simulate(volume, cfg, record=record)
@@ -150,7 +155,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def _reconstruct(args: argparse.Namespace, rank: int) -> None:
-    m = load_measurement(args.measurement)
+    m = open_measurement(args.measurement)  # a measurement file, or raw fastMRI k-space (.h5) imported as is
     cfg = reconstruct_config(args)
     out = Path(args.out)
     if rank == 0:
@@ -271,6 +276,29 @@ def cmd_gate(args: argparse.Namespace) -> None:
               f"margin {r['margin_db']:+.2f} dB {'PASS' if r['passed'] else 'fail'}")
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    """Raw k-space in the fastMRI layout as a measurement file."""
+    out = Path(args.out)
+    _check_out_file(out, args.overwrite, "the measurement file")
+    m = open_measurement(args.source, slices=args.slices, acceleration=args.acceleration,
+                         center_fraction=args.center_fraction, seed=args.seed)
+    save_measurement(out, m)
+    c = m.config
+    print(f"wrote {out}: {m.y.shape[0]} slices, {c.n_coils} coil(s), {c.size} x {c.size}, acceleration "
+          f"{c.accel:.2f}, {m.record['kspace']['acs_lines']} calibration lines; reconstruct with: ddip reconstruct "
+          f"{out} --method d3ip --resize --out OUT")
+
+
+def cmd_convert_prior(args: argparse.Namespace) -> None:
+    """A guided-diffusion (ADM) checkpoint as a ddip prior file."""
+    out = Path(args.out)
+    _check_out_file(out, args.overwrite, "the prior file")
+    ucfg = convert_adm_checkpoint(args.checkpoint, adm_config(args.adm_config), out)
+    n = sum(v.numel() for v in read_safetensors(out, "prior")[0].values())
+    print(f"wrote {out}: {n:,} parameters, {ucfg.image_size} px, {ucfg.in_channels} channel(s) in; use it with "
+          f"--prior {out}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -347,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("reconstruct", parents=[common], help="reconstruct a measurement file with one method")
-    p.add_argument("measurement")
+    p.add_argument("measurement", help="a measurement file (simulate, import) or raw fastMRI k-space (.h5)")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--prior", help="a shipped prior name or a .safetensors path (default: the shipped prior for the "
                                    "task and size; ellipses-complex-64 for csmri where it ships)")
@@ -424,6 +452,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a train-prior run folder")
     p.add_argument("--n-images", type=int, default=GATE_IMAGES, help="in-distribution phantoms per evaluation")
     p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("import", parents=[common],
+                       help="raw k-space in the fastMRI layout (.h5, multi- or single-coil) as a measurement file",
+                       description="Read fastMRI-layout k-space, remove the readout oversampling, take the sampled "
+                                   "lines as the mask (or undersample fully sampled data with --acceleration) and "
+                                   "estimate coil maps from the calibration lines. `ddip reconstruct FILE.h5` does "
+                                   "the same with the defaults.")
+    p.add_argument("source", help="a fastMRI .h5 file (dataset 'kspace', optional 'mask')")
+    p.add_argument("--out", required=True, help="the measurement file to write (.safetensors)")
+    p.add_argument("--slices", help="START:STOP of the file's slices (default: all)")
+    p.add_argument("--acceleration", type=float,
+                   help="undersample fully sampled k-space with uniform 1D lines (default: the file's own sampling)")
+    p.add_argument("--center-fraction", type=float, default=TaskConfig.center_fraction,
+                   help="fully sampled central lines with --acceleration")
+    p.add_argument("--seed", type=int, default=TaskConfig.seed, help="the undersampling mask's seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("convert-prior", parents=[common],
+                       help="convert a guided-diffusion (ADM) checkpoint, e.g. the authors', into a ddip prior file")
+    p.add_argument("checkpoint", help="an ADM state_dict (.pt) or a score_sde EMA file (weights-only loading)")
+    p.add_argument("--adm-config", required=True,
+                   help=f"the network's guided-diffusion hyper-parameters: a preset ({', '.join(ADM_PRESETS)}) or a "
+                        "JSON file of them")
+    p.add_argument("--out", required=True, help="the prior file to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_convert_prior)
 
     u, t = UNetConfig(), TrainConfig(out="")
     p = sub.add_parser("train-prior", parents=[common],

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ddip.data.fastmri import RawKspace, acs_width, read_fastmri
 from ddip.data.simulation import simulate_multicoil
 from ddip.errors import DdipError, check_seed
 from ddip.io import atomic_path, read_safetensors
@@ -198,3 +199,46 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
     if truth is not None and truth.shape[0] != y.shape[0]:
         raise DdipError(f"{p}: ground truth has {truth.shape[0]} slices, the measurement {y.shape[0]}")
     return Measurement(cfg, y, physics, truth, extras, record)
+
+
+def kspace_measurement(raw: RawKspace, *, acceleration: float | None = None, center_fraction: float = 0.08,
+                       seed: int = 0, record: dict | None = None) -> Measurement:
+    """A CS-MRI measurement of measured k-space (:func:`ddip.data.fastmri.read_fastmri`): the sampled lines as the
+    mask (or, with ``acceleration``, uniform 1D lines drawn from fully sampled data), coil maps by ESPIRiT from the
+    calibration lines (one coil: a map of ones). No ground truth; the intensity is left as measured (``reconstruct``
+    normalises data far from the prior's range and undoes it on output)."""
+    kspace, lines = raw.kspace, raw.lines
+    n_slices, n_coils, _, width = kspace.shape
+    if acceleration is not None:
+        if not bool(lines.all()):
+            raise DdipError(f"acceleration {acceleration}: retrospective undersampling needs fully sampled k-space, "
+                            f"but only {int(lines.sum())} of {width} lines were sampled")
+        lines = uniform1d_mask((width, width), acceleration, center_fraction=center_fraction, seed=seed)[0]
+    mask = lines.view(1, -1).expand(width, width).clone()
+    y = kspace * mask
+    acs = acs_width(lines)
+    if n_coils == 1:
+        maps = torch.ones(1, width, width, dtype=torch.complex64)
+    elif acs < 4:
+        raise DdipError(f"{n_coils}-coil k-space needs at least 4 fully sampled central lines to estimate coil maps "
+                        f"(ESPIRiT); the central run of sampled lines is {acs} wide")
+    else:
+        maps = estimate_coil_maps(y, acs)
+    cfg = TaskConfig(task="csmri", size=width, n_coils=n_coils, acceleration=width / int(lines.sum()),
+                     center_fraction=max(acs, 1) / width, noise=0.0, seed=seed)
+    info = {**raw.attrs, "acs_lines": acs, **({"retrospective_acceleration": acceleration} if acceleration else {})}
+    return Measurement(cfg, y, build_operator(cfg, {"mask": mask, "coil_maps": maps}), None,
+                       {"mask": mask, "coil_maps": maps}, {**(record or {}), "kspace": info})
+
+
+def open_measurement(path: str | os.PathLike, **import_options) -> Measurement:
+    """A measurement file (:func:`load_measurement`) or, for ``.h5``/``.hdf5``, raw fastMRI-layout k-space imported
+    with :func:`kspace_measurement` (``import_options``: ``slices`` and its keyword arguments)."""
+    p = Path(path)
+    if p.suffix.lower() in (".h5", ".hdf5"):
+        slices = import_options.pop("slices", None)
+        return kspace_measurement(read_fastmri(p, slices=slices), record={"source": str(p), "format": "fastmri"},
+                                  **import_options)
+    if import_options and any(v is not None for v in import_options.values()):
+        raise DdipError(f"{p}: import options apply to raw k-space (.h5), not to a measurement file")
+    return load_measurement(p)

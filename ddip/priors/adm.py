@@ -18,6 +18,7 @@ Two file formats are read, both with ``torch.load(..., weights_only=True)`` only
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +28,18 @@ from torch import Tensor
 
 from ddip.errors import DdipError
 from ddip.priors.prior import DiffusionPrior
+from ddip.priors.registry import save_prior
 from ddip.priors.unet import UNetConfig, build_unet
 
-# guided-diffusion hyper-parameters of the authors' priors (reference-notes.md): the 256 px ELLIPSES network of the
-# paper's CT/MRI experiments (374 M parameters, 1.5 TFLOP per forward)
+# guided-diffusion hyper-parameters of the authors' priors (reference-notes.md §1): the 256 px ELLIPSES network of the
+# paper's CT and MRI experiments (374 M parameters, 1.5 TFLOP per forward; ELLIPSES2AAPM.yml, ELLIPSES2HCP_MRI.yml)
+# and DDS's complex fastMRI brain network (FASTMRI_BRAIN2KNEE.yml: 2 channels in, 4 out with learned σ, 320 px).
+_ADM_256 = dict(image_size=256, model_channels=256, channel_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=1,
+                attention_resolutions=[16], num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True,
+                in_channels=1, out_channels=1)
 ADM_PRESETS = {
-    "ellipses-256": dict(image_size=256, model_channels=256, channel_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=1,
-                         attention_resolutions=[16], num_head_channels=64, use_scale_shift_norm=True,
-                         resblock_updown=True, in_channels=1, out_channels=1),
+    "ellipses-256": _ADM_256,
+    "fastmri-brain-320": {**_ADM_256, "image_size": 320, "in_channels": 2, "out_channels": 4},
 }
 
 _ADM_KEYS = ("image_size", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
@@ -209,6 +214,34 @@ def read_adm_file(path: str | os.PathLike, cfg: dict) -> dict[str, Tensor]:
     if isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values()):
         return obj
     raise DdipError(f"{p}: neither a state_dict nor a score_sde EMA file")
+
+
+def adm_config(spec: str | os.PathLike) -> dict:
+    """guided-diffusion hyper-parameters from a preset name (:data:`ADM_PRESETS`) or a JSON file of them."""
+    if str(spec) in ADM_PRESETS:
+        return dict(ADM_PRESETS[str(spec)])
+    p = Path(spec)
+    if not p.is_file():
+        raise DdipError(f"ADM config {str(spec)!r}: neither a preset ({', '.join(ADM_PRESETS)}) nor a JSON file")
+    try:
+        cfg = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DdipError(f"{p}: not a JSON file of guided-diffusion hyper-parameters ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise DdipError(f"{p}: the ADM config must be a JSON object")
+    _check_config(cfg)
+    return cfg
+
+
+def convert_adm_checkpoint(path: str | os.PathLike, config: dict, out: str | os.PathLike, *,
+                           source: str | None = None) -> UNetConfig:
+    """Write the ADM checkpoint at ``path`` as a ddip prior file (``--prior out``); returns its network config."""
+    ucfg = unet_config_from_adm(config)
+    state = convert_adm_state_dict(read_adm_file(path, config), config)
+    net = build_unet(ucfg)
+    net.load_state_dict(state, strict=True)  # the converted tensors fit the network before anything is written
+    save_prior(out, net.state_dict(), ucfg, source=source or str(path), adm_config=config)
+    return ucfg
 
 
 def load_adm_checkpoint(path: str | os.PathLike, config: dict, *, device: torch.device | str = "cpu"

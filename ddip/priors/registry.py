@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from ddip.errors import DdipError
-from ddip.io import read_safetensors
+from ddip.io import atomic_path, read_safetensors
 from ddip.priors.prior import DiffusionPrior
 from ddip.priors.unet import UNetConfig, build_unet
 
@@ -63,16 +64,51 @@ def _unet_config(path: Path, metadata: dict) -> UNetConfig:
     return UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+SCHEDULE = "vp-linear-1e-4-2e-2-T1000"  # the only schedule our priors use (VPSchedule.linear)
+
+
+def save_prior(path: str | os.PathLike, state: dict[str, torch.Tensor], cfg: UNetConfig, **metadata) -> None:
+    """Write a prior file :func:`load_prior` reads: the network's tensors, its configuration and ``metadata`` (JSON
+    values), atomically."""
+    meta = {"unet": cfg.to_dict(), "schedule": SCHEDULE, "data_range": "[0,1]", **metadata}
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
+def _load_diffusers_folder(path: Path, device) -> DiffusionPrior:
+    """A ``UNet2DModel.save_pretrained`` folder (config.json + weights), read from disk only."""
+    from diffusers import UNet2DModel
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DdipError(f"{path}: a prior folder must hold a diffusers config.json ({exc})") from exc
+    if config.get("_class_name") != "UNet2DModel":
+        raise DdipError(f"{path}: config.json describes a {config.get('_class_name')!r}; ddip reads UNet2DModel "
+                        f"folders (or safetensors files from train-prior / convert-prior)")
+    try:
+        net = UNet2DModel.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # missing or mismatched weight files: diffusers raises several kinds
+        raise DdipError(f"{path}: cannot load the UNet2DModel folder ({type(exc).__name__}: {exc})") from exc
+    return DiffusionPrior(net.to(device).eval())
+
+
 def load_prior(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> DiffusionPrior:
-    """A ready :class:`DiffusionPrior`: a shipped name (``ellipses-64``) or a ``.safetensors`` path."""
+    """A ready :class:`DiffusionPrior`: a shipped name (``ellipses-64``), a ``.safetensors`` file (``train-prior``,
+    ``convert-prior``) or a diffusers ``UNet2DModel`` folder (``save_pretrained``; its images in [0, 1] and the
+    linear VP schedule with T = 1000 are assumed, as for every ddip prior)."""
     name = str(name_or_path)
     path = WEIGHTS / f"{name}.safetensors" if name in shipped_priors() else Path(name)
+    if path.is_dir():
+        return _load_diffusers_folder(path, device)
     if not path.is_file():
         raise DdipError(f"prior {name!r}: not a shipped prior ({', '.join(shipped_priors()) or 'none'}) "
-                        f"and no such file")
+                        f"and no such file or folder")
     if path.suffix != ".safetensors":
-        raise DdipError(f"{path}: priors are read from safetensors files; for guided-diffusion .pt checkpoints use "
-                        f"ddip.priors.load_adm_checkpoint(path, config)")
+        raise DdipError(f"{path}: priors are read from safetensors files or diffusers folders; convert a "
+                        f"guided-diffusion checkpoint first: ddip convert-prior {path} --adm-config "
+                        f"ellipses-256|CONFIG.json --out prior.safetensors")
     state, metadata = read_safetensors(path, "prior")
     cfg = _unet_config(path, metadata)
     net = build_unet(cfg)

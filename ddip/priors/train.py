@@ -31,6 +31,7 @@ from ddip.devices import resolve_device
 from ddip.errors import DdipError, check_seed
 from ddip.io import atomic_path, write_json
 from ddip.priors.prior import DiffusionPrior
+from ddip.priors.registry import save_prior
 from ddip.priors.unet import UNetConfig, build_unet
 from ddip.signals import StopRequest
 
@@ -192,8 +193,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
                                      "data_rng": rngs[0][0] if n_ranks == 1 else [r[0] for r in rngs],
                                      "noise_rng": rngs[0][1] if n_ranks == 1 else [r[1] for r in rngs],
                                      "step": step, "images": images, "world_size": n_ranks})
-        _save_weights(out / "ema.safetensors", ema, {"unet": cfg.unet.to_dict(), "images_seen": images,
-                                                     "schedule": "vp-linear-1e-4-2e-2-T1000", "data_range": "[0,1]"})
+        save_prior(out / "ema.safetensors", ema, cfg.unet, images_seen=images)
 
     log_path = out / "loss_log.csv"
     if rank == 0 and not log_path.exists():

@@ -6,15 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddip.cli import main
 from ddip.errors import DdipError
+from ddip.priors import load_prior
 from ddip.priors.adm import (
     ADM_PRESETS,
+    adm_config,
     adm_parameters,
     convert_adm_state_dict,
     load_adm_checkpoint,
     unet_config_from_adm,
 )
-from ddip.priors.unet import build_unet
+from ddip.priors.unet import UNetConfig, build_unet
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "adm"
 CONFIG_256 = ADM_PRESETS["ellipses-256"]
@@ -107,3 +110,50 @@ def test_pickled_code_is_refused_without_running(small_config, tmp_path):
     with pytest.raises(DdipError, match="cannot be loaded as a weights-only checkpoint"):
         load_adm_checkpoint(path, small_config)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_convert_prior_command_reproduces_guided_diffusion(tmp_path):
+    """``ddip convert-prior`` writes a prior file that ``--prior`` loads and that reproduces the original network."""
+    out = tmp_path / "adm.safetensors"
+    config = FIXTURES / "adm_small_config.json"
+    assert main(["convert-prior", str(FIXTURES / "adm_small_state_dict.pt"), "--adm-config", str(config),
+                 "--out", str(out)]) == 0
+    io = torch.load(FIXTURES / "adm_small_io.pt", map_location="cpu", weights_only=True)
+    prior = load_prior(out)
+    with torch.no_grad():
+        eps = prior.eps(io["x"], io["t"].long())
+    assert (eps - io["eps"]).abs().max() < 1e-5
+    assert main(["convert-prior", str(FIXTURES / "adm_small_state_dict.pt"), "--adm-config", str(config),
+                 "--out", str(out)]) == 2  # an existing file is kept without --overwrite
+
+
+def test_adm_presets_and_their_errors(tmp_path, capsys):
+    assert adm_config("ellipses-256") == CONFIG_256 and adm_config("ellipses-256") is not CONFIG_256
+    assert unet_config_from_adm(ADM_PRESETS["fastmri-brain-320"]).in_channels == 2
+    # the small checkpoint under the paper's preset: one line naming the mismatch, nothing written
+    out = tmp_path / "p.safetensors"
+    assert main(["convert-prior", str(FIXTURES / "adm_small_state_dict.pt"), "--adm-config", "ellipses-256",
+                 "--out", str(out)]) == 2
+    assert "does not match the config" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(DdipError, match="neither a preset"):
+        adm_config("ellipses-512")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"image_size": 64}')
+    with pytest.raises(DdipError, match="lacks"):
+        adm_config(bad)
+
+
+def test_a_diffusers_folder_is_a_prior(tmp_path):
+    net = build_unet(UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(8,)),
+                     seed=5).eval()
+    net.save_pretrained(tmp_path / "unet")
+    prior = load_prior(tmp_path / "unet")
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(prior.eps(x, 400), net(x, torch.full((2,), 400)).sample)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    with pytest.raises(DdipError, match="AutoencoderKL"):
+        load_prior(tmp_path / "other")
+    with pytest.raises(DdipError, match="convert-prior"):
+        load_prior(FIXTURES / "adm_small_state_dict.pt")
