@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import torch
 from torch import Tensor
 
@@ -86,8 +87,6 @@ def parse_slices(spec: str | None, n: int) -> slice:
 def read_fastmri(path: str | os.PathLike, *, slices: str | None = None) -> RawKspace:
     """k-space, sampled lines and attributes of a fastMRI ``.h5`` file (multi- or single-coil), readout-cropped to a
     square field of view (readout = phase-encode count)."""
-    import h5py
-
     p = Path(path)
     if not p.is_file():
         raise DdipError(f"{p}: no such file")

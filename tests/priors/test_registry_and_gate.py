@@ -22,7 +22,7 @@ def test_load_prior_errors_name_the_problem(tmp_path, tiny_prior):
         load_prior(bad)
     pt = tmp_path / "adm.pt"
     pt.write_bytes(b"x")
-    with pytest.raises(DdipError, match="load_adm_checkpoint"):
+    with pytest.raises(DdipError, match="ddip convert-prior"):
         load_prior(pt)
     from safetensors.torch import load_file, save_file
 
