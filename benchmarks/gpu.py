@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["training_breakdown"] = training_breakdown(device, args)
         report["training_runs"] = []
         training_runs(device, args, clock, report["training_runs"])
-    if "compile" in sections:
+    if args.compile and "compile" in sections:
         largest, smallest = max(nets, key=int), min(nets, key=int)
         for size, plan in ((largest, {"forward": {"bf16-weights": INFERENCE["bf16-weights"], **COMPILED["forward"]}}),
                            (smallest, {"train_step": {"bf16-autocast": TODAY, **COMPILED["train_step"]}})):
