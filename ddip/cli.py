@@ -23,6 +23,7 @@ from ddip.benchmark import QUICK, TABLES, BenchConfig, run_benchmark
 from ddip.checkpoint import CHECKPOINT_EVERY, Checkpointer
 from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
 from ddip.data.fixtures import FIXTURES, load_fixture
+from ddip.data.volumes import output_affine, to_source_units
 from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError
 from ddip.evaluation import GATE_IMAGES, gate_curve
@@ -118,10 +119,25 @@ def _volume(spec: str, modality: str, size: int, slab: tuple[int, int] | None, n
     return prepared.slices, prepared.record
 
 
+UNITS = ("source", "window")
+
+
 def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *, method: str, wall: float,
-                 peak_mb: float, report: dict, config: dict) -> dict:
-    """NIfTI, PNG views (with ground truth and error when known), config.json and metrics.json."""
-    write_nifti(out / "reconstruction.nii.gz", volume)
+                 peak_mb: float, report: dict, config: dict, record: dict | None = None,
+                 units: str = "source") -> dict:
+    """NIfTI, PNG views (with ground truth and error when known), config.json and metrics.json.
+
+    The NIfTI lies where the source volume lay (its affine, voxel size and slab origin, when the volume came from a
+    file with an affine) and, with ``units="source"``, in its units (HU for CT, the MRI slab's scale); ``"window"``
+    keeps the [0, 1] range the priors work in. Views and metrics are always in the window range.
+    """
+    record = record or {}
+    spacing = record.get("pixel_spacing_mm") or {}
+    nifti, unit = to_source_units(volume, record) if units == "source" else (volume, "window")
+    write_nifti(out / "reconstruction.nii.gz", nifti, affine=output_affine(record),
+                spacing=(spacing.get("cols", 1.0), spacing.get("rows", 1.0),
+                         (record.get("spacing_mm") or [1.0] * 3)[record.get("slice_axis", 2)]))
+    report = {**report, "nifti_units": unit}
     if truth is not None:
         metrics = evaluate_volume(volume, truth)
         views = {"ground truth": truth, method: volume}
@@ -179,6 +195,7 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
     if rank != 0:
         return
     metrics = write_result(out, result.volume, m.ground_truth, method=args.method, wall=result.wall_time_s,
+                           record=m.record, units=args.units,
                            peak_mb=result.peak_memory_mb, report=result.report,
                            config={**config, "environment": environment()})
     _remove_checkpoints(ckpt)
@@ -229,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                   "volume_record": record}
         results[method] = (res, write_result(out / method, res.volume, m.ground_truth, method=method,
                                              wall=res.wall_time_s, peak_mb=res.peak_memory_mb, report=res.report,
-                                             config=config))
+                                             config=config, record=record))
         _print_metrics(method, results[method][1])
     write_png_views(out / "comparison.png", {"ground truth": m.ground_truth, "DDS": results["dds"][0].volume,
                                              "D3IP": results["d3ip"][0].volume},
@@ -376,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconstruct", parents=[common], help="reconstruct a measurement file with one method")
     p.add_argument("measurement", help="a measurement file (simulate, import) or raw fastMRI k-space (.h5)")
+    p.add_argument("--units", default="source", choices=UNITS,
+                   help="the NIfTI's values: source (HU for CT, the MRI volume's scale; default) or window (the "
+                        "[0, 1] range the prior works in)")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--prior", help="a shipped prior name or a .safetensors path (default: the shipped prior for the "
                                    "task and size; ellipses-complex-64 for csmri where it ships)")

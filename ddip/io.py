@@ -72,12 +72,15 @@ def volume_array(volume: Tensor) -> np.ndarray:
     return np.ascontiguousarray(v.permute(1, 2, 0).numpy().astype(np.float32))
 
 
-def write_nifti(path: str | os.PathLike, volume: Tensor, *, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-                ) -> None:
-    """Write slices ``(D, 1, H, W)`` as a float32 NIfTI with a diagonal affine of the given voxel spacing."""
+def write_nifti(path: str | os.PathLike, volume: Tensor, *, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                affine: np.ndarray | None = None) -> None:
+    """Write slices ``(D, 1, H, W)`` as a float32 NIfTI with ``affine`` (voxel -> world, mm), or else a diagonal
+    affine of the given voxel spacing."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(volume_array(volume), np.diag([*spacing, 1.0]))
+    img = nib.Nifti1Image(volume_array(volume), np.diag([*spacing, 1.0]) if affine is None else affine)
+    img.set_qform(img.affine, code=1)  # scanner coordinates
+    img.set_sform(img.affine, code=1)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 

@@ -37,6 +37,7 @@ class RawVolume:
     source: str
     orientation: str = "RAS"
     meta: dict = field(default_factory=dict)
+    affine: np.ndarray | None = None  # voxel index -> world (mm, RAS) of ``data``; None: diag(spacing) assumed
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _read_nifti(path: Path) -> RawVolume:
         data = data[..., 0]
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     spacing = zooms + (1.0,) * (3 - len(zooms))
-    return RawVolume(data, spacing, str(path), "RAS")
+    return RawVolume(data, spacing, str(path), "RAS", affine=np.asarray(img.affine, dtype=np.float64))
 
 
 def _read_npy(path: Path) -> RawVolume:
@@ -159,7 +160,8 @@ def _read_dicom_folder(folder: Path) -> RawVolume:
     data = np.asarray(img.dataobj, dtype=np.float64)
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
     meta = {"modality": str(getattr(datasets[0], "Modality", "")), "n_files": len(datasets)}
-    return RawVolume(data, spacing, str(folder), "RAS", meta)
+    return RawVolume(data, spacing, str(folder), "RAS", meta,
+                     affine=np.asarray(img.affine, dtype=np.float64))
 
 
 def prepare_volume(
@@ -240,7 +242,51 @@ def prepare_volume(
         "modality": modality,
         "scaling": scaling,
     }
+    if raw.affine is not None:
+        record["affine"] = np.asarray(raw.affine, dtype=np.float64).round(6).tolist()
     return PreparedVolume(slices, record)
 
 
-__all__ = ["CT_WINDOW_HU", "PreparedVolume", "RawVolume", "prepare_volume", "read_volume"]
+def output_affine(record: dict) -> np.ndarray | None:
+    """The voxel-to-world affine of a prepared slab as :func:`ddip.io.volume_array` lays it out — axes (the first
+    in-plane axis, the second, the slices), each in the source's canonical direction — or None when the source's
+    affine is unknown.
+
+    Output voxel (u, v, k) sits at the source's voxel index ``s·u + s/2 − ½ − pad`` along each in-plane axis (the
+    square padding, then resampling ``side`` source voxels to ``size``, s = side/size, pixel centres aligned as
+    ``F.interpolate(align_corners=False)`` aligns them) and at ``slab_start + k`` along the slice axis.
+    """
+    if "affine" not in record:
+        return None
+    affine = np.asarray(record["affine"], dtype=np.float64)
+    slice_axis = int(record["slice_axis"])
+    col_axis, row_axis = (axis for axis in range(3) if axis != slice_axis)
+    left, _, _, bottom = record["in_plane_pad"]
+    raw = record["raw_shape"]
+    side = max(raw[col_axis], raw[row_axis])
+    s = side / int(record["size"])
+    index = np.zeros((4, 4))
+    index[3, 3] = 1.0
+    index[col_axis, 0] = index[row_axis, 1] = s
+    index[slice_axis, 2] = 1.0
+    index[col_axis, 3] = s / 2 - 0.5 - left
+    index[row_axis, 3] = s / 2 - 0.5 - bottom
+    index[slice_axis, 3] = record["slab"][0]
+    return affine @ index
+
+
+def to_source_units(volume: Tensor, record: dict) -> tuple[Tensor, str]:
+    """Slices in [0, 1] back in the source's units (HU for a CT window, the MRI slab's scale), and the units' name;
+    unchanged (``"window"``) when the record holds no scaling."""
+    scaling = record.get("scaling") or {}
+    v = volume.abs() if volume.is_complex() else volume
+    if scaling.get("kind") == "hu_window":
+        lo, hi = scaling["window_hu"]
+        return lo + v * (hi - lo), "HU"
+    if scaling.get("kind") == "divide_by_max":
+        return v * float(scaling["max"]), "source"
+    return volume, "window"
+
+
+__all__ = ["CT_WINDOW_HU", "PreparedVolume", "RawVolume", "output_affine", "prepare_volume", "read_volume",
+           "to_source_units"]
