@@ -16,12 +16,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ddip import __version__, distributed
 from ddip.benchmark import QUICK, TABLES, BenchConfig, run_benchmark
 from ddip.checkpoint import CHECKPOINT_EVERY, Checkpointer
 from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
+from ddip.data.fastmri import parse_slices
 from ddip.data.fixtures import FIXTURES, load_fixture
 from ddip.data.volumes import output_affine, to_source_units
 from ddip.devices import DEVICE_HELP
@@ -37,7 +39,16 @@ from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, ReconstructCon
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers.base import INITS, NOISE_MIXES
 from ddip.solvers.dds import DC_VARIANTS
-from ddip.tasks import TASKS, TaskConfig, open_measurement, paper_views, save_measurement, simulate
+from ddip.tasks import (
+    TASKS,
+    TaskConfig,
+    open_measurement,
+    paper_views,
+    parse_angles,
+    save_measurement,
+    simulate,
+    sinogram_measurement,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEMO_PRIOR = "ellipses-64"
@@ -293,17 +304,48 @@ def cmd_gate(args: argparse.Namespace) -> None:
               f"margin {r['margin_db']:+.2f} dB {'PASS' if r['passed'] else 'fail'}")
 
 
+def _sinogram(args: argparse.Namespace):
+    """A parallel-beam sinogram (.npy) with its geometry as a measurement."""
+    path = Path(args.source)
+    if args.size is None:
+        raise DdipError("a sinogram needs --size, the reconstruction grid (pixels across the field of view)")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DdipError(f"{path}: not a readable .npy array ({exc})") from exc
+    sino = torch.as_tensor(np.asarray(data, dtype=np.float32) if np.issubdtype(data.dtype, np.number)
+                           and not np.iscomplexobj(data) else data)
+    if sino.ndim in (2, 3) and args.slices:
+        sino = sino[parse_slices(args.slices, sino.shape[0])] if sino.ndim == 3 else sino
+    views = sino.shape[-2] if sino.ndim in (2, 3) else 0
+    return sinogram_measurement(sino, parse_angles(args.angles, views), size=args.size,
+                                detector_spacing=args.detector_spacing,
+                                record={"source": str(path), "format": "sinogram", "angles": args.angles})
+
+
 def cmd_import(args: argparse.Namespace) -> None:
-    """Raw k-space in the fastMRI layout as a measurement file."""
+    """Measured data as a measurement file: fastMRI-layout k-space (.h5) or a parallel-beam sinogram (.npy)."""
     out = Path(args.out)
     _check_out_file(out, args.overwrite, "the measurement file")
-    m = open_measurement(args.source, slices=args.slices, acceleration=args.acceleration,
-                         center_fraction=args.center_fraction, seed=args.seed)
+    kind = "kspace" if Path(args.source).suffix.lower() in (".h5", ".hdf5") else "sinogram"
+    misplaced = ([f for f, v in (("--size", args.size), ("--angles", args.angles),
+                                 ("--detector-spacing", args.detector_spacing != 1.0)) if v]
+                 if kind == "kspace" else
+                 [f for f, v in (("--acceleration", args.acceleration),) if v is not None])
+    if misplaced:
+        raise DdipError(f"{', '.join(misplaced)} do(es) not apply to {'k-space' if kind == 'kspace' else 'a sinogram'}")
+    if kind == "kspace":
+        m = open_measurement(args.source, slices=args.slices, acceleration=args.acceleration,
+                             center_fraction=args.center_fraction, seed=args.seed)
+    else:
+        m = _sinogram(args)
     save_measurement(out, m)
     c = m.config
-    print(f"wrote {out}: {m.y.shape[0]} slices, {c.n_coils} coil(s), {c.size} x {c.size}, acceleration "
-          f"{c.accel:.2f}, {m.record['kspace']['acs_lines']} calibration lines; reconstruct with: ddip reconstruct "
-          f"{out} --method d3ip --resize --out OUT")
+    what = (f"{c.n_coils} coil(s), {c.size} x {c.size}, acceleration {c.accel:.2f}, "
+            f"{m.record['kspace']['acs_lines']} calibration lines" if kind == "kspace" else
+            f"{c.views} views x {c.detector_bins} bins of {c.detector_spacing:g} px onto {c.size} x {c.size}")
+    print(f"wrote {out}: {m.y.shape[0]} slices, {what}; reconstruct with: ddip reconstruct {out} --method d3ip "
+          f"--resize --out OUT")
 
 
 def cmd_convert_prior(args: argparse.Namespace) -> None:
@@ -474,12 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("import", parents=[common],
-                       help="raw k-space in the fastMRI layout (.h5, multi- or single-coil) as a measurement file",
-                       description="Read fastMRI-layout k-space, remove the readout oversampling, take the sampled "
-                                   "lines as the mask (or undersample fully sampled data with --acceleration) and "
-                                   "estimate coil maps from the calibration lines. `ddip reconstruct FILE.h5` does "
-                                   "the same with the defaults.")
-    p.add_argument("source", help="a fastMRI .h5 file (dataset 'kspace', optional 'mask')")
+                       help="measured data as a measurement file: fastMRI-layout k-space (.h5) or a parallel-beam "
+                            "sinogram (.npy)",
+                       description="k-space: remove the readout oversampling, take the sampled lines as the mask (or "
+                                   "undersample fully sampled data with --acceleration) and estimate coil maps from "
+                                   "the calibration lines (`ddip reconstruct FILE.h5` does the same with the "
+                                   "defaults). Sinogram (slices, views, bins): give --size, and --angles and "
+                                   "--detector-spacing where they differ from uniform over 180 degrees and 1 pixel.")
+    p.add_argument("source", help="a fastMRI .h5 file (dataset 'kspace', optional 'mask') or a sinogram .npy")
     p.add_argument("--out", required=True, help="the measurement file to write (.safetensors)")
     p.add_argument("--slices", help="START:STOP of the file's slices (default: all)")
     p.add_argument("--acceleration", type=float,
@@ -487,6 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--center-fraction", type=float, default=TaskConfig.center_fraction,
                    help="fully sampled central lines with --acceleration")
     p.add_argument("--seed", type=int, default=TaskConfig.seed, help="the undersampling mask's seed")
+    p.add_argument("--size", type=int, help="sinogram: the reconstruction grid in pixels (e.g. the prior's)")
+    p.add_argument("--angles", help="sinogram: START:STOP in degrees (views uniform, STOP excluded; default 0:180) "
+                                    "or a .npy/text file of one angle per view")
+    p.add_argument("--detector-spacing", type=float, default=TaskConfig.detector_spacing,
+                   help="sinogram: detector bin width in reconstruction pixels (bins centred at bins // 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_import)
 

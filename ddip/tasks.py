@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
@@ -30,6 +31,7 @@ from ddip.errors import DdipError, check_seed
 from ddip.io import atomic_path, read_safetensors
 from ddip.physics import (
     MultiCoilMRI,
+    ParallelBeamCT,
     SingleCoilMRI,
     add_noise,
     estimate_coil_maps,
@@ -58,6 +60,8 @@ class TaskConfig:
     n_coils: int = 8
     noise: float = 0.01
     seed: int = 0
+    detector_bins: int | None = None  # sv-ct: None = ⌈√2·size⌉ unit bins (simulation); a measured detector's count
+    detector_spacing: float = 1.0  # sv-ct: bin width in image pixels
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -70,6 +74,12 @@ class TaskConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise DdipError(f"task setting {name!r} must be a number, got {value!r}")
+        if self.detector_bins is not None and (isinstance(self.detector_bins, bool)
+                                               or not isinstance(self.detector_bins, int) or self.detector_bins < 1):
+            raise DdipError(f"task setting 'detector_bins' must be a positive integer, got {self.detector_bins!r}")
+        if isinstance(self.detector_spacing, bool) or not isinstance(self.detector_spacing, (int, float)) \
+                or not 0 < self.detector_spacing < float("inf"):
+            raise DdipError(f"task setting 'detector_spacing' must be a positive number, got {self.detector_spacing!r}")
         if self.size < 8 or self.views < 1 or not self.noise >= 0 or self.n_coils < 1:
             raise DdipError("task needs size >= 8, views >= 1, noise >= 0 and n_coils >= 1")
         if self.acceleration is not None and not self.acceleration >= 1:
@@ -103,7 +113,10 @@ class Measurement:
 def build_operator(cfg: TaskConfig, extras: dict):
     """The operator of a task from its config and stored tensors (mask, estimated coil maps)."""
     if cfg.task == "sv-ct":
-        return sparse_view_ct(cfg.size, cfg.views)
+        if "angles" not in extras and cfg.detector_bins is None and cfg.detector_spacing == 1.0:
+            return sparse_view_ct(cfg.size, cfg.views)
+        angles = extras.get("angles", torch.arange(cfg.views, dtype=torch.float64) * (180.0 / cfg.views))
+        return ParallelBeamCT(cfg.size, angles, n_det=cfg.detector_bins, detector_spacing=cfg.detector_spacing)
     if cfg.task == "mri3d":
         return SingleCoilMRI(extras["mask"], real_images=True)
     return MultiCoilMRI(extras["mask"], extras["coil_maps"])
@@ -172,6 +185,10 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
         if "mask" not in tensors:
             raise DdipError(f"{p}: {cfg.task} measurement lacks its sampling 'mask'")
         extras["mask"] = tensors["mask"].bool()
+    if cfg.task == "sv-ct" and "angles" in tensors:
+        extras["angles"] = tensors["angles"].to(torch.float64).flatten()
+        if extras["angles"].numel() != cfg.views:
+            raise DdipError(f"{p}: {extras['angles'].numel()} projection angles for {cfg.views} views")
     if cfg.task == "csmri":
         if "coil_maps" not in tensors:
             raise DdipError(f"{p}: csmri measurement lacks its 'coil_maps'")
@@ -185,7 +202,7 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
         raise DdipError(f"{p}: measurement 'y' holds no slices (shape {tuple(y.shape)})")
     # The settings must describe the stored arrays before any operator is built from them (an edited size or view
     # count would otherwise allocate whatever it says).
-    shape = {"sv-ct": (1, cfg.views, detector_bins(cfg.size)), "mri3d": (1, cfg.size, cfg.size),
+    shape = {"sv-ct": (1, cfg.views, cfg.detector_bins or detector_bins(cfg.size)), "mri3d": (1, cfg.size, cfg.size),
              "csmri": (cfg.n_coils, cfg.size, cfg.size)}[cfg.task]
     if tuple(y.shape[1:]) != shape:
         raise DdipError(f"{p}: measurement 'y' has shape {tuple(y.shape)}, but the settings ({cfg.task}, "
@@ -242,3 +259,51 @@ def open_measurement(path: str | os.PathLike, **import_options) -> Measurement:
     if import_options and any(v is not None for v in import_options.values()):
         raise DdipError(f"{p}: import options apply to raw k-space (.h5), not to a measurement file")
     return load_measurement(p)
+
+
+def parse_angles(spec: str | os.PathLike | None, n_views: int) -> Tensor:
+    """Projection angles in degrees: ``None`` (``n_views`` uniform over [0°, 180°)), ``"START:STOP"`` (``n_views``
+    uniform from START, STOP excluded), or a ``.npy``/text file of one angle per view."""
+    if spec is None:
+        return torch.arange(n_views, dtype=torch.float64) * (180.0 / n_views)
+    text = str(spec)
+    if ":" in text and not Path(text).exists():
+        try:
+            start, stop = (float(v) for v in text.split(":"))
+        except ValueError as exc:
+            raise DdipError(f"angles {text!r}: expected START:STOP in degrees or a file") from exc
+        return start + torch.arange(n_views, dtype=torch.float64) * ((stop - start) / n_views)
+    path = Path(text)
+    if not path.is_file():
+        raise DdipError(f"angles {text!r}: no such file (or give START:STOP in degrees)")
+    try:
+        values = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise DdipError(f"{path}: cannot read the angles ({exc})") from exc
+    angles = torch.as_tensor(np.asarray(values, dtype=np.float64)).flatten()
+    if angles.numel() != n_views:
+        raise DdipError(f"{path}: {angles.numel()} angles for a sinogram of {n_views} views")
+    return angles
+
+
+def sinogram_measurement(sinogram: Tensor, angles_deg: Tensor, *, size: int, detector_spacing: float = 1.0,
+                         record: dict | None = None) -> Measurement:
+    """An SV-CT measurement of a measured parallel-beam sinogram ``(slices, views, bins)`` (or ``(views, bins)``):
+    the bins centred at ``bins // 2``, ``detector_spacing`` pixels of the ``size`` × ``size`` reconstruction grid
+    wide. Line integrals in any units: ``reconstruct`` rescales data far from the prior's range and back
+    (docs/usage.md gives the conversion to the priors' window)."""
+    y = torch.as_tensor(sinogram)
+    if y.ndim == 2:
+        y = y.unsqueeze(0)
+    if y.ndim != 3 or y.is_complex() or not y.is_floating_point():
+        raise DdipError(f"a sinogram must be real (slices, views, bins) or (views, bins), got {y.dtype} "
+                        f"{tuple(y.shape)}")
+    check_finite(y, "sinogram")
+    n_views, n_bins = y.shape[1:]
+    if angles_deg.numel() != n_views:
+        raise DdipError(f"{angles_deg.numel()} angles for a sinogram of {n_views} views")
+    cfg = TaskConfig(task="sv-ct", size=size, views=n_views, noise=0.0, detector_bins=n_bins,
+                     detector_spacing=float(detector_spacing))
+    extras = {"angles": angles_deg.to(torch.float64)}
+    return Measurement(cfg, y.unsqueeze(1).to(torch.float32), build_operator(cfg, extras), None, extras,
+                       record or {})

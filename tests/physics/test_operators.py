@@ -9,6 +9,7 @@ from ddip.errors import DdipError
 from ddip.metrics import psnr
 from ddip.physics import (
     MultiCoilMRI,
+    ParallelBeamCT,
     Resampled,
     SingleCoilMRI,
     adjointness_error,
@@ -27,6 +28,11 @@ def _multicoil(size, acceleration=4):
 OPERATORS = {
     "sv_ct": (lambda: sparse_view_ct(16, 8), None),
     "sv_ct_full": (lambda: sparse_view_ct(32, 64), 22.0),
+    # a measured detector: irregular angles, another bin count and width (ddip import of a sinogram)
+    "ct_measured_detector": (lambda: ParallelBeamCT(16, [3.0, 47.0, 95.5, 170.0], n_det=30, detector_spacing=0.8),
+                             None),
+    "ct_measured_detector_full": (lambda: ParallelBeamCT(32, torch.arange(96) * 1.875, n_det=31,
+                                                         detector_spacing=1.5), 20.0),
     "mri_single_coil": (lambda: mri_single_coil(32, 4, seed=0), None),
     "mri_single_coil_full": (lambda: SingleCoilMRI(torch.ones(32, 32)), 100.0),
     "mri_single_coil_complex": (lambda: SingleCoilMRI(uniform1d_mask((16, 16), 2, seed=1), real_images=False), None),
