@@ -131,11 +131,32 @@ def _volume(spec: str, modality: str, size: int, slab: tuple[int, int] | None, n
 
 
 UNITS = ("source", "window")
+DISPLAY_WINDOWS = ("soft-tissue", "full")
+SOFT_TISSUE_HU = (-160.0, 240.0)  # W400 / L40
+
+
+def display(record: dict, window: str = "soft-tissue") -> dict:
+    """How the PNG views show a volume: the display window (CT: soft tissue W400/L40 unless ``full``), its name,
+    and the slice-to-pixel spacing ratio that keeps coronal and sagittal planes in proportion."""
+    scaling = (record or {}).get("scaling") or {}
+    out: dict = {"window": (0.0, 1.0), "window_name": None, "slice_aspect": 1.0}
+    if scaling.get("kind") == "hu_window" and window == "soft-tissue":
+        lo, hi = scaling["window_hu"]
+        out["window"] = tuple((v - lo) / (hi - lo) for v in SOFT_TISSUE_HU)
+        out["window_name"] = "W400 L40"
+    spacing, pixel = (record or {}).get("spacing_mm"), ((record or {}).get("pixel_spacing_mm") or {}).get("rows")
+    if spacing and pixel:
+        out["slice_aspect"] = float(spacing[record.get("slice_axis", 2)]) / float(pixel)
+    return out
+
+
+def _scores(metrics: dict) -> str | None:
+    return None if metrics.get("psnr") is None else f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
 
 
 def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *, method: str, wall: float,
                  peak_mb: float, report: dict, config: dict, record: dict | None = None,
-                 units: str = "source") -> dict:
+                 units: str = "source", display_window: str = "soft-tissue") -> dict:
     """NIfTI, PNG views (with ground truth and error when known), config.json and metrics.json.
 
     The NIfTI lies where the source volume lay (its affine, voxel size and slab origin, when the volume came from a
@@ -149,13 +170,15 @@ def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *,
                 spacing=(spacing.get("cols", 1.0), spacing.get("rows", 1.0),
                          (record.get("spacing_mm") or [1.0] * 3)[record.get("slice_axis", 2)]))
     report = {**report, "nifti_units": unit}
+    shown = display(record, display_window)
     if truth is not None:
         metrics = evaluate_volume(volume, truth)
         views = {"ground truth": truth, method: volume}
-        write_png_views(out / "views.png", views, error_of=method, reference="ground truth")
+        write_png_views(out / "views.png", views, error_of=method, reference="ground truth",
+                        notes={method: _scores(metrics)}, **shown)
     else:
         metrics = {"psnr": None, "ssim": None, "lpips": None, "psnr_volume": None, "per_slice": {}}
-        write_png_views(out / "views.png", {method: volume})
+        write_png_views(out / "views.png", {method: volume}, **shown)
     metrics.update(method=method, wall_time_s=wall, peak_memory_mb=peak_mb, report=report)
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)
@@ -206,7 +229,7 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
     if rank != 0:
         return
     metrics = write_result(out, result.volume, m.ground_truth, method=args.method, wall=result.wall_time_s,
-                           record=m.record, units=args.units,
+                           record=m.record, units=args.units, display_window=args.display_window,
                            peak_mb=result.peak_memory_mb, report=result.report,
                            config={**config, "environment": environment()})
     _remove_checkpoints(ckpt)
@@ -248,24 +271,29 @@ def cmd_demo(args: argparse.Namespace) -> None:
     m = simulate(volume, TaskConfig(task="sv-ct", size=64, views=views, noise=0.01, seed=args.seed), record=record)
     prior = load_prior(args.prior)
     results = {}
-    for method in ("dds", "d3ip"):
-        cfg = ReconstructConfig(method=method, seed=args.seed, n_steps=args.steps, noise_mix=args.noise_mix,
-                                precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+    for method in ("admm-tv", "dds", "d3ip"):
+        speed = {} if method == "admm-tv" else dict(n_steps=args.steps, noise_mix=args.noise_mix,
+                                                    precision=args.precision, channels_last=args.channels_last,
+                                                    compile=args.compile)
+        cfg = ReconstructConfig(method=method, seed=args.seed, **speed,
                                 **({"k": args.k, "n_iters": args.iters} if method == "d3ip" else {}))
         res = reconstruct(m, cfg, prior, progress=not args.quiet)
         config = {"command": "demo", "prior": args.prior, **asdict(cfg), "task": asdict(m.config),
                   "volume_record": record}
         results[method] = (res, write_result(out / method, res.volume, m.ground_truth, method=method,
                                              wall=res.wall_time_s, peak_mb=res.peak_memory_mb, report=res.report,
-                                             config=config, record=record))
+                                             config=config, record=record,
+                                             display_window=args.display_window))
         _print_metrics(method, results[method][1])
-    write_png_views(out / "comparison.png", {"ground truth": m.ground_truth, "DDS": results["dds"][0].volume,
-                                             "D3IP": results["d3ip"][0].volume},
-                    error_of="D3IP", reference="ground truth")
+    names = {"admm-tv": "ADMM-TV", "dds": "DDS", "d3ip": "D3IP"}
+    write_png_views(out / "comparison.png", {"ground truth": m.ground_truth,
+                                             **{names[k]: results[k][0].volume for k in names}},
+                    error_of="D3IP", reference="ground truth",
+                    notes={names[k]: _scores(results[k][1]) for k in names}, **display(record, args.display_window))
     gain = results["d3ip"][1]["psnr"] - results["dds"][1]["psnr"]
     write_json(out / "summary.json", {"psnr_dds": results["dds"][1]["psnr"], "psnr_d3ip": results["d3ip"][1]["psnr"],
-                                      "psnr_gain_db": gain, "views": views, "slices": int(volume.shape[0]),
-                                      "prior": args.prior})
+                                      "psnr_admm_tv": results["admm-tv"][1]["psnr"], "psnr_gain_db": gain,
+                                      "views": views, "slices": int(volume.shape[0]), "prior": args.prior})
     print(f"D3IP - DDS: {gain:+.2f} dB PSNR; pictures in {out / 'comparison.png'}")
 
 
@@ -395,6 +423,11 @@ def _add_noise_mix(p: argparse.ArgumentParser) -> None:
                         "ddim, true DDIM")
 
 
+def _add_display(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--display-window", default="soft-tissue", choices=DISPLAY_WINDOWS,
+                   help="CT pictures: the soft-tissue window W400/L40 (default) or the full [-1024, 2048] HU range")
+
+
 def _add_speed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=ReconstructConfig.precision, choices=PRECISIONS,
                    help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
@@ -435,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconstruct", parents=[common], help="reconstruct a measurement file with one method")
     p.add_argument("measurement", help="a measurement file (simulate, import) or raw fastMRI k-space (.h5)")
+    _add_display(p)
     p.add_argument("--units", default="source", choices=UNITS,
                    help="the NIfTI's values: source (HU for CT, the MRI volume's scale; default) or window (the "
                         "[0, 1] range the prior works in)")
@@ -484,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=r.seed)
     _add_noise_mix(p)
     _add_speed(p)
+    _add_display(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -86,35 +86,45 @@ def write_nifti(path: str | os.PathLike, volume: Tensor, *, spacing: tuple[float
 
 
 def write_png_views(path: str | os.PathLike, volumes: dict[str, Tensor], *, error_of: str | None = None,
-                    reference: str | None = None) -> None:
+                    reference: str | None = None, window: tuple[float, float] = (0.0, 1.0),
+                    slice_aspect: float = 1.0, notes: dict[str, str] | None = None,
+                    window_name: str | None = None) -> None:
     """One figure: a row per volume (axial, coronal, sagittal central planes), plus an error row if asked.
 
-    ``volumes`` maps a title to ``(D, 1, H, W)`` slices in [0, 1]; ``error_of`` / ``reference`` name two of them
-    whose absolute difference is drawn as the last row.
+    ``volumes`` maps a title to ``(D, 1, H, W)`` slices in [0, 1], shown in the display ``window`` (a sub-range of
+    [0, 1], e.g. a CT soft-tissue window; named ``window_name`` in the title); ``slice_aspect`` is the slice spacing
+    over the pixel spacing, so coronal and sagittal planes keep their true proportions; ``notes`` adds a line (e.g.
+    PSNR/SSIM) under a volume's title. ``error_of`` / ``reference`` name two volumes whose absolute difference is the
+    last row, with a colorbar scaled to its 99.5th percentile.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(title, _planes(v), "gray", (0.0, 1.0)) for title, v in volumes.items()]
+    notes = notes or {}
+    rows = [(title + (f"\n{notes[title]}" if title in notes else ""), _planes(v), "gray", window)
+            for title, v in volumes.items()]
     if error_of is not None and reference is not None:
         err = (_mag(volumes[error_of]) - _mag(volumes[reference])).abs()
-        rows.append((f"|{error_of} - {reference}|", _planes(err), "inferno", (0.0, 0.2)))
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
+        top = max(float(torch.quantile(err.flatten().float()[:: max(1, err.numel() // 1_000_000)], 0.995)), 1e-6)
+        rows.append((f"|{error_of} − {reference}|", _planes(err), "inferno", (0.0, top)))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(8.2, 2.7 * len(rows)), squeeze=False)
     for r, (title, planes, cmap, (lo, hi)) in enumerate(rows):
         for c, (name, img) in enumerate(zip(("axial", "coronal", "sagittal"), planes)):
             ax = axes[r][c]
-            ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, aspect="auto" if c else "equal")
+            shown = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, aspect=1.0 if c == 0 else slice_aspect,
+                              interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(title, fontsize=9)
+                ax.set_ylabel(title, fontsize=8)
             if r == 0:
-                ax.set_title(name, fontsize=9)
-    fig.tight_layout()
+                ax.set_title(name + (f" ({window_name})" if window_name and c == 0 else ""), fontsize=9)
+        if cmap == "inferno":
+            fig.colorbar(shown, ax=list(axes[r]), fraction=0.025, pad=0.01).ax.tick_params(labelsize=7)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
     plt.close(fig)
 
 

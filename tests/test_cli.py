@@ -50,6 +50,7 @@ def test_demo_compares_dds_and_d3ip(tiny_prior, tmp_path, capsys):
     assert summary["views"] == 15 and summary["slices"] == 2
     assert summary["psnr_gain_db"] == pytest.approx(summary["psnr_d3ip"] - summary["psnr_dds"])
     assert (out / "comparison.png").is_file() and (out / "d3ip" / "metrics.json").is_file()
+    assert summary["psnr_admm_tv"] > 0 and (out / "admm-tv" / "metrics.json").is_file()  # the baseline beside them
     assert "D3IP - DDS" in capsys.readouterr().out
     for method in ("dds", "d3ip"):  # both methods sample with the demo's noise mixing, recorded with the result
         assert json.loads((out / method / "config.json").read_text())["noise_mix"] == "code"
@@ -244,3 +245,16 @@ def test_adaptation_settings_given_to_a_method_that_does_not_adapt_are_refused(c
         assert "set the adaptation, which dds does not do" in capsys.readouterr().err
     assert main(["reconstruct", str(ct_measurement), "--method", "scd", "--prior", tiny_prior, "--steps", "2",
                  "--iters", "1", "--lr", "1e-4", "--out", str(tmp_path / "ok"), "--quiet"]) == 0
+
+
+def test_pictures_show_ct_in_a_soft_tissue_window_with_true_proportions():
+    from ddip.cli import display
+
+    record = {"scaling": {"kind": "hu_window", "window_hu": [-1024.0, 2048.0]}, "spacing_mm": [0.7, 0.7, 2.5],
+              "slice_axis": 2, "pixel_spacing_mm": {"rows": 1.25, "cols": 1.25}}
+    shown = display(record)
+    lo, hi = shown["window"]
+    assert lo * 3072 - 1024 == pytest.approx(-160) and hi * 3072 - 1024 == pytest.approx(240)
+    assert shown["slice_aspect"] == pytest.approx(2.0)  # 2.5 mm slices over 1.25 mm pixels
+    assert display(record, "full")["window"] == (0.0, 1.0)
+    assert display({"scaling": {"kind": "divide_by_max", "max": 3.0}})["window"] == (0.0, 1.0)  # MRI: as is
