@@ -277,7 +277,8 @@ def output_affine(record: dict) -> np.ndarray | None:
 
 def to_source_units(volume: Tensor, record: dict) -> tuple[Tensor, str]:
     """Slices in [0, 1] back in the source's units (HU for a CT window, the MRI slab's scale), and the units' name;
-    unchanged (``"window"``) when the record holds no scaling."""
+    unchanged when the record holds no scaling (``"source"`` for imported measurements, which ``reconstruct``
+    returns in their own scale; ``"window"`` otherwise)."""
     scaling = record.get("scaling") or {}
     v = volume.abs() if volume.is_complex() else volume
     if scaling.get("kind") == "hu_window":
@@ -285,6 +286,8 @@ def to_source_units(volume: Tensor, record: dict) -> tuple[Tensor, str]:
         return lo + v * (hi - lo), "HU"
     if scaling.get("kind") == "divide_by_max":
         return v * float(scaling["max"]), "source"
+    if record.get("format") in ("fastmri", "sinogram"):  # imported data: reconstructed in the data's own scale
+        return volume, "source"
     return volume, "window"
 
 

@@ -77,6 +77,7 @@ def test_undersampled_h5_reconstructs_from_one_command_in_the_source_scale(tmp_p
     out = tmp_path / "rec"
     assert main(["reconstruct", str(src), "--method", "admm-tv", "--out", str(out)]) == 0
     assert (out / "reconstruction.nii.gz").is_file() and (out / "metrics.json").is_file()
+    assert json.loads((out / "metrics.json").read_text())["report"]["nifti_units"] == "source"
     # the same through the API: scanner magnitudes in, scanner magnitudes out, better than the zero-filled image
     m = open_measurement(src)
     res = reconstruct(m, ReconstructConfig("admm-tv"))
