@@ -49,6 +49,7 @@ class DiffusionPrior(nn.Module):
     ``autocast``: a lower precision (``torch.bfloat16``) for the network's own arithmetic, by ``torch.autocast`` on
     the input's device, forward and backward (adaptation); ε comes back in the input's dtype and everything outside
     the network (CG, ADMM, the DDIM update) stays in full precision. None (default) runs the network as stored.
+    :meth:`with_speed` gives the same prior in another precision, layout or compiled (:class:`NetworkSpeed`).
     """
 
     def __init__(self, net: nn.Module, schedule: VPSchedule | None = None, *, autocast: torch.dtype | None = None,
@@ -66,11 +67,6 @@ class DiffusionPrior(nn.Module):
         state["_compiled"] = None
         return state
 
-    def with_autocast(self, dtype: torch.dtype | None) -> "DiffusionPrior":
-        """The same network and schedule (shared, not copied) with another network precision."""
-        return DiffusionPrior(self.net, self.schedule, autocast=dtype, channels_last=self.channels_last,
-                              compile=self.compile)
-
     def with_speed(self, speed: NetworkSpeed) -> "DiffusionPrior":
         """This prior run as ``speed`` says. The network is shared unless the weights change dtype or layout, in which
         case a converted copy is made: the caller's prior is never altered."""
@@ -80,6 +76,9 @@ class DiffusionPrior(nn.Module):
             net = copy.deepcopy(net)
             if weights is not None:  # nn.Module.to: diffusers' own ``to`` warns about casts it did not make itself
                 net = nn.Module.to(net, weights)
+                for name, param in net.named_parameters():
+                    if "lora_" in name:  # adapted parameters stay float32 (as ddip.adapt.inject_lora keeps them)
+                        param.data = param.data.float()
             if speed.channels_last:
                 net = net.to(memory_format=torch.channels_last)
         autocast = torch.bfloat16 if speed.precision == "bfloat16" else None

@@ -31,6 +31,7 @@ from ddip.data import load_fixture
 from ddip.errors import DdipError
 from ddip.physics import add_noise, sparse_view_ct
 from ddip.priors import DiffusionPrior, UNetConfig, build_unet
+from ddip.priors.prior import NetworkSpeed
 from ddip.solvers import DDS, DiffusionMBIR, solve
 
 TINY = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(8,))
@@ -74,10 +75,10 @@ def test_bias_training_is_an_option_excluding_time_embedding_projections():
     assert 0 < counts["trainable"] < 0.2 * counts["total"]
 
 
-@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
-def test_adaptation_changes_only_the_chosen_parameters_and_lowers_the_loss(problem, autocast):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "bfloat16-weights"])
+def test_adaptation_changes_only_the_chosen_parameters_and_lowers_the_loss(problem, precision):
     x, op, y = problem
-    prior = _prior().with_autocast(autocast)
+    prior = _prior().with_speed(NetworkSpeed(precision))
     base = {k: v.clone() for k, v in prior.net.state_dict().items() if "lora_" not in k}
     lora_before = snapshot(prior.net)
     g = torch.Generator().manual_seed(0)

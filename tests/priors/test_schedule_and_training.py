@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddip.errors import DdipError
-from ddip.priors.prior import DiffusionPrior
+from ddip.priors.prior import DiffusionPrior, NetworkSpeed
 from ddip.priors.schedule import VPSchedule
 from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig, build_unet
@@ -44,7 +44,7 @@ def test_tweedie_estimate_inverts_the_forward_process():
 
 def test_bfloat16_autocast_is_close_to_float32_and_leaves_the_prior_alone():
     prior = DiffusionPrior(build_unet(TINY, seed=0))
-    fast = prior.with_autocast(torch.bfloat16)
+    fast = prior.with_speed(NetworkSpeed("bfloat16"))
     x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     ref, low = prior.eps(x, 500), fast.eps(x, 500)
     assert fast.net is prior.net and prior.autocast is None
