@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import signal
@@ -29,9 +30,10 @@ from ddip.data.volumes import output_affine, to_source_units
 from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError
 from ddip.evaluation import GATE_IMAGES, gate_curve
-from ddip.io import read_safetensors, write_json, write_nifti, write_png_views
+from ddip.io import write_json, write_nifti, write_png_views
 from ddip.metrics import evaluate_volume
 from ddip.priors import ADM_PRESETS, adm_config, convert_adm_checkpoint, default_prior, load_prior
+from ddip.priors.adm import adm_parameters
 from ddip.priors.prior import PRECISIONS
 from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
@@ -138,13 +140,14 @@ SOFT_TISSUE_HU = (-160.0, 240.0)  # W400 / L40
 def display(record: dict, window: str = "soft-tissue") -> dict:
     """How the PNG views show a volume: the display window (CT: soft tissue W400/L40 unless ``full``), its name,
     and the slice-to-pixel spacing ratio that keeps coronal and sagittal planes in proportion."""
-    scaling = (record or {}).get("scaling") or {}
+    record = record or {}
+    scaling = record.get("scaling") or {}
     out: dict = {"window": (0.0, 1.0), "window_name": None, "slice_aspect": 1.0}
     if scaling.get("kind") == "hu_window" and window == "soft-tissue":
         lo, hi = scaling["window_hu"]
         out["window"] = tuple((v - lo) / (hi - lo) for v in SOFT_TISSUE_HU)
         out["window_name"] = "W400 L40"
-    spacing, pixel = (record or {}).get("spacing_mm"), ((record or {}).get("pixel_spacing_mm") or {}).get("rows")
+    spacing, pixel = record.get("spacing_mm"), (record.get("pixel_spacing_mm") or {}).get("rows")
     if spacing and pixel:
         out["slice_aspect"] = float(spacing[record.get("slice_axis", 2)]) / float(pixel)
     return out
@@ -341,11 +344,13 @@ def _sinogram(args: argparse.Namespace):
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DdipError(f"{path}: not a readable .npy array ({exc})") from exc
-    sino = torch.as_tensor(np.asarray(data, dtype=np.float32) if np.issubdtype(data.dtype, np.number)
-                           and not np.iscomplexobj(data) else data)
-    if sino.ndim in (2, 3) and args.slices:
-        sino = sino[parse_slices(args.slices, sino.shape[0])] if sino.ndim == 3 else sino
-    views = sino.shape[-2] if sino.ndim in (2, 3) else 0
+    real = np.issubdtype(data.dtype, np.number) and not np.iscomplexobj(data)
+    sino = torch.as_tensor(data.astype(np.float32) if real else data)  # the rest is checked by sinogram_measurement
+    if sino.ndim == 2:
+        sino = sino.unsqueeze(0)  # one slice
+    if sino.ndim == 3 and args.slices:
+        sino = sino[parse_slices(args.slices, sino.shape[0])]
+    views = sino.shape[-2] if sino.ndim == 3 else 0
     return sinogram_measurement(sino, parse_angles(args.angles, views), size=args.size,
                                 detector_spacing=args.detector_spacing,
                                 record={"source": str(path), "format": "sinogram", "angles": args.angles})
@@ -380,8 +385,9 @@ def cmd_convert_prior(args: argparse.Namespace) -> None:
     """A guided-diffusion (ADM) checkpoint as a ddip prior file."""
     out = Path(args.out)
     _check_out_file(out, args.overwrite, "the prior file")
-    ucfg = convert_adm_checkpoint(args.checkpoint, adm_config(args.adm_config), out)
-    n = sum(v.numel() for v in read_safetensors(out, "prior")[0].values())
+    config = adm_config(args.adm_config)
+    ucfg = convert_adm_checkpoint(args.checkpoint, config, out)
+    n = sum(math.prod(shape) for _, shape in adm_parameters(config))
     print(f"wrote {out}: {n:,} parameters, {ucfg.image_size} px, {ucfg.in_channels} channel(s) in; use it with "
           f"--prior {out}")
 

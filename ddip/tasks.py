@@ -41,7 +41,7 @@ from ddip.physics import (
     uniform1d_mask,
 )
 from ddip.physics.base import check_finite
-from ddip.physics.ct import detector_bins
+from ddip.physics.ct import detector_bins, uniform_angles
 
 Task = Literal["sv-ct", "mri3d", "csmri"]
 TASKS = ("sv-ct", "mri3d", "csmri")
@@ -113,10 +113,10 @@ class Measurement:
 def build_operator(cfg: TaskConfig, extras: dict):
     """The operator of a task from its config and stored tensors (mask, estimated coil maps)."""
     if cfg.task == "sv-ct":
-        if "angles" not in extras and cfg.detector_bins is None and cfg.detector_spacing == 1.0:
-            return sparse_view_ct(cfg.size, cfg.views)
-        angles = extras.get("angles", torch.arange(cfg.views, dtype=torch.float64) * (180.0 / cfg.views))
-        return ParallelBeamCT(cfg.size, angles, n_det=cfg.detector_bins, detector_spacing=cfg.detector_spacing)
+        detector = {"n_det": cfg.detector_bins, "detector_spacing": cfg.detector_spacing}
+        if "angles" in extras:  # a measured sinogram's own angles
+            return ParallelBeamCT(cfg.size, extras["angles"], **detector)
+        return sparse_view_ct(cfg.size, cfg.views, **detector)
     if cfg.task == "mri3d":
         return SingleCoilMRI(extras["mask"], real_images=True)
     return MultiCoilMRI(extras["mask"], extras["coil_maps"])
@@ -265,14 +265,14 @@ def parse_angles(spec: str | os.PathLike | None, n_views: int) -> Tensor:
     """Projection angles in degrees: ``None`` (``n_views`` uniform over [0°, 180°)), ``"START:STOP"`` (``n_views``
     uniform from START, STOP excluded), or a ``.npy``/text file of one angle per view."""
     if spec is None:
-        return torch.arange(n_views, dtype=torch.float64) * (180.0 / n_views)
+        return uniform_angles(n_views)
     text = str(spec)
     if ":" in text and not Path(text).exists():
         try:
             start, stop = (float(v) for v in text.split(":"))
         except ValueError as exc:
             raise DdipError(f"angles {text!r}: expected START:STOP in degrees or a file") from exc
-        return start + torch.arange(n_views, dtype=torch.float64) * ((stop - start) / n_views)
+        return uniform_angles(n_views, start, stop)
     path = Path(text)
     if not path.is_file():
         raise DdipError(f"angles {text!r}: no such file (or give START:STOP in degrees)")

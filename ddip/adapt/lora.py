@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ddip.errors import DdipError
+from ddip.priors.prior import keep_adapters_float32
 
 # Module-name patterns (peft regex, matched against the full name) of the layers that get LoRA.
 LORA_TARGETS = (r".*(resnets\.\d+|downsamplers\.0|upsamplers\.0)\.(conv1|conv2|conv_shortcut|time_emb_proj)"
@@ -51,11 +52,8 @@ def inject_lora(net: nn.Module, cfg: LoRAConfig = LoRAConfig(), *, generator: to
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, net)
+    keep_adapters_float32(net)  # peft gives LoRA the base layer's dtype
     for name, param in net.named_parameters():
-        if "lora_" in name and param.dtype != torch.float32:
-            # peft gives LoRA the base layer's dtype; AdamW's small steps would vanish in bfloat16, so the adapted
-            # parameters stay float32 (peft casts the branch's input to them and its output back)
-            param.data = param.data.float()
         is_lora = "lora_" in name
         is_bias = cfg.train_biases and name.endswith("bias") and "time_emb_proj" not in name and "lora_" not in name
         param.requires_grad_(is_lora or is_bias)

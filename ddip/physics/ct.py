@@ -168,9 +168,15 @@ class ParallelBeamCT(LinearOperator):
         return self.fbp(y)
 
 
-def sparse_view_ct(img_size: int, n_views: int = 60) -> ParallelBeamCT:
-    """Sparse-view CT: ``n_views`` angles uniform over [0°, 180°) without the endpoint (paper: 60 views)."""
+def uniform_angles(n_views: int, start: float = 0.0, stop: float = 180.0) -> Tensor:
+    """``n_views`` angles (degrees, float64) uniform over [start, stop), the endpoint excluded."""
     if int(n_views) < 1:
-        raise DdipError(f"sparse_view_ct: n_views must be >= 1, got {n_views}")
-    angles = torch.arange(int(n_views), dtype=torch.float64) * (180.0 / int(n_views))
-    return ParallelBeamCT(img_size, angles)
+        raise DdipError(f"n_views must be >= 1, got {n_views}")
+    return start + torch.arange(int(n_views), dtype=torch.float64) * ((stop - start) / int(n_views))
+
+
+def sparse_view_ct(img_size: int, n_views: int = 60, *, n_det: int | None = None,
+                   detector_spacing: float = 1.0) -> ParallelBeamCT:
+    """Sparse-view CT: ``n_views`` angles uniform over [0°, 180°) without the endpoint (paper: 60 views), on the
+    simulation's detector unless another is given."""
+    return ParallelBeamCT(img_size, uniform_angles(n_views), n_det=n_det, detector_spacing=detector_spacing)

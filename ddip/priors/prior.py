@@ -39,6 +39,15 @@ class NetworkSpeed:
             raise DdipError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
+def keep_adapters_float32(net: nn.Module) -> nn.Module:
+    """Put the LoRA parameters of a lower-precision network back in float32 (in place; returns ``net``): AdamW's small
+    steps would vanish in bfloat16, and peft casts each branch's input to its weights and its output back."""
+    for name, param in net.named_parameters():
+        if "lora_" in name and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return net
+
+
 def _per_sample(a: Tensor, like: Tensor) -> Tensor:
     return a.to(device=like.device, dtype=like.real.dtype).view(-1, *([1] * (like.ndim - 1)))
 
@@ -75,10 +84,7 @@ class DiffusionPrior(nn.Module):
         if weights is not None or speed.channels_last:
             net = copy.deepcopy(net)
             if weights is not None:  # nn.Module.to: diffusers' own ``to`` warns about casts it did not make itself
-                net = nn.Module.to(net, weights)
-                for name, param in net.named_parameters():
-                    if "lora_" in name:  # adapted parameters stay float32 (as ddip.adapt.inject_lora keeps them)
-                        param.data = param.data.float()
+                net = keep_adapters_float32(nn.Module.to(net, weights))
             if speed.channels_last:
                 net = net.to(memory_format=torch.channels_last)
         autocast = torch.bfloat16 if speed.precision == "bfloat16" else None
