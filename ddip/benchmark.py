@@ -31,7 +31,7 @@ from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
-from ddip.reconstruct import METHODS, ReconstructConfig, reconstruct
+from ddip.reconstruct import ADAPTED, METHODS, ReconstructConfig, reconstruct
 from ddip.tasks import TaskConfig, paper_views, simulate
 
 TABLES = ("table2", "table1", "table3", "table4", "scaling")
@@ -52,11 +52,14 @@ class BenchConfig:
     noise_mix: str = ReconstructConfig.noise_mix
     scaling_sizes: tuple[int, ...] = (8, 16, 32, 64)
     methods: tuple[str, ...] = METHODS  # table 2's methods (a subset for a costly size)
+    cg_iters: int | None = None  # CG steps per data-consistency solve (None: each method's own; the paper's DDS: 5)
+    lr: float | None = None  # the adapted methods' learning rate (None: Table 5 / ddip.reconstruct.LR_TUNED)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise DdipError(f"benchmark: unknown or no method(s) {unknown}; choose from {', '.join(METHODS)}")
+        ReconstructConfig(method="d3ip", cg_iters=self.cg_iters, lr=self.lr)  # a bad value fails before any run
 
     @classmethod
     def quick_config(cls, **given) -> "BenchConfig":
@@ -69,7 +72,8 @@ class BenchConfig:
             return {"prior": c.prior, "size": c.size, "n_slices": c.n_slices, "steps": c.n_steps,
                     "dps_slices": c.dps_slices, "scaling_steps": c.scaling_steps,
                     "scaling_sizes": ",".join(map(str, c.scaling_sizes)), "noise_mix": c.noise_mix,
-                    "table2": ",".join(c.table2_settings), "methods": ",".join(c.methods)}
+                    "table2": ",".join(c.table2_settings), "methods": ",".join(c.methods),
+                    "cg_iters": c.cg_iters, "lr": c.lr}
 
         mine, defaults = flags(self), flags(BenchConfig.quick_config() if self.quick else BenchConfig())
         return "ddip benchmark" + (" --quick" if self.quick else "") + "".join(
@@ -89,7 +93,13 @@ def _measure(task: str, cfg: BenchConfig, n_slices: int, views: int = 60):
 
 
 def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
-    """A reconstruction's settings with the benchmark's seed and noise mixing."""
+    """A reconstruction's settings with the benchmark's seed, noise mixing and, where they apply, its CG steps and
+    learning rate."""
+    method = settings["method"]
+    if cfg.cg_iters is not None and method not in ("dps", "admm-tv"):
+        settings["cg_iters"] = cfg.cg_iters
+    if cfg.lr is not None and method in ADAPTED:
+        settings["lr"] = cfg.lr
     return ReconstructConfig(seed=cfg.seed, noise_mix=cfg.noise_mix, **settings)
 
 

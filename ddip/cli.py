@@ -39,8 +39,9 @@ from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
 from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, ReconstructConfig, reconstruct
 from ddip.signals import Interrupted, StopRequest
+from ddip.solvers import DDNM, DDS, DiffusionMBIR
 from ddip.solvers.base import INITS, NOISE_MIXES
-from ddip.solvers.dds import DC_VARIANTS
+from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
 from ddip.tasks import (
     TASKS,
     TaskConfig,
@@ -255,7 +256,8 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     """The reconstruction settings of parsed ``ddip reconstruct`` arguments (validated by ReconstructConfig)."""
     return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
                              init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
-                             zeta=args.zeta, dc_variant=args.dc_variant, precision=args.precision,
+                             zeta=args.zeta, dc_variant=args.dc_variant, cg_iters=args.cg_iters,
+                             precision=args.precision,
                              channels_last=args.channels_last, compile=args.compile, resize=args.resize,
                              normalise=args.normalise)
 
@@ -323,7 +325,8 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
     given = {"prior": args.prior, "size": args.size, "n_slices": args.n_slices, "n_steps": args.steps,
              "dps_slices": args.dps_slices, "scaling_steps": args.scaling_steps,
              "scaling_sizes": None if args.scaling_sizes is None else _ints(args.scaling_sizes),
-             "noise_mix": args.noise_mix, "table2_settings": split(args.table2), "methods": split(args.methods)}
+             "noise_mix": args.noise_mix, "table2_settings": split(args.table2), "methods": split(args.methods),
+             "cg_iters": args.cg_iters, "lr": args.lr}
     given = {k: v for k, v in given.items() if v is not None}
     return BenchConfig.quick_config(**given) if args.quick else BenchConfig(**given)
 
@@ -499,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dc-variant", choices=DC_VARIANTS,
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")
+    p.add_argument("--cg-iters", type=int,
+                   help="CG steps per data-consistency solve (default: the method's own, DDS and the adapted "
+                        f"methods {DDS.cg_iters}, DDNM {DDNM.cg_iters}, MBIR {DiffusionMBIR.cg_iters} per ADMM "
+                        f"iteration; the paper's DDS: {PAPER_CG_ITERS})")
     _add_speed(p)
     p.add_argument("--resize", action="store_true",
                    help="if the prior's image size differs from the data's, reconstruct on the prior's grid "
@@ -547,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-mix", choices=NOISE_MIXES, help=f"DDIM noise mixing (default {b.noise_mix})")
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
     p.add_argument("--methods", help="table 2's methods, comma-separated (default: all)")
+    p.add_argument("--cg-iters", type=int, help="CG steps per data-consistency solve of every CG sampler (default: "
+                                               f"each method's own; the paper's DDS: {PAPER_CG_ITERS})")
+    p.add_argument("--lr", type=float, help="the adapted methods' learning rate (default: Table 5, CS-MRI 1e-4)")
     p.add_argument("--out", default="out/benchmark", help="output folder (default out/benchmark)")
     p.set_defaults(func=cmd_benchmark)
 

@@ -6,9 +6,10 @@ prior must beat the least-squares solution by at least 3 dB PSNR. The least-squa
 equations from zero, reported at its best iteration count among several (early stopping is its regulariser), so the
 comparison is against the strongest version of it.
 
-The gate's sampler is DDS (proximal CG, M = 5, γ = 5) with 200 steps and η = 0.2 instead of the paper's 50 steps and
-η = 0.85: the gate measures the prior, so it uses the best data-consistent sampler we found, chosen on a validation
-seed (``GATE_SEED - 2``) that the gate never reports (the candidates and their PSNR: ddip/priors/weights/README.md).
+The gate's sampler is DDS (proximal CG, γ = 5, the paper's M = 5 CG steps, kept fixed so that gates of different
+versions compare) with 200 steps and η = 0.2 instead of the paper's 50 steps and η = 0.85: the gate measures the
+prior, so it uses the best data-consistent sampler we found, chosen on a validation seed (``GATE_SEED - 2``) that
+the gate never reports (the candidates and their PSNR: ddip/priors/weights/README.md).
 The report also gives DDS at the paper's settings (``dds_paper_psnr``) so the two can be compared.
 """
 
@@ -30,6 +31,7 @@ from ddip.priors.prior import DiffusionPrior
 from ddip.priors.registry import load_prior
 from ddip.solvers import DDS, solve
 from ddip.solvers.base import ddim_update, predict_eps
+from ddip.solvers.dds import PAPER_CG_ITERS
 from ddip.tasks import TaskConfig, paper_views, simulate
 
 GATE_SEED = 2_147_483_647  # the training streams use seeds 0 … 1e6 + 3; this one is never used for training
@@ -81,7 +83,8 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = GATE_IMAGES, n_views:
     x, y = x.to(device), y.to(device)
     ls = least_squares_psnr(op, y, x)
     state = g.get_state()
-    rec = _clamp(solve(DDS(n_steps=n_steps, eta=eta, noise_mix=GATE_NOISE_MIX), prior, y, op, generator=g))
+    sampler = DDS(n_steps=n_steps, eta=eta, noise_mix=GATE_NOISE_MIX, cg_iters=PAPER_CG_ITERS)
+    rec = _clamp(solve(sampler, prior, y, op, generator=g))
     dds = float(psnr(rec, x).mean())
     best_ls = max(ls.values())
     report = {"dds_psnr": dds, "least_squares_psnr": best_ls,
@@ -90,7 +93,7 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = GATE_IMAGES, n_views:
               "task": task, "n_images": n_images, "n_views": n_views, "sigma": sigma, "size": size, "seed": seed}
     if paper_settings:
         g.set_state(state)
-        paper = _clamp(solve(DDS(noise_mix=GATE_NOISE_MIX), prior, y, op, generator=g))
+        paper = _clamp(solve(DDS(noise_mix=GATE_NOISE_MIX, cg_iters=PAPER_CG_ITERS), prior, y, op, generator=g))
         report["dds_paper_psnr"] = float(psnr(paper, x).mean())
         report["paper_margin_db"] = report["dds_paper_psnr"] - best_ls
     return report

@@ -134,6 +134,7 @@ class ReconstructConfig:
     zeta: int | None = AdaptConfig.zeta  # adaptation window [ζ, T' − ζ]; None adapts at every step
     loss_cg_iters: int | None = None
     dc_variant: str | None = None  # CG data consistency: None = the method's own (DDS proximal, DDNM normal)
+    cg_iters: int | None = None  # CG steps per data-consistency solve; None: the method's own (DDS 20, DDNM 30, MBIR 5)
     precision: str = NetworkSpeed.precision  # the network's arithmetic (ddip.priors.prior.PRECISIONS)
     channels_last: bool = NetworkSpeed.channels_last  # NHWC network (GPU tensor cores; docs/gpu.md)
     compile: bool = NetworkSpeed.compile  # torch.compile the network (docs/gpu.md)
@@ -156,6 +157,10 @@ class ReconstructConfig:
         if self.dc_variant is not None and self.method in ("dps", "admm-tv", "mbir", "d3ip-mbir"):
             raise DdipError(f"dc_variant applies to the CG samplers (DDS, DDNM and the adapted methods on DDS), "
                             f"not to {self.method}")
+        if self.cg_iters is not None and self.method in ("dps", "admm-tv"):
+            raise DdipError(f"cg_iters applies to the samplers with a CG data-consistency step, not to {self.method}")
+        if self.cg_iters is not None and (isinstance(self.cg_iters, bool) or self.cg_iters < 1):
+            raise DdipError(f"cg_iters must be >= 1, got {self.cg_iters}")
         given = [name for name, default in (("k", None), ("n_iters", None), ("lr", None), ("zeta", AdaptConfig.zeta),
                                             ("loss_cg_iters", None), ("lora_rank", LoRAConfig.rank),
                                             ("train_biases", LoRAConfig.train_biases))
@@ -225,6 +230,8 @@ def build_step(cfg: ReconstructConfig, m: Measurement):
         return DPS(**({"n_steps": cfg.n_steps} if cfg.n_steps else {}))
     if cfg.dc_variant is not None:
         common["variant"] = cfg.dc_variant
+    if cfg.cg_iters is not None:
+        common["cg_iters"] = cfg.cg_iters
     if cfg.method == "ddnm":
         return DDNM(**common)
     if cfg.method in ("mbir", "d3ip-mbir"):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from ddip.benchmark import BenchConfig, run_benchmark
+from ddip.benchmark import BenchConfig, _rconfig, run_benchmark
 from ddip.errors import DdipError
 
 
@@ -30,6 +30,17 @@ def test_the_recorded_command_reproduces_the_configuration():
         "ddip benchmark --n-slices 8 --steps 20 --scaling-steps 10"
     assert BenchConfig().command() == "ddip benchmark"
     assert BenchConfig(size=128, methods=("dds", "d3ip")).command() == "ddip benchmark --size 128 --methods dds,d3ip"
+    assert BenchConfig(cg_iters=5, lr=1e-3).command() == "ddip benchmark --cg-iters 5 --lr 0.001"
+
+
+def test_cg_steps_and_learning_rate_reach_only_the_methods_they_apply_to():
+    cfg = BenchConfig(cg_iters=5, lr=1e-3)
+    settings = {m: _rconfig(cfg, method=m) for m in ("admm-tv", "dps", "dds", "mbir", "d3ip")}
+    assert [settings[m].cg_iters for m in settings] == [None, None, 5, 5, 5]
+    assert [settings[m].lr for m in settings] == [None, None, None, None, 1e-3]
+    for bad in ({"cg_iters": 0}, {"lr": -1.0}):
+        with pytest.raises(DdipError, match="cg_iters must be >= 1|lr must be a positive"):
+            BenchConfig(**bad)
 
 
 def test_table2_runs_only_the_chosen_methods(tiny_prior, tmp_path):

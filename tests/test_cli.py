@@ -66,8 +66,9 @@ def test_reconstruct_config_names_a_bad_option():
         ReconstructConfig(method="ddnm", dc_variant="exact")
 
 
-def test_dc_variant_and_precision_are_recorded_and_refused_where_they_do_not_apply(ct_measurement, tiny_prior,
-                                                                                   tmp_path, capsys):
+def test_dc_variant_cg_steps_and_precision_are_recorded_and_refused_where_they_do_not_apply(ct_measurement,
+                                                                                             tiny_prior, tmp_path,
+                                                                                             capsys):
     out = tmp_path / "ddnm"
     assert main(["reconstruct", str(ct_measurement), "--method", "ddnm", "--dc-variant", "proximal", "--prior",
                  tiny_prior, "--out", str(out), "--steps", "2", "--quiet"]) == 0
@@ -80,6 +81,13 @@ def test_dc_variant_and_precision_are_recorded_and_refused_where_they_do_not_app
                  tiny_prior, "--out", str(tmp_path / "mbir"), "--steps", "2", "--quiet"]) == 2
     assert "dc_variant applies to the CG samplers" in capsys.readouterr().err
     assert not (tmp_path / "mbir").exists()
+    out = tmp_path / "paper-cg"
+    assert main(["reconstruct", str(ct_measurement), "--method", "mbir", "--cg-iters", "5", "--prior", tiny_prior,
+                 "--out", str(out), "--steps", "2", "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["cg_iters"] == 5
+    assert main(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--cg-iters", "5", "--out",
+                 str(tmp_path / "tv"), "--quiet"]) == 2
+    assert "cg_iters applies to the samplers with a CG" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor
 
-from ddip.metrics.image import psnr, psnr_volume, ssim
+from ddip.metrics.image import band_errors, psnr, psnr_volume, ssim
 from ddip.metrics.perceptual import lpips
 
 
@@ -36,4 +36,4 @@ def evaluate_volume(x: Tensor, ref: Tensor, *, ssim_data_range: float | None = N
     }
 
 
-__all__ = ["evaluate_volume", "lpips", "psnr", "psnr_volume", "ssim"]
+__all__ = ["band_errors", "evaluate_volume", "lpips", "psnr", "psnr_volume", "ssim"]

@@ -83,3 +83,16 @@ def ssim(x: Tensor, ref: Tensor, *, data_range: float | Tensor | None = None, wi
     vxy = cov_norm * (mean(a * b) - ux * uy)
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s.mean(dim=(1, 2, 3))
+
+
+def band_errors(x: Tensor, ref: Tensor, radius: float) -> dict[str, float]:
+    """Relative squared error ‖F(x − ref)‖² / ‖F ref‖² over the in-plane frequencies below (``"low"``) and above
+    (``"high"``) ``radius`` cycles per image: for sparse-view CT, the frequencies the views sample and those they leave
+    to the prior (docs/diagnosis.md §7)."""
+    x, ref = _as_slices(x, ref)
+    h, w = x.shape[-2:]
+    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64) * h, torch.fft.fftfreq(w, dtype=torch.float64) * w
+    low = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() < radius
+    err, energy = torch.fft.fft2(x - ref).abs() ** 2, torch.fft.fft2(ref).abs() ** 2
+    return {"low": float(err[:, low].sum() / energy[:, low].sum()),
+            "high": float(err[:, ~low].sum() / energy[:, ~low].sum())}
