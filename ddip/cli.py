@@ -399,13 +399,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     channels = 2 if args.data == "ellipses-complex" else 1
+    phantoms = args.data in ("ellipses", "ellipses-complex")
+    if not phantoms and args.modality is None:
+        raise DdipError(f"--data {args.data}: training on a folder of volumes needs --modality ct or mri (the "
+                        "intensity window its slices are scaled with)")
+    if phantoms and args.modality is not None:
+        raise DdipError("--modality applies to --data FOLDER; phantoms have their own range")
     unet = UNetConfig(image_size=args.size, model_channels=args.channels, channel_mult=args.mult,
                       num_res_blocks=args.res_blocks, attention_resolutions=args.attn,
                       num_head_channels=args.head_channels, in_channels=channels, out_channels=channels)
     cfg = TrainConfig(out=args.out, unet=unet, batch_size=args.batch, lr=args.lr, ema_decay=args.ema,
                       max_images=args.max_images, max_hours=args.max_hours, bf16=args.bf16, seed=args.seed,
                       checkpoint_minutes=args.checkpoint_minutes, snapshot_every=args.snapshot_every,
-                      init_weights=args.init_weights, data=args.data, warmup_steps=args.warmup_steps,
+                      init_weights=args.init_weights, data=args.data if phantoms else "volumes",
+                      volumes=None if phantoms else args.data, modality=args.modality, warmup_steps=args.warmup_steps,
                       device=args.device, rng=args.rng, channels_last=args.channels_last, compile=args.compile)
 
     with distributed.process_group():  # under torchrun: DistributedDataParallel, one phantom stream per rank
@@ -602,8 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     u, t = UNetConfig(), TrainConfig(out="")
     p = sub.add_parser("train-prior", parents=[common],
-                       help="train a diffusion prior on ELLIPSES phantoms made on the fly",
-                       description="Train (or resume, if OUT holds a checkpoint) an ADM-style prior on ELLIPSES.")
+                       help="train a diffusion prior on ELLIPSES phantoms made on the fly, or on your own volumes",
+                       description="Train (or resume, if OUT holds a checkpoint) an ADM-style prior on ELLIPSES or on "
+                                   "the slices of a folder of volumes.")
     p.add_argument("--out", required=True, help="run folder (checkpoint, EMA weights, config, loss log)")
     p.add_argument("--size", type=int, default=u.image_size, help="image size in pixels")
     p.add_argument("--channels", type=int, default=u.model_channels, help="base channel count (multiple of 32)")
@@ -631,8 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-every", type=int, default=t.snapshot_every, help="EMA snapshot every N images")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--init-weights", help="warm start a new run from these weights (e.g. a shipped prior)")
-    p.add_argument("--data", default="ellipses", choices=("ellipses", "ellipses-complex"),
-                   help="ellipses-complex: smooth random phase, 2 channels (the CS-MRI prior)")
+    p.add_argument("--data", default="ellipses",
+                   help="ellipses (default), ellipses-complex (smooth random phase, 2 channels: the CS-MRI prior), "
+                        "or a FOLDER of volumes (NIfTI, .npy, DICOM series folders) whose slices are trained on")
+    p.add_argument("--modality", choices=("ct", "mri"),
+                   help="with --data FOLDER: CT slices through the Hounsfield window, MRI divided by each volume's "
+                        "maximum, as reconstruction prepares them")
     p.set_defaults(func=cmd_train)
     return parser
 

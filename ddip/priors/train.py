@@ -1,4 +1,5 @@
-"""Training a prior on ELLIPSES phantoms made on the fly, with EMA, checkpoints and exact resume.
+"""Training a prior on ELLIPSES phantoms made on the fly (or the slices of a folder of volumes), with EMA,
+checkpoints and exact resume.
 
 A run folder holds:
 
@@ -7,7 +8,8 @@ A run folder holds:
 * ``ema.safetensors`` + ``config.json``: the shippable prior (EMA weights) and its configuration;
 * ``loss_log.csv``: step, images seen, mean loss since the last line, images/s, elapsed seconds;
 * ``snapshots/ema_<images>.safetensors``: EMA weights every ``snapshot_every`` images, for tracking the quality gate
-  against images seen.
+  against images seen;
+* ``data.json`` (training on volumes): the slices per volume, checked again when the run resumes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm import tqdm
 
 from ddip import distributed
 from ddip.data.phantoms import random_complex_ellipses, random_ellipses
+from ddip.data.slices import VolumeSlices
 from ddip.devices import resolve_device
 from ddip.errors import DdipError, check_seed
 from ddip.io import atomic_path, write_json
@@ -53,7 +56,11 @@ class TrainConfig:
     snapshot_every: int = 25_000
     log_every: int = 20
     init_weights: str | None = None  # warm start (network and EMA) from a safetensors file of the same network
-    data: Literal["ellipses", "ellipses-complex"] = "ellipses"  # complex: magnitude x smooth phase, 2 channels
+    data: Literal["ellipses", "ellipses-complex", "volumes"] = "ellipses"  # complex: magnitude x smooth phase, 2
+    # channels; volumes: the slices of the volumes in the folder ``volumes`` (ddip.data.slices), in ``modality``'s range
+    volumes: str | None = None
+    modality: Literal["ct", "mri"] | None = None
+    slice_axis: int = 2
     warmup_steps: int = 0  # learning rate rises linearly from 0 over this many steps (large batches, warm starts)
     device: str = "cpu"  # where the network trains and phantoms are rasterised
     rng: Literal["cpu", "device"] = "cpu"  # random streams on the CPU (same run on any device) or on the device
@@ -69,8 +76,13 @@ class TrainConfig:
         channels = 2 if self.data == "ellipses-complex" else 1
         if self.rng not in ("cpu", "device"):
             raise DdipError(f"train-prior: unknown rng {self.rng!r}; choose cpu or device")
-        if self.data not in ("ellipses", "ellipses-complex"):
-            raise DdipError(f"train-prior: unknown data {self.data!r}; choose ellipses or ellipses-complex")
+        if self.data not in ("ellipses", "ellipses-complex", "volumes"):
+            raise DdipError(f"train-prior: unknown data {self.data!r}; choose ellipses, ellipses-complex or volumes")
+        if (self.data == "volumes") != (self.volumes is not None):
+            raise DdipError("train-prior: a folder of volumes goes with data='volumes', and only with it")
+        if self.data == "volumes" and self.modality not in ("ct", "mri"):
+            raise DdipError(f"train-prior: training on volumes needs modality 'ct' or 'mri' (the intensity window), "
+                            f"got {self.modality!r}")
         if (self.unet.in_channels, self.unet.out_channels) != (channels, channels):
             raise DdipError(f"train-prior: {self.data} needs a network with {channels} input and output channels")
 
@@ -88,7 +100,8 @@ class TrainConfig:
 
 # Settings that may change between a run and its resumption without changing what is trained.
 _OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapshot_every", "log_every",
-                "init_weights", "device", "channels_last", "compile")
+                "init_weights", "device", "channels_last", "compile", "volumes")  # volumes: the folder may move;
+# what it holds is checked against data.json instead
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -118,6 +131,20 @@ def widen_channels(weights: dict[str, Tensor], target: dict[str, Tensor]) -> dic
             new.narrow(dim, 0, 1).copy_(old)
             out[key] = new
     return out
+
+
+def _image_source(cfg: TrainConfig, out: Path, *, resuming: bool, rank: int):
+    """``make(n, size, generator=, device=)``: the training images, phantoms or the slices of ``cfg.volumes``."""
+    if cfg.data != "volumes":
+        return random_complex_ellipses if cfg.data == "ellipses-complex" else random_ellipses
+    bank = VolumeSlices(cfg.volumes, modality=cfg.modality, size=cfg.unet.image_size, slice_axis=cfg.slice_axis)
+    record, path = bank.describe(), out / "data.json"
+    if resuming and path.exists() and json.loads(path.read_text()) != record:
+        raise DdipError(f"{cfg.volumes}: holds other slices than the run was started on ({path}); resume with the "
+                        "same volumes")
+    if rank == 0:
+        write_json(path, record)
+    return lambda n, size, *, generator, device: bank.sample(n, generator=generator, device=device)
 
 
 def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
@@ -151,7 +178,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     if ckpt_path.exists():
         saved_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
         mine = {k: v for k, v in cfg.to_dict().items() if k not in _OPERATIONAL}
-        defaults = TrainConfig(out=cfg.out, unet=cfg.unet, data=cfg.data).to_dict()  # settings added since the start
+        defaults = TrainConfig(out=cfg.out, unet=cfg.unet, data=cfg.data, volumes=cfg.volumes,
+                               modality=cfg.modality).to_dict()  # settings added since the start
         theirs = {k: v for k, v in {**defaults, **(saved_cfg or {})}.items() if k not in _OPERATIONAL}
         if saved_cfg is not None and theirs != mine:
             raise DdipError(f"{cfg_path}: the run was started with other settings; resume with the same ones "
@@ -203,7 +231,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress or rank != 0,
                dynamic_ncols=True)
     net.train()
-    make = random_complex_ellipses if cfg.data == "ellipses-complex" else random_ellipses
+    make = _image_source(cfg, out, resuming=ckpt_path.exists(), rank=rank)
     with StopRequest() as stop:  # SIGTERM / SIGINT: leave the loop, then the final checkpoint below
         while images < cfg.max_images:
             # every rank takes the same decisions: stop (signal or time limit) and checkpoint (rank 0's clock)
