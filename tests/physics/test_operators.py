@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from deepinv_style import TwoChannelMRI, UnitNormCT
 
 from ddip.data.phantoms import random_ellipses
 from ddip.data.simulation import simulate_multicoil
@@ -17,6 +18,7 @@ from ddip.physics import (
     sparse_view_ct,
     uniform1d_mask,
 )
+from ddip.physics.interop import MatchedNorm, TwoChannelComplex
 
 
 def _multicoil(size, acceleration=4):
@@ -41,6 +43,10 @@ OPERATORS = {
     "resampled_ct_up": (lambda: Resampled(sparse_view_ct(24, 8), 16), None),
     "resampled_ct_down": (lambda: Resampled(sparse_view_ct(16, 8), 24), None),
     "resampled_multi_coil": (lambda: Resampled(_multicoil(32), 16), None),
+    # deepinv's conventions (ddip.physics.interop): two-channel complex, another scale
+    "two_channel_complex": (lambda: TwoChannelComplex(TwoChannelMRI(uniform1d_mask((16, 16), 2, seed=1)),
+                                                      img_shape=(1, 16, 16), meas_shape=(1, 16, 16)), None),
+    "matched_norm": (lambda: MatchedNorm(UnitNormCT(16, 8), 7.0, torch.zeros(1, 1, 16, 16)), None),
 }
 
 
