@@ -26,7 +26,7 @@ from ddip.checkpoint import CHECKPOINT_EVERY, Checkpointer
 from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
 from ddip.data.fastmri import parse_slices
 from ddip.data.fixtures import FIXTURES, load_fixture
-from ddip.data.volumes import output_affine, to_source_units
+from ddip.data.volumes import output_affine, parse_slab, to_source_units
 from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError
 from ddip.evaluation import GATE_IMAGES, gate_curve
@@ -62,16 +62,6 @@ DEMO_K, DEMO_ITERS = 3, 7
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
-def _slab(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        a, b = text.split(":")
-        return int(a), int(b)
-    except ValueError as exc:
-        raise DdipError(f"--slices must look like START:STOP, got {text!r}") from exc
-
-
 def _load_config_file(path: str | None) -> dict:
     if path is None:
         return {}
@@ -110,7 +100,7 @@ def _check_out_file(out: Path, overwrite: bool, what: str) -> None:
         raise DdipError(f"{out}: exists (pass --overwrite to replace it)")
 
 
-def _volume(spec: str, modality: str, size: int, slab: tuple[int, int] | None, n_slices: int | None):
+def _volume(spec: str, modality: str, size: int, slab: tuple[int | None, int | None] | None, n_slices: int | None):
     """A prepared volume from a path, a development volume name or a bundled fixture name."""
     if spec.startswith("fixture:"):
         name = spec.split(":", 1)[1]
@@ -196,7 +186,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _check_out_file(out, args.overwrite, "the measurement file")
     modality = "ct" if args.task == "sv-ct" else "mri"
-    volume, record = _volume(args.volume, modality, args.size, _slab(args.slices), args.n_slices)
+    volume, record = _volume(args.volume, modality, args.size, parse_slab(args.slices), args.n_slices)
     m = simulate(volume, cfg, record=record)
     save_measurement(out, m)
     print(f"{args.task}: {volume.shape[0]} slices of {args.size} px -> {out}")

@@ -18,6 +18,7 @@ import h5py
 import torch
 from torch import Tensor
 
+from ddip.data.volumes import parse_slab
 from ddip.errors import DdipError
 
 
@@ -74,11 +75,7 @@ def parse_slices(spec: str | None, n: int) -> slice:
     """``"a:b"`` (Python slice bounds) or None for all ``n`` slices; an empty or out-of-range choice is an error."""
     if spec is None:
         return slice(0, n)
-    try:
-        a, b = (int(v) if v.strip() else None for v in spec.split(":"))
-    except ValueError as exc:
-        raise DdipError(f"slices {spec!r}: expected START:STOP, e.g. 10:18") from exc
-    sel = slice(*slice(a, b).indices(n)[:2])
+    sel = slice(*slice(*parse_slab(spec)).indices(n)[:2])
     if sel.stop <= sel.start:
         raise DdipError(f"slices {spec!r} selects none of the file's {n} slices")
     return sel

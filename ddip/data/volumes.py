@@ -164,6 +164,17 @@ def _read_dicom_folder(folder: Path) -> RawVolume:
                      affine=np.asarray(img.affine, dtype=np.float64))
 
 
+def parse_slab(spec: str | None) -> tuple[int | None, int | None] | None:
+    """``"START:STOP"`` (Python slice bounds; either may be left out) as ``(start, stop)``; None stays None."""
+    if spec is None:
+        return None
+    try:
+        a, b = (int(v) if v.strip() else None for v in spec.split(":"))
+    except ValueError as exc:
+        raise DdipError(f"slices {spec!r}: expected START:STOP, e.g. 10:18") from exc
+    return a, b
+
+
 def prepare_volume(
     raw: RawVolume,
     *,
