@@ -268,8 +268,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     results = {}
     for method in ("admm-tv", "dds", "d3ip"):
         speed = {} if method == "admm-tv" else dict(n_steps=args.steps, noise_mix=args.noise_mix,
-                                                    precision=args.precision, channels_last=args.channels_last,
-                                                    compile=args.compile)
+                                                    cg_iters=args.cg_iters, precision=args.precision,
+                                                    channels_last=args.channels_last, compile=args.compile)
         cfg = ReconstructConfig(method=method, seed=args.seed, **speed,
                                 **({"k": args.k, "n_iters": args.iters} if method == "d3ip" else {}))
         res = reconstruct(m, cfg, prior, progress=not args.quiet)
@@ -434,6 +434,13 @@ def _add_display(p: argparse.ArgumentParser) -> None:
                    help="CT pictures: the soft-tissue window W400/L40 (default) or the full [-1024, 2048] HU range")
 
 
+def _add_cg_iters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cg-iters", type=int,
+                   help="CG steps per data-consistency solve (default: the method's own, DDS and the adapted "
+                        f"methods {DDS.cg_iters}, DDNM {DDNM.cg_iters}, MBIR {DiffusionMBIR.cg_iters} per ADMM "
+                        f"iteration; the paper's DDS: {PAPER_CG_ITERS})")
+
+
 def _add_speed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=ReconstructConfig.precision, choices=PRECISIONS,
                    help="the network's arithmetic: bfloat16 autocasts it (faster where the CPU has AMX/AVX512-BF16 "
@@ -499,10 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dc-variant", choices=DC_VARIANTS,
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")
-    p.add_argument("--cg-iters", type=int,
-                   help="CG steps per data-consistency solve (default: the method's own, DDS and the adapted "
-                        f"methods {DDS.cg_iters}, DDNM {DDNM.cg_iters}, MBIR {DiffusionMBIR.cg_iters} per ADMM "
-                        f"iteration; the paper's DDS: {PAPER_CG_ITERS})")
+    _add_cg_iters(p)
     _add_speed(p)
     p.add_argument("--resize", action="store_true",
                    help="if the prior's image size differs from the data's, reconstruct on the prior's grid "
@@ -523,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, help="CT views (default 15: the paper's undersampling at 64 px)")
     p.add_argument("--steps", type=int, help="network evaluations (default 50)")
     p.add_argument("--k", type=int, default=DEMO_K, help=f"D3IP slices per adaptation step (default {DEMO_K})")
+    _add_cg_iters(p)
     p.add_argument("--iters", type=int, default=DEMO_ITERS,
                    help=f"D3IP optimiser steps per timestep (default {DEMO_ITERS})")
     p.add_argument("--seed", type=int, default=r.seed)
@@ -551,8 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-mix", choices=NOISE_MIXES, help=f"DDIM noise mixing (default {b.noise_mix})")
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
     p.add_argument("--methods", help="table 2's methods, comma-separated (default: all)")
-    p.add_argument("--cg-iters", type=int, help="CG steps per data-consistency solve of every CG sampler (default: "
-                                               f"each method's own; the paper's DDS: {PAPER_CG_ITERS})")
+    _add_cg_iters(p)
     p.add_argument("--lr", type=float, help="the adapted methods' learning rate (default: Table 5, CS-MRI 1e-4)")
     p.add_argument("--out", default="out/benchmark", help="output folder (default out/benchmark)")
     p.set_defaults(func=cmd_benchmark)
