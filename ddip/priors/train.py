@@ -56,8 +56,9 @@ class TrainConfig:
     snapshot_every: int = 25_000
     log_every: int = 20
     init_weights: str | None = None  # warm start (network and EMA) from a safetensors file of the same network
-    data: Literal["ellipses", "ellipses-complex", "volumes"] = "ellipses"  # complex: magnitude x smooth phase, 2
-    # channels; volumes: the slices of the volumes in the folder ``volumes`` (ddip.data.slices), in ``modality``'s range
+    # ellipses-complex: magnitude x smooth phase, 2 channels; volumes: the slices of the volumes in the folder
+    # ``volumes`` (ddip.data.slices), scaled as ``modality``'s reconstructions are, taken along ``slice_axis``
+    data: Literal["ellipses", "ellipses-complex", "volumes"] = "ellipses"
     volumes: str | None = None
     modality: Literal["ct", "mri"] | None = None
     slice_axis: int = 2
@@ -100,8 +101,8 @@ class TrainConfig:
 
 # Settings that may change between a run and its resumption without changing what is trained.
 _OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapshot_every", "log_every",
-                "init_weights", "device", "channels_last", "compile", "volumes")  # volumes: the folder may move;
-# what it holds is checked against data.json instead
+                "init_weights", "device", "channels_last", "compile",
+                "volumes")  # the folder may move: what it holds is checked against data.json instead
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
