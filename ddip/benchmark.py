@@ -31,7 +31,7 @@ from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
-from ddip.reconstruct import ADAPTED, METHODS, ReconstructConfig, reconstruct
+from ddip.reconstruct import ADAPTED, METHODS, WITHOUT_CG, ReconstructConfig, reconstruct
 from ddip.tasks import TaskConfig, paper_views, simulate
 
 TABLES = ("table2", "table1", "table3", "table4", "scaling")
@@ -96,7 +96,7 @@ def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
     """A reconstruction's settings with the benchmark's seed, noise mixing and, where they apply, its CG steps and
     learning rate."""
     method = settings["method"]
-    if cfg.cg_iters is not None and method not in ("dps", "admm-tv"):
+    if cfg.cg_iters is not None and method not in WITHOUT_CG:
         settings["cg_iters"] = cfg.cg_iters
     if cfg.lr is not None and method in ADAPTED:
         settings["lr"] = cfg.lr

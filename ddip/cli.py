@@ -35,7 +35,7 @@ from ddip.metrics import evaluate_volume
 from ddip.priors import ADM_PRESETS, adm_config, convert_adm_checkpoint, default_prior, load_prior
 from ddip.priors.adm import adm_parameters
 from ddip.priors.prior import PRECISIONS
-from ddip.priors.train import TrainConfig, train_prior
+from ddip.priors.train import PHANTOM_DATA, TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
 from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, ReconstructConfig, reconstruct
 from ddip.signals import Interrupted, StopRequest
@@ -389,7 +389,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     channels = 2 if args.data == "ellipses-complex" else 1
-    phantoms = args.data in ("ellipses", "ellipses-complex")
+    phantoms = args.data in PHANTOM_DATA
     if not phantoms and args.modality is None:
         raise DdipError(f"--data {args.data}: training on a folder of volumes needs --modality ct or mri (the "
                         "intensity window its slices are scaled with)")

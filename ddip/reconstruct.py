@@ -43,6 +43,7 @@ log = logging.getLogger("ddip.reconstruct")
 
 METHODS = ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
+WITHOUT_CG = ("dps", "admm-tv")  # the methods with no CG data-consistency step (cg_iters does not apply)
 # Methods that split the volume's slices across the processes of a torchrun launch (ddip.physics.sharding). The
 # per-slice methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
 DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
@@ -157,7 +158,7 @@ class ReconstructConfig:
         if self.dc_variant is not None and self.method in ("dps", "admm-tv", "mbir", "d3ip-mbir"):
             raise DdipError(f"dc_variant applies to the CG samplers (DDS, DDNM and the adapted methods on DDS), "
                             f"not to {self.method}")
-        if self.cg_iters is not None and self.method in ("dps", "admm-tv"):
+        if self.cg_iters is not None and self.method in WITHOUT_CG:
             raise DdipError(f"cg_iters applies to the samplers with a CG data-consistency step, not to {self.method}")
         if self.cg_iters is not None and (isinstance(self.cg_iters, bool) or self.cg_iters < 1):
             raise DdipError(f"cg_iters must be >= 1, got {self.cg_iters}")

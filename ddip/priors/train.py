@@ -38,6 +38,8 @@ from ddip.priors.registry import save_prior
 from ddip.priors.unet import UNetConfig, build_unet
 from ddip.signals import StopRequest
 
+PHANTOM_DATA = ("ellipses", "ellipses-complex")  # made on the fly; "volumes" is a folder of the user's
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -77,7 +79,7 @@ class TrainConfig:
         channels = 2 if self.data == "ellipses-complex" else 1
         if self.rng not in ("cpu", "device"):
             raise DdipError(f"train-prior: unknown rng {self.rng!r}; choose cpu or device")
-        if self.data not in ("ellipses", "ellipses-complex", "volumes"):
+        if self.data not in (*PHANTOM_DATA, "volumes"):
             raise DdipError(f"train-prior: unknown data {self.data!r}; choose ellipses, ellipses-complex or volumes")
         if (self.data == "volumes") != (self.volumes is not None):
             raise DdipError("train-prior: a folder of volumes goes with data='volumes', and only with it")
