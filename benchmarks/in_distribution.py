@@ -47,7 +47,7 @@ def _psnr(x_hat, x) -> float:
     return round(float(psnr(x_hat.clamp(0, 1), x).mean()), 2)
 
 
-def samples(prior, n_samples: int) -> None:
+def samples(prior, n_samples: int, cg_iters: int) -> None:
     x, g = _phantoms(8)
     op = sparse_view_ct(64, 15)
     y = add_noise(op.A(x), 0.01, generator=g)
@@ -57,20 +57,21 @@ def samples(prior, n_samples: int) -> None:
         outs = []
         for s in range(n_samples):
             t0 = time.perf_counter()
-            outs.append(solve(DDS(noise_mix=mix), prior, y, op, generator=torch.Generator().manual_seed(100 + s)))
+            outs.append(solve(DDS(noise_mix=mix, cg_iters=cg_iters), prior, y, op,
+                              generator=torch.Generator().manual_seed(100 + s)))
             print(json.dumps({"method": "dds", "noise_mix": mix, "seed": 100 + s, "psnr": _psnr(outs[-1], x),
                               f"psnr_mean_of_{len(outs)}": _psnr(torch.stack(outs).mean(0), x),
                               "wall_s": round(time.perf_counter() - t0, 1)}), flush=True)
 
 
-def views(prior, view_counts: list[int]) -> None:
+def views(prior, view_counts: list[int], cg_iters: int) -> None:
     for n_views in view_counts:
         x, g = _phantoms(8)
         op = sparse_view_ct(64, n_views)
         y = add_noise(op.A(x), 0.01, generator=g)
         tv = {str(lam): _psnr(admm_tv_reconstruct(y, op, lam=lam, rho=1.0), x) for lam in TV_LAMBDAS}
-        dds = [_psnr(solve(DDS(noise_mix="paper"), prior, y, op, generator=torch.Generator().manual_seed(s)), x)
-               for s in (0, 1)]
+        dds = [_psnr(solve(DDS(noise_mix="paper", cg_iters=cg_iters), prior, y, op,
+                           generator=torch.Generator().manual_seed(s)), x) for s in (0, 1)]
         print(json.dumps({"views": n_views, "fbp": _psnr(op.fbp(y), x), "admm_tv": tv, "dds_seeds_0_1": dds}),
               flush=True)
 
@@ -98,12 +99,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-samples", type=int, default=6)
     p.add_argument("--views", default="4,6,8,10,15")
     p.add_argument("--timesteps", default="20,50,100,200,400")
+    p.add_argument("--cg-iters", type=int, default=DDS.cg_iters,
+                   help=f"DDS's CG steps per solve (default {DDS.cg_iters}; docs/diagnosis.md §3 ran the paper's 5)")
     args = p.parse_args(argv)
     prior = load_prior(args.prior)
     if args.what == "samples":
-        samples(prior, args.n_samples)
+        samples(prior, args.n_samples, args.cg_iters)
     elif args.what == "views":
-        views(prior, [int(v) for v in args.views.split(",")])
+        views(prior, [int(v) for v in args.views.split(",")], args.cg_iters)
     else:
         denoiser(prior, [int(t) for t in args.timesteps.split(",")])
 

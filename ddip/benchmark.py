@@ -31,7 +31,7 @@ from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
-from ddip.reconstruct import ADAPTED, METHODS, WITHOUT_CG, ReconstructConfig, reconstruct
+from ddip.reconstruct import ADAPTED, MBIR, METHODS, WITHOUT_CG, ReconstructConfig, reconstruct
 from ddip.tasks import TaskConfig, paper_views, simulate
 
 TABLES = ("table2", "table1", "table3", "table4", "scaling")
@@ -129,7 +129,7 @@ def table2(cfg: BenchConfig, prior) -> list[dict]:
         m_full = _measure(task, cfg, cfg.n_slices, views)
         m_dps = _measure(task, cfg, cfg.dps_slices, views)
         for method in cfg.methods:
-            if task == "csmri" and method in ("mbir", "d3ip-mbir"):
+            if task == "csmri" and method in MBIR:
                 continue  # the paper runs no MBIR variant on CS-MRI (no 3D coupling in its knee data)
             m = m_dps if method == "dps" else m_full
             steps = None if method == "dps" and not cfg.quick else cfg.n_steps

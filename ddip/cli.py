@@ -28,7 +28,7 @@ from ddip.data.fastmri import parse_slices
 from ddip.data.fixtures import FIXTURES, load_fixture
 from ddip.data.volumes import output_affine, parse_slab, to_source_units
 from ddip.devices import DEVICE_HELP
-from ddip.errors import DdipError
+from ddip.errors import DdipError, first_line
 from ddip.evaluation import GATE_IMAGES, gate_curve
 from ddip.io import write_json, write_nifti, write_png_views
 from ddip.metrics import evaluate_volume
@@ -323,6 +323,8 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
 def cmd_gate(args: argparse.Namespace) -> None:
     rows = gate_curve(args.run, n_images=args.n_images)
+    if not rows:
+        print(f"{args.run}: no snapshots to evaluate (snapshots/ema_*.safetensors; train-prior --snapshot-every)")
     for r in rows:
         print(f"{r['images']:>9} images: DDS {r['dds_psnr']:.2f} dB, least squares {r['least_squares_psnr']:.2f} dB, "
               f"margin {r['margin_db']:+.2f} dB {'PASS' if r['passed'] else 'fail'}")
@@ -386,6 +388,8 @@ def cmd_convert_prior(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.threads < 0:
+        raise DdipError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     channels = 2 if args.data == "ellipses-complex" else 1
@@ -709,7 +713,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddip: {exc}", file=sys.stderr)
         return exc.exit_code
     except DdipError as exc:
-        print(f"ddip: error: {exc}", file=sys.stderr)
+        lines = str(exc).splitlines() or [""]
+        if len(lines) > 1:  # every error one line; the rest for whoever asks
+            logging.getLogger("ddip").debug("the whole message: %s", exc)
+        print(f"ddip: error: {lines[0]}", file=sys.stderr)
         return 2
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         hint = MEMORY_HINT.get(getattr(args, "command", ""), "the problem size")
@@ -721,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, the traceback behind --log-level debug
         if args is not None and args.log_level == "debug":
             raise
-        print(f"ddip: error: unexpected {type(exc).__name__}: {exc} (a bug in ddip: rerun with --log-level debug "
+        print(f"ddip: error: unexpected {first_line(exc)} (a bug in ddip: rerun with --log-level debug "
               f"for the traceback, and report it)", file=sys.stderr)
         return 1
     return 0

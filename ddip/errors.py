@@ -12,6 +12,15 @@ class DdipError(ValueError):
     """Bad input given to ddip: the message names what is wrong and where."""
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """``exc``'s type and the first line of its message, cut at its first sentence when long: a library's reason
+    inside a :class:`DdipError` (torch's unpickling errors run to paragraphs)."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if len(text) > limit and ". " in text:
+        text = text[:text.index(". ") + 1]
+    return f"{type(exc).__name__}: {text}"
+
+
 MAX_SEED = 2**62  # below torch's 2**63 limit with room for the derived seeds (seed + 1, seed + 2)
 
 

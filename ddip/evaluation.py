@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ddip.data.phantoms import random_ellipses
+from ddip.errors import DdipError
 from ddip.io import atomic_path
 from ddip.metrics import psnr
 from ddip.physics import add_noise, conjugate_gradient, sparse_view_ct
@@ -153,6 +154,10 @@ def gate_curve(run_dir, *, n_images: int = GATE_IMAGES) -> list[dict]:
     is drawn to ``RUN/gate_curve.png``.
     """
     run = Path(run_dir)
+    if not (run / "ema.safetensors").is_file():
+        raise DdipError(f"{run}: not a train-prior run folder (no ema.safetensors)")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise DdipError(f"the gate needs n_images >= 1 phantoms, got {n_images!r}")
     log = run / "gate_curve.jsonl"
     sampler = {"method": "dds", "n_steps": GATE_STEPS, "eta": GATE_ETA}  # rows of another gate sampler are redone
     rows = {r["images"]: r for r in map(json.loads, log.read_text().splitlines()) if r.get("sampler") == sampler} \

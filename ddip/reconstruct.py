@@ -44,6 +44,7 @@ log = logging.getLogger("ddip.reconstruct")
 METHODS = ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 WITHOUT_CG = ("dps", "admm-tv")  # the methods with no CG data-consistency step (cg_iters does not apply)
+MBIR = ("mbir", "d3ip-mbir")  # DiffusionMBIR's ADMM step (TV along z): its own data consistency, no dc_variant
 # Methods that split the volume's slices across the processes of a torchrun launch (ddip.physics.sharding). The
 # per-slice methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
 DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
@@ -155,7 +156,7 @@ class ReconstructConfig:
             raise DdipError(f"unknown noise_mix {self.noise_mix!r}; choose one of {', '.join(NOISE_MIXES)}")
         if self.dc_variant not in (None, *DC_VARIANTS):
             raise DdipError(f"unknown dc_variant {self.dc_variant!r}; choose one of {', '.join(DC_VARIANTS)}")
-        if self.dc_variant is not None and self.method in ("dps", "admm-tv", "mbir", "d3ip-mbir"):
+        if self.dc_variant is not None and self.method in (*WITHOUT_CG, *MBIR):
             raise DdipError(f"dc_variant applies to the CG samplers (DDS, DDNM and the adapted methods on DDS), "
                             f"not to {self.method}")
         if self.cg_iters is not None and self.method in WITHOUT_CG:
@@ -235,7 +236,7 @@ def build_step(cfg: ReconstructConfig, m: Measurement):
         common["cg_iters"] = cfg.cg_iters
     if cfg.method == "ddnm":
         return DDNM(**common)
-    if cfg.method in ("mbir", "d3ip-mbir"):
+    if cfg.method in MBIR:
         return DiffusionMBIR(**mbir_parameters(m.config), **common)
     return DDS(**common)
 

@@ -15,6 +15,7 @@ how the volume was prepared.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from ddip.physics import (
 )
 from ddip.physics.base import check_finite
 from ddip.physics.ct import detector_bins, uniform_angles
+
+log = logging.getLogger("ddip.tasks")
 
 Task = Literal["sv-ct", "mri3d", "csmri"]
 TASKS = ("sv-ct", "mri3d", "csmri")
@@ -298,10 +301,20 @@ def sinogram_measurement(sinogram: Tensor, angles_deg: Tensor, *, size: int, det
     if y.ndim != 3 or y.is_complex() or not y.is_floating_point():
         raise DdipError(f"a sinogram must be real (slices, views, bins) or (views, bins), got {y.dtype} "
                         f"{tuple(y.shape)}")
+    if 0 in y.shape:
+        raise DdipError(f"an empty sinogram: {tuple(y.shape)} (slices, views, bins)")
     check_finite(y, "sinogram")
     n_views, n_bins = y.shape[1:]
     if angles_deg.numel() != n_views:
         raise DdipError(f"{angles_deg.numel()} angles for a sinogram of {n_views} views")
+    check_finite(angles_deg, "angles")
+    if n_views > 1 and bool((angles_deg == angles_deg[0]).all()):
+        raise DdipError(f"every one of the {n_views} views has the angle {float(angles_deg[0]):g} degrees")
+    span = n_bins * float(detector_spacing)
+    if span < size:
+        log.warning("the detector spans %.4g px of the %d px grid: outside the centred disk of diameter %.4g px the "
+                    "views miss the object (an interior problem); check --size and --detector-spacing", span, size,
+                    span)
     cfg = TaskConfig(task="sv-ct", size=size, views=n_views, noise=0.0, detector_bins=n_bins,
                      detector_spacing=float(detector_spacing))
     extras = {"angles": angles_deg.to(torch.float64)}

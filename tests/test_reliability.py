@@ -191,6 +191,41 @@ def test_simulate_refuses_a_folder_a_dangling_link_and_acceleration_below_one(tm
                 capsys)[0] == 0
 
 
+def test_probes_of_import_train_prior_prior_gate_and_convert_prior_end_in_one_line(tmp_path, capsys, caplog):
+    np.save(tmp_path / "sino.npy", np.random.default_rng(0).random((2, 15, 64), dtype=np.float32))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 15, 64), np.float32))
+    (tmp_path / "bad.pt").write_bytes(b"\x80\x04garbage")
+    (tmp_path / "no-volumes").mkdir()
+    small = ["--size", "16", "--channels", "32", "--mult", "1,1", "--attn", "", "--max-images", "2", "--batch", "2"]
+    imp = ["import", str(tmp_path / "sino.npy"), "--size", "64"]
+    probes = [
+        (imp[:2] + ["--size", "64", "--out", str(tmp_path / "e.safetensors")], "an empty sinogram"),
+        ([*imp, "--angles", "30:30", "--out", str(tmp_path / "a.safetensors")], "has the angle 30 degrees"),
+        ([*imp, "--angles", "nan:180", "--out", str(tmp_path / "n.safetensors")], "angles contains 15 NaN"),
+        (["convert-prior", str(tmp_path / "bad.pt"), "--adm-config", "ellipses-256", "--out", str(tmp_path / "p")],
+         "cannot be loaded as a weights-only checkpoint (UnpicklingError"),
+        (["prior-gate", str(tmp_path)], "not a train-prior run folder"),
+        (["train-prior", "--out", str(tmp_path / "t1"), *small, "--res-blocks", "0"], "num_res_blocks must be"),
+        (["train-prior", "--out", str(tmp_path / "t2"), *small, "--head-channels", "0"], "num_head_channels must"),
+        (["train-prior", "--out", str(tmp_path / "t3"), *small, "--mult", ""], "one positive multiplier per level"),
+        (["train-prior", "--out", str(tmp_path / "t4"), *small, "--attn", "7"], "must be feature-map sizes"),
+        (["train-prior", "--out", str(tmp_path / "t5"), *small, "--max-hours", "-1"], "need max_hours > 0"),
+        (["train-prior", "--out", str(tmp_path / "t6"), *small, "--threads", "-1"], "--threads must be >= 0"),
+        (["train-prior", "--out", str(tmp_path / "t7"), *small, "--data", str(tmp_path / "no-volumes"),
+          "--modality", "ct"], "holds no volume"),
+    ]
+    probes[0][0][1] = str(tmp_path / "empty.npy")
+    for args, message in probes:
+        code, err = _cli(args, capsys)
+        assert code == 2 and err.startswith("ddip: error:") and message in err and err.count("\n") == 1, (args, err)
+    assert not (tmp_path / "t7" / "checkpoint.pt").exists()  # the data folder is checked before anything trains
+    # a detector narrower than the grid is an interior problem: imported, with a warning that says so
+    code, _ = _cli([*imp[:2], "--size", "128", "--out", str(tmp_path / "wide.safetensors")], capsys)
+    assert code == 0 and "the detector spans 64 px of the 128 px grid" in caplog.text
+    caplog.clear()
+    assert _cli([*imp, "--out", str(tmp_path / "fine.safetensors")], capsys)[0] == 0 and "detector" not in caplog.text
+
+
 def test_reconstruct_refuses_an_output_through_a_dangling_link(ct_measurement, tiny_prior, tmp_path, capsys):
     (tmp_path / "out").symlink_to(tmp_path / "missing")
     code, err = _cli(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--out", str(tmp_path / "out")],

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ddip.errors import DdipError
+from ddip.errors import DdipError, first_line
 from ddip.priors.prior import DiffusionPrior
 from ddip.priors.registry import save_prior
 from ddip.priors.unet import UNetConfig, build_unet
@@ -185,13 +186,20 @@ def convert_adm_state_dict(adm: dict[str, Tensor], cfg: dict) -> dict[str, Tenso
 
 
 def unet_config_from_adm(cfg: dict) -> UNetConfig:
-    """Our :class:`UNetConfig` for guided-diffusion hyper-parameters (attention resolutions in pixels)."""
+    """Our :class:`UNetConfig` for guided-diffusion hyper-parameters.
+
+    ADM attends where the downsampling rate ``ds`` (1, 2, 4, …) equals ``image_size // r`` for an attention resolution
+    ``r``; a rate that no level has (e.g. 16 at 320 px: 320 // 16 = 20) attends nowhere, and is dropped here too.
+    """
     _check_config(cfg)
+    size, levels = int(cfg["image_size"]), len(cfg["channel_mult"])
+    rates = {size // int(r) for r in cfg["attention_resolutions"]}
+    attention = tuple(size // 2**i for i in range(levels) if 2**i in rates)
     return UNetConfig(image_size=int(cfg["image_size"]), in_channels=int(cfg["in_channels"]),
                       out_channels=int(cfg["out_channels"]), model_channels=int(cfg["model_channels"]),
                       channel_mult=tuple(int(m) for m in cfg["channel_mult"]),
                       num_res_blocks=int(cfg["num_res_blocks"]),
-                      attention_resolutions=tuple(int(r) for r in cfg["attention_resolutions"]),
+                      attention_resolutions=attention,
                       num_head_channels=int(cfg["num_head_channels"]))
 
 
@@ -201,9 +209,11 @@ def read_adm_file(path: str | os.PathLike, cfg: dict) -> dict[str, Tensor]:
     if not p.is_file():
         raise DdipError(f"{p}: no such checkpoint file")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a file it refuses is refused below, in one line
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, or holding objects a weights-only load refuses
-        raise DdipError(f"{p}: cannot be loaded as a weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise DdipError(f"{p}: cannot be loaded as a weights-only checkpoint ({first_line(exc)})") from exc
     if isinstance(obj, dict) and "shadow_params" in obj:
         names = adm_parameters(cfg)
         shadow = list(obj["shadow_params"])

@@ -76,6 +76,10 @@ class TrainConfig:
         check_seed(self.seed, "train-prior")
         if self.warmup_steps < 0:
             raise DdipError(f"train-prior: warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.max_hours > 0 or not self.checkpoint_minutes >= 0 or self.snapshot_every < 0 or self.log_every < 1:
+            raise DdipError(f"train-prior: need max_hours > 0, checkpoint_minutes >= 0, snapshot_every >= 0 (0: none) "
+                            f"and log_every >= 1, got {self.max_hours}, {self.checkpoint_minutes}, "
+                            f"{self.snapshot_every} and {self.log_every}")
         channels = 2 if self.data == "ellipses-complex" else 1
         if self.rng not in ("cpu", "device"):
             raise DdipError(f"train-prior: unknown rng {self.rng!r}; choose cpu or device")
@@ -231,10 +235,10 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         log_path.write_text("step,images,loss,images_per_s,elapsed_s\n")
     t_start = t_ckpt = t_log = time.time()
     losses: list[Tensor] = []  # kept on the device: reading a loss each step would stall a GPU
+    make = _image_source(cfg, out, resuming=ckpt_path.exists(), rank=rank)  # a bad data folder fails here, first
     bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress or rank != 0,
                dynamic_ncols=True)
     net.train()
-    make = _image_source(cfg, out, resuming=ckpt_path.exists(), rank=rank)
     with StopRequest() as stop:  # SIGTERM / SIGINT: leave the loop, then the final checkpoint below
         while images < cfg.max_images:
             # every rank takes the same decisions: stop (signal or time limit) and checkpoint (rank 0's clock)

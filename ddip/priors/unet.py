@@ -29,14 +29,35 @@ class UNetConfig:
     num_head_channels: int = 32
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "in_channels", "out_channels", "model_channels", "num_res_blocks",
+                     "num_head_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DdipError(f"network setting {name} must be a positive integer, got {value!r}")
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
         levels = len(self.channel_mult)
+        if levels == 0 or min(self.channel_mult) < 1:
+            raise DdipError(f"channel_mult needs one positive multiplier per level, got {self.channel_mult}")
         if self.image_size % (2 ** (levels - 1)):
             raise DdipError(f"image_size {self.image_size} is not divisible by 2^{levels - 1} for {levels} levels")
         for c in self.block_out_channels:
             if c % 32:
                 raise DdipError(f"channel count {c} is not a multiple of 32 (GroupNorm groups)")
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        sizes = self.feature_sizes
+        if not set(self.attention_resolutions) <= set(sizes):
+            raise DdipError(f"attention_resolutions {self.attention_resolutions} must be feature-map sizes of this "
+                            f"network: {', '.join(map(str, sizes))}")
+        attended = [c for c, s in zip(self.block_out_channels, sizes) if s in self.attention_resolutions]
+        for c in (*attended, self.block_out_channels[-1]):  # the middle block always has attention
+            if c % self.num_head_channels:
+                raise DdipError(f"num_head_channels {self.num_head_channels} does not divide the {c} channels of an "
+                                f"attention layer")
+
+    @property
+    def feature_sizes(self) -> tuple[int, ...]:
+        """The side of the feature maps at each level, from the input's down."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channel_mult)))
 
     @property
     def block_out_channels(self) -> tuple[int, ...]:
@@ -61,8 +82,7 @@ def build_unet(cfg: UNetConfig, *, seed: int = 0):
 
 
 def _unet2d(UNet2DModel, cfg: UNetConfig):
-    levels = len(cfg.channel_mult)
-    attn = [cfg.image_size // 2**i in cfg.attention_resolutions for i in range(levels)]
+    attn = [size in cfg.attention_resolutions for size in cfg.feature_sizes]
     return UNet2DModel(
         sample_size=cfg.image_size,
         in_channels=cfg.in_channels,

@@ -130,6 +130,9 @@ def test_convert_prior_command_reproduces_guided_diffusion(tmp_path):
 def test_adm_presets_and_their_errors(tmp_path, capsys):
     assert adm_config("ellipses-256") == CONFIG_256 and adm_config("ellipses-256") is not CONFIG_256
     assert unet_config_from_adm(ADM_PRESETS["fastmri-brain-320"]).in_channels == 2
+    # ADM attends where 2**level == image_size // r: 16 px at 256 (rate 16), nowhere at 320 (rate 20 is no level's)
+    assert unet_config_from_adm(ADM_PRESETS["ellipses-256"]).attention_resolutions == (16,)
+    assert unet_config_from_adm(ADM_PRESETS["fastmri-brain-320"]).attention_resolutions == ()
     # the small checkpoint under the paper's preset: one line naming the mismatch, nothing written
     out = tmp_path / "p.safetensors"
     assert main(["convert-prior", str(FIXTURES / "adm_small_state_dict.pt"), "--adm-config", "ellipses-256",

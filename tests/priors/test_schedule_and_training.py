@@ -89,6 +89,21 @@ def test_unet_is_configured_adm_style():
         UNetConfig(model_channels=48)
 
 
+@pytest.mark.parametrize("settings,message", [
+    ({"num_res_blocks": 0}, "num_res_blocks must be a positive integer"),
+    ({"num_head_channels": 0}, "num_head_channels must be a positive integer"),
+    ({"image_size": "64"}, "image_size must be a positive integer"),
+    ({"channel_mult": ()}, "one positive multiplier per level"),
+    ({"channel_mult": (1, 0)}, "one positive multiplier per level"),
+    ({"attention_resolutions": (7,)}, "feature-map sizes of this network: 64, 32, 16, 8"),
+    ({"num_head_channels": 48}, "does not divide the 64 channels"),
+])
+def test_a_network_that_cannot_be_built_is_refused_naming_the_setting(settings, message):
+    with pytest.raises(DdipError, match=message):
+        UNetConfig(**settings)
+    assert UNetConfig(attention_resolutions=(64, 8)).feature_sizes == (64, 32, 16, 8)
+
+
 def test_warm_start_from_weights(tmp_path):
     from safetensors.torch import load_file
 
