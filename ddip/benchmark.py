@@ -60,6 +60,13 @@ class BenchConfig:
         if unknown or not self.methods:
             raise DdipError(f"benchmark: unknown or no method(s) {unknown}; choose from {', '.join(METHODS)}")
         ReconstructConfig(method="d3ip", cg_iters=self.cg_iters, lr=self.lr)  # a bad value fails before any run
+        counts = {"n_slices": self.n_slices, "dps_slices": self.dps_slices, "size": self.size // 8,
+                  "n_steps": 1 if self.n_steps is None else self.n_steps,
+                  "scaling_steps": 1 if self.scaling_steps is None else self.scaling_steps}
+        bad = [k for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad or not self.scaling_sizes or min(self.scaling_sizes) < 1:
+            raise DdipError(f"benchmark: need size >= 8 and n_slices, dps_slices, n_steps, scaling_steps and every "
+                            f"scaling size >= 1 (got {', '.join(f'{k}' for k in bad) or 'scaling_sizes'} out of range)")
 
     @classmethod
     def quick_config(cls, **given) -> "BenchConfig":

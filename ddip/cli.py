@@ -262,7 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _check_out(out, args.overwrite)
     volume, record = _volume("fixture:chest-ct", "ct", 64, None, args.n_slices)
-    views = args.views or paper_views(64)
+    views = paper_views(64) if args.views is None else args.views
     m = simulate(volume, TaskConfig(task="sv-ct", size=64, views=views, noise=0.01, seed=args.seed), record=record)
     prior = load_prior(args.prior)
     results = {}
@@ -314,7 +314,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
     split = lambda text: None if text is None else tuple(text.split(","))  # noqa: E731
     given = {"prior": args.prior, "size": args.size, "n_slices": args.n_slices, "n_steps": args.steps,
              "dps_slices": args.dps_slices, "scaling_steps": args.scaling_steps,
-             "scaling_sizes": None if args.scaling_sizes is None else _ints(args.scaling_sizes),
+             "scaling_sizes": args.scaling_sizes,
              "noise_mix": args.noise_mix, "table2_settings": split(args.table2), "methods": split(args.methods),
              "cg_iters": args.cg_iters, "lr": args.lr}
     given = {k: v for k, v in given.items() if v is not None}
@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="network evaluations of every method but DPS (default: the paper's 50)")
     p.add_argument("--dps-slices", type=int, help=f"slices DPS runs on, 1000 evaluations each (default {b.dps_slices})")
     p.add_argument("--scaling-steps", type=int, help="network evaluations in the cost-scaling runs (default: --steps)")
-    p.add_argument("--scaling-sizes", help="slice counts N of the cost-scaling runs (default "
+    p.add_argument("--scaling-sizes", type=_ints, help="slice counts N of the cost-scaling runs (default "
                                            f"{','.join(map(str, b.scaling_sizes))})")
     p.add_argument("--table2", help="table 2 settings: sv-ct-60 (60 views), sv-ct-paper (60·size/256 views), mri3d, "
                                     "csmri (default: all)")

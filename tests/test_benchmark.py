@@ -41,6 +41,10 @@ def test_cg_steps_and_learning_rate_reach_only_the_methods_they_apply_to():
     for bad in ({"cg_iters": 0}, {"lr": -1.0}):
         with pytest.raises(DdipError, match="cg_iters must be >= 1|lr must be a positive"):
             BenchConfig(**bad)
+    for bad, named in (({"scaling_sizes": ()}, "scaling_sizes"), ({"scaling_sizes": (0, 2)}, "scaling_sizes"),
+                       ({"size": 7}, "size"), ({"n_slices": 0}, "n_slices"), ({"n_steps": 0}, "n_steps")):
+        with pytest.raises(DdipError, match=f"got {named} out of range"):
+            BenchConfig(**bad)
 
 
 def test_table2_runs_only_the_chosen_methods(tiny_prior, tmp_path):

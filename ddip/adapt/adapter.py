@@ -142,6 +142,10 @@ class VolumeAdapter:
             self.timesteps = self.prior.schedule.timesteps(self.step.n_steps).tolist()
         self._t_start = self.timesteps[0]
         self.n_total_adapted = sum(self.cfg.adapts_at(t, self._t_start) for t in self.timesteps)
+        if not self.n_total_adapted:
+            log.warning("no timestep of %d-step sampling (%d … %d) lies in the adaptation window [ζ, T' − ζ] with "
+                        "ζ = %s: nothing adapts, the result is the unadapted sampler's (lower zeta, or none)",
+                        len(self.timesteps), self._t_start, self.timesteps[-1], self.cfg.zeta)
         self._dc_step = loss_step(self.step, self.cfg)
         if not trainable_parameters(self.prior.net):
             raise DdipError("the prior has no trainable parameters: inject LoRA first (ddip.adapt.inject_lora)")

@@ -117,6 +117,13 @@ def test_adaptation_window_is_zeta_to_t_start_minus_zeta(problem):
     assert not paper.adapts_at(900, 900) and paper.adapts_at(860, 900)
 
 
+def test_a_window_that_holds_no_timestep_says_that_nothing_adapts(problem, caplog):
+    x, op, y = problem
+    _, report = d3ip(DDS(n_steps=2), _prior(), y, op, AdaptConfig(n_iters=1, k=1, zeta=400),
+                     generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(1))
+    assert report.losses == [] and "nothing adapts" in caplog.text  # grid 500, 0; window [400, 100]
+
+
 def test_replaying_a_saved_trajectory_reproduces_the_volume(problem, tmp_path):
     x, op, y = problem
     prior = _prior()
