@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ddip.data import dev_volume_path, prepare_volume, read_volume
+from ddip.devices import resolve_device
 from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
 from ddip.metrics import evaluate_volume
@@ -54,12 +55,18 @@ class BenchConfig:
     methods: tuple[str, ...] = METHODS  # table 2's methods (a subset for a costly size)
     cg_iters: int | None = None  # CG steps per data-consistency solve (None: each method's own; the paper's DDS: 5)
     lr: float | None = None  # the adapted methods' learning rate (None: Table 5 / ddip.reconstruct.LR_TUNED)
+    device: str = "auto"  # where every reconstruction runs (ddip.devices.resolve_device)
+    precision: str = ReconstructConfig.precision  # the network's speed options (ddip.priors.prior.NetworkSpeed)
+    channels_last: bool = ReconstructConfig.channels_last
+    compile: bool = ReconstructConfig.compile
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise DdipError(f"benchmark: unknown or no method(s) {unknown}; choose from {', '.join(METHODS)}")
-        ReconstructConfig(method="d3ip", cg_iters=self.cg_iters, lr=self.lr)  # a bad value fails before any run
+        ReconstructConfig(method="d3ip", cg_iters=self.cg_iters, lr=self.lr,  # a bad value fails before any run
+                          precision=self.precision)
+        resolve_device(self.device)
         counts = {"n_slices": self.n_slices, "dps_slices": self.dps_slices, "size": self.size // 8,
                   "n_steps": 1 if self.n_steps is None else self.n_steps,
                   "scaling_steps": 1 if self.scaling_steps is None else self.scaling_steps}
@@ -80,11 +87,12 @@ class BenchConfig:
                     "dps_slices": c.dps_slices, "scaling_steps": c.scaling_steps,
                     "scaling_sizes": ",".join(map(str, c.scaling_sizes)), "noise_mix": c.noise_mix,
                     "table2": ",".join(c.table2_settings), "methods": ",".join(c.methods),
-                    "cg_iters": c.cg_iters, "lr": c.lr}
+                    "cg_iters": c.cg_iters, "lr": c.lr, "device": c.device, "precision": c.precision,
+                    "channels_last": c.channels_last, "compile": c.compile}
 
         mine, defaults = flags(self), flags(BenchConfig.quick_config() if self.quick else BenchConfig())
         return "ddip benchmark" + (" --quick" if self.quick else "") + "".join(
-            f" --{k.replace('_', '-')} {v}" for k, v in mine.items() if v != defaults[k])
+            f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in mine.items() if v != defaults[k])
 
 
 def _volume(task: str, cfg: BenchConfig, n_slices: int):
@@ -107,11 +115,13 @@ def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
         settings["cg_iters"] = cfg.cg_iters
     if cfg.lr is not None and method in ADAPTED:
         settings["lr"] = cfg.lr
+    if method != "admm-tv":  # the one method without a network
+        settings.update(precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
     return ReconstructConfig(seed=cfg.seed, noise_mix=cfg.noise_mix, **settings)
 
 
-def _row(m, rcfg: ReconstructConfig, prior, label: dict) -> dict:
-    res = reconstruct(m, rcfg, prior)
+def _row(cfg: BenchConfig, m, rcfg: ReconstructConfig, prior, label: dict) -> dict:
+    res = reconstruct(m, rcfg, prior, device=cfg.device)
     metrics = evaluate_volume(res.volume, m.ground_truth)
     row = {**label, "method": rcfg.method, "slices": int(m.y.shape[0]), "psnr": metrics["psnr"],
            "ssim": metrics["ssim"], "lpips": metrics["lpips"], "psnr_volume": metrics["psnr_volume"],
@@ -140,14 +150,14 @@ def table2(cfg: BenchConfig, prior) -> list[dict]:
                 continue  # the paper runs no MBIR variant on CS-MRI (no 3D coupling in its knee data)
             m = m_dps if method == "dps" else m_full
             steps = None if method == "dps" and not cfg.quick else cfg.n_steps
-            rows.append(_row(m, _rconfig(cfg, method=method, n_steps=steps), prior(task),
+            rows.append(_row(cfg, m, _rconfig(cfg, method=method, n_steps=steps), prior(task),
                              {"task": task, "views": views if task == "sv-ct" else None, "prior": prior.name(task)}))
     return rows
 
 
 def table1(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
-    return [_row(m, _rconfig(cfg, method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k),
+    return [_row(cfg, m, _rconfig(cfg, method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k),
                  prior("sv-ct"), {"table": "1", "loss_cg_iters": k}) for k in (1, 3, 5)]
 
 
@@ -155,13 +165,13 @@ def table3(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
     zeta = ReconstructConfig.zeta
     variants = [("baseline", None, "noise"), ("+ horizon", zeta, "noise"), ("+ init", zeta, "slerp")]
-    return [_row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, zeta=z, init=init),
+    return [_row(cfg, m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, zeta=z, init=init),
                  prior("sv-ct"), {"table": "3", "variant": name}) for name, z, init in variants]
 
 
 def table4(cfg: BenchConfig, prior) -> list[dict]:
     m = _measure("sv-ct", cfg, max(cfg.n_slices, 12), paper_views(cfg.size))
-    return [_row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, k=k), prior("sv-ct"),
+    return [_row(cfg, m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, k=k), prior("sv-ct"),
                  {"table": "4", "K": k}) for k in (1, 2, 3, 6, 12)]
 
 
@@ -172,7 +182,7 @@ def scaling(cfg: BenchConfig, prior) -> list[dict]:
         m = _measure("sv-ct", cfg, n, paper_views(cfg.size))
         pair = {}
         for method in ("ddip", "d3ip"):
-            row = _row(m, _rconfig(cfg, method=method, n_steps=steps), prior("sv-ct"),
+            row = _row(cfg, m, _rconfig(cfg, method=method, n_steps=steps), prior("sv-ct"),
                        {"table": "scaling", "N": n})
             # network-pass count in forward-equivalents: a forward+backward costs about 3 forwards
             row["pass_count"] = 3 * (row["adapt_passes"] or 0) + (row["forward_passes"] or 0)
@@ -250,7 +260,8 @@ def run_benchmark(cfg: BenchConfig, tables: tuple[str, ...] = TABLES, out: str |
               "date": date.today().isoformat(), "config": dataclasses.asdict(cfg),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                          "device": str(resolve_device(cfg.device))}}
     results = {}
     fns = {"table2": table2, "table1": table1, "table3": table3, "table4": table4, "scaling": scaling}
     for name in tables:

@@ -316,7 +316,8 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
              "dps_slices": args.dps_slices, "scaling_steps": args.scaling_steps,
              "scaling_sizes": args.scaling_sizes,
              "noise_mix": args.noise_mix, "table2_settings": split(args.table2), "methods": split(args.methods),
-             "cg_iters": args.cg_iters, "lr": args.lr}
+             "cg_iters": args.cg_iters, "lr": args.lr, "device": args.device, "precision": args.precision,
+             "channels_last": args.channels_last, "compile": args.compile}
     given = {k: v for k, v in given.items() if v is not None}
     return BenchConfig.quick_config(**given) if args.quick else BenchConfig(**given)
 
@@ -562,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="table 2's methods, comma-separated (default: all)")
     _add_cg_iters(p)
     p.add_argument("--lr", type=float, help="the adapted methods' learning rate (default: Table 5, CS-MRI 1e-4)")
+    p.add_argument("--device", default=b.device, help=DEVICE_HELP)
+    _add_speed(p)
     p.add_argument("--out", default="out/benchmark", help="output folder (default out/benchmark)")
     p.set_defaults(func=cmd_benchmark)
 

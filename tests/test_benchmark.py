@@ -31,6 +31,8 @@ def test_the_recorded_command_reproduces_the_configuration():
     assert BenchConfig().command() == "ddip benchmark"
     assert BenchConfig(size=128, methods=("dds", "d3ip")).command() == "ddip benchmark --size 128 --methods dds,d3ip"
     assert BenchConfig(cg_iters=5, lr=1e-3).command() == "ddip benchmark --cg-iters 5 --lr 0.001"
+    assert BenchConfig(device="cpu", precision="bfloat16-weights", channels_last=True).command() == \
+        "ddip benchmark --device cpu --precision bfloat16-weights --channels-last"
 
 
 def test_cg_steps_and_learning_rate_reach_only_the_methods_they_apply_to():
@@ -38,6 +40,11 @@ def test_cg_steps_and_learning_rate_reach_only_the_methods_they_apply_to():
     settings = {m: _rconfig(cfg, method=m) for m in ("admm-tv", "dps", "dds", "mbir", "d3ip")}
     assert [settings[m].cg_iters for m in settings] == [None, None, 5, 5, 5]
     assert [settings[m].lr for m in settings] == [None, None, None, None, 1e-3]
+    fast = BenchConfig(precision="bfloat16", channels_last=True)
+    assert [_rconfig(fast, method=m).speed.channels_last for m in ("admm-tv", "dds", "d3ip")] == [False, True, True]
+    assert _rconfig(fast, method="d3ip").precision == "bfloat16"
+    with pytest.raises(DdipError, match="unknown device"):
+        BenchConfig(device="gpu")
     for bad in ({"cg_iters": 0}, {"lr": -1.0}):
         with pytest.raises(DdipError, match="cg_iters must be >= 1|lr must be a positive"):
             BenchConfig(**bad)
