@@ -66,9 +66,10 @@ class Checkpointer:
             raise DdipError(f"{self.path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from exc
         if not isinstance(payload, dict) or "settings" not in payload:
             raise DdipError(f"{self.path}: not a ddip reconstruction checkpoint")
-        if payload["settings"] != self.settings:
-            mine, theirs = json.loads(self.settings), json.loads(payload["settings"])
-            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        mine, theirs = json.loads(self.settings), json.loads(payload["settings"])
+        # a setting added to ddip since the checkpoint was written is absent from it, and equal if still unset
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
             raise DdipError(f"{self.path}: the checkpoint was made with other settings (differs in {diff}); "
                             f"resume with the same command")
         return payload

@@ -247,7 +247,7 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
                              init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
                              zeta=args.zeta, dc_variant=args.dc_variant, cg_iters=args.cg_iters,
-                             precision=args.precision,
+                             tv_lam=args.tv_lambda, tv_rho=args.tv_rho, precision=args.precision,
                              channels_last=args.channels_last, compile=args.compile, resize=args.resize,
                              normalise=args.normalise)
 
@@ -512,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")
     _add_cg_iters(p)
+    p.add_argument("--tv-lambda", type=float,
+                   help="TV weight of admm-tv, mbir and d3ip-mbir (default: tuned per task for data in [0, 1])")
+    p.add_argument("--tv-rho", type=float, help="ADMM penalty of admm-tv, mbir and d3ip-mbir (default: per task)")
     _add_speed(p)
     p.add_argument("--resize", action="store_true",
                    help="if the prior's image size differs from the data's, reconstruct on the prior's grid "
@@ -561,7 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-mix", choices=NOISE_MIXES, help=f"DDIM noise mixing (default {b.noise_mix})")
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
     p.add_argument("--methods", help="table 2's methods, comma-separated (default: all)")
-    _add_cg_iters(p)
+    p.add_argument("--cg-iters", type=int,
+                   help=f"CG steps of DDS's data consistency in DDS and the adapted methods on it (default "
+                        f"{DDS.cg_iters}; the paper's: {PAPER_CG_ITERS}); DDNM and MBIR keep their own")
     p.add_argument("--lr", type=float, help="the adapted methods' learning rate (default: Table 5, CS-MRI 1e-4)")
     p.add_argument("--device", default=b.device, help=DEVICE_HELP)
     _add_speed(p)

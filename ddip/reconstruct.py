@@ -45,6 +45,8 @@ METHODS = ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip
 ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
 WITHOUT_CG = ("dps", "admm-tv")  # the methods with no CG data-consistency step (cg_iters does not apply)
 MBIR = ("mbir", "d3ip-mbir")  # DiffusionMBIR's ADMM step (TV along z): its own data consistency, no dc_variant
+ON_DDS = ("dds", "scd", "ddip", "d3ip", "d3ip-meta")  # the methods whose data-consistency step is DDS's
+WITH_TV = ("admm-tv", *MBIR)  # the methods whose TV weight and ADMM penalty tv_lam / tv_rho set
 # Methods that split the volume's slices across the processes of a torchrun launch (ddip.physics.sharding). The
 # per-slice methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
 DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
@@ -93,6 +95,13 @@ def mbir_parameters(cfg: TaskConfig) -> dict[str, float]:
     return mbir_ct_parameters(cfg.views) if cfg.task == "sv-ct" else {"rho": 0.1, "lam": 1e-3}
 
 
+def tv_parameters(cfg: "ReconstructConfig", task: TaskConfig) -> dict[str, float]:
+    """λ and ρ of a TV method: ``cfg.tv_lam`` / ``cfg.tv_rho`` where given, else the task's (ADMM_TV,
+    mbir_parameters)."""
+    tuned = ADMM_TV[task.task] if cfg.method == "admm-tv" else mbir_parameters(task)
+    return {"lam": cfg.tv_lam or tuned["lam"], "rho": cfg.tv_rho or tuned["rho"]}
+
+
 def intensity_scale(y: Tensor, physics) -> float:
     """The data's intensity in image units: the 99.5th percentile of |A^† y| (FBP, zero-filled IFFT, ...).
 
@@ -137,6 +146,10 @@ class ReconstructConfig:
     loss_cg_iters: int | None = None
     dc_variant: str | None = None  # CG data consistency: None = the method's own (DDS proximal, DDNM normal)
     cg_iters: int | None = None  # CG steps per data-consistency solve; None: the method's own (DDS 20, DDNM 30, MBIR 5)
+    # TV weight λ and ADMM penalty ρ of the methods with a TV term (ADMM-TV, DiffusionMBIR, D3IP-mbir); None: the
+    # task's tuned values (ADMM_TV, mbir_parameters), which suit data in the prior's [0, 1] range
+    tv_lam: float | None = None
+    tv_rho: float | None = None
     precision: str = NetworkSpeed.precision  # the network's arithmetic (ddip.priors.prior.PRECISIONS)
     channels_last: bool = NetworkSpeed.channels_last  # NHWC network (GPU tensor cores; docs/gpu.md)
     compile: bool = NetworkSpeed.compile  # torch.compile the network (docs/gpu.md)
@@ -163,6 +176,14 @@ class ReconstructConfig:
             raise DdipError(f"cg_iters applies to the samplers with a CG data-consistency step, not to {self.method}")
         if self.cg_iters is not None and (isinstance(self.cg_iters, bool) or self.cg_iters < 1):
             raise DdipError(f"cg_iters must be >= 1, got {self.cg_iters}")
+        for name in ("tv_lam", "tv_rho"):
+            value = getattr(self, name)
+            if value is not None and self.method not in WITH_TV:
+                raise DdipError(f"{name} applies to the methods with a TV term ({', '.join(WITH_TV)}), not to "
+                                f"{self.method}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
+                raise DdipError(f"{name} must be a positive finite number, got {value!r}")
         given = [name for name, default in (("k", None), ("n_iters", None), ("lr", None), ("zeta", AdaptConfig.zeta),
                                             ("loss_cg_iters", None), ("lora_rank", LoRAConfig.rank),
                                             ("train_biases", LoRAConfig.train_biases))
@@ -237,7 +258,7 @@ def build_step(cfg: ReconstructConfig, m: Measurement):
     if cfg.method == "ddnm":
         return DDNM(**common)
     if cfg.method in MBIR:
-        return DiffusionMBIR(**mbir_parameters(m.config), **common)
+        return DiffusionMBIR(**tv_parameters(cfg, m.config), **common)
     return DDS(**common)
 
 
@@ -290,7 +311,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     with _PeakMemory(device) as mem, Timings() as timings:
         t0 = time.perf_counter()
         if cfg.method == "admm-tv":
-            x = admm_tv_reconstruct(y, physics, **ADMM_TV[m.config.task])
+            x = admm_tv_reconstruct(y, physics, **tv_parameters(cfg, m.config))
         elif cfg.method not in ADAPTED:
             step = build_step(cfg, m)
             y_run, phys_run = split(shard, y, physics)

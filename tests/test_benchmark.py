@@ -37,9 +37,9 @@ def test_the_recorded_command_reproduces_the_configuration():
 
 def test_cg_steps_and_learning_rate_reach_only_the_methods_they_apply_to():
     cfg = BenchConfig(cg_iters=5, lr=1e-3)
-    settings = {m: _rconfig(cfg, method=m) for m in ("admm-tv", "dps", "dds", "mbir", "d3ip")}
-    assert [settings[m].cg_iters for m in settings] == [None, None, 5, 5, 5]
-    assert [settings[m].lr for m in settings] == [None, None, None, None, 1e-3]
+    settings = {m: _rconfig(cfg, method=m) for m in ("admm-tv", "dps", "ddnm", "dds", "mbir", "d3ip", "scd")}
+    assert [settings[m].cg_iters for m in settings] == [None, None, None, 5, None, 5, 5]  # DDS's step only
+    assert [settings[m].lr for m in settings] == [None, None, None, None, None, 1e-3, 1e-3]
     fast = BenchConfig(precision="bfloat16", channels_last=True)
     assert [_rconfig(fast, method=m).speed.channels_last for m in ("admm-tv", "dds", "d3ip")] == [False, True, True]
     assert _rconfig(fast, method="d3ip").precision == "bfloat16"

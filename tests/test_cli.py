@@ -3,6 +3,8 @@
 import json
 import math
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from ddip.cli import main
@@ -88,6 +90,28 @@ def test_dc_variant_cg_steps_and_precision_are_recorded_and_refused_where_they_d
     assert main(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--cg-iters", "5", "--out",
                  str(tmp_path / "tv"), "--quiet"]) == 2
     assert "cg_iters applies to the samplers with a CG" in capsys.readouterr().err
+
+
+def test_tv_weight_and_penalty_reach_the_tv_methods_and_only_them(ct_measurement, capsys, tmp_path):
+    from ddip.reconstruct import ADMM_TV, ReconstructConfig, mbir_parameters, tv_parameters
+    from ddip.tasks import load_measurement
+
+    m = load_measurement(ct_measurement)
+    assert tv_parameters(ReconstructConfig(method="admm-tv"), m.config) == ADMM_TV["sv-ct"]
+    assert tv_parameters(ReconstructConfig(method="mbir", tv_lam=0.5), m.config) == \
+        {"lam": 0.5, "rho": mbir_parameters(m.config)["rho"]}
+    outs = {}
+    for lam in ("0.02", "0.5"):  # the default and 25 times more: a smoother volume
+        out = tmp_path / lam
+        assert main(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--tv-lambda", lam, "--out", str(out),
+                     "--units", "window", "--quiet"]) == 0
+        outs[lam] = np.asarray(nib.load(str(out / "reconstruction.nii.gz")).dataobj)
+    variation = {k: sum(float(np.abs(np.diff(v, axis=a)).mean()) for a in range(3)) for k, v in outs.items()}
+    assert variation["0.5"] < 0.9 * variation["0.02"]
+    for args, message in ((["--method", "dds", "--tv-lambda", "0.1"], "tv_lam applies to the methods with a TV"),
+                          (["--method", "admm-tv", "--tv-rho", "-1"], "tv_rho must be a positive finite")):
+        assert main(["reconstruct", str(ct_measurement), *args, "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,16 @@ def test_resume_with_other_settings_is_refused(ct_measurement, tiny_prior, tmp_p
     assert "other settings" in capsys.readouterr().err
 
 
+def test_a_checkpoint_from_before_a_setting_was_added_resumes_while_the_setting_is_unset(tmp_path):
+    from ddip.checkpoint import Checkpointer
+    from ddip.errors import DdipError
+
+    Checkpointer(tmp_path / "c.pt", {"method": "dds", "seed": 1}).save({"i": 3})
+    assert Checkpointer(tmp_path / "c.pt", {"method": "dds", "seed": 1, "tv_lam": None}).load()["i"] == 3
+    with pytest.raises(DdipError, match=r"differs in \['tv_lam'\]"):
+        Checkpointer(tmp_path / "c.pt", {"method": "dds", "seed": 1, "tv_lam": 0.1}).load()
+
+
 def test_truncated_checkpoint_is_reported(ct_measurement, tiny_prior, tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()
