@@ -6,6 +6,7 @@ phantoms (seed ``GATE_SEED − 1``), 64 px, sparse-view CT, σ = 0.01. Three que
     python benchmarks/in_distribution.py samples    # DDS posterior samples and their running mean vs ADMM-TV
     python benchmarks/in_distribution.py views      # DDS vs ADMM-TV (best λ) and FBP at 4–15 views
     python benchmarks/in_distribution.py denoiser   # the prior's Tweedie x̂₀ vs TV denoising of the same noisy images
+    python benchmarks/in_distribution.py variants   # DDS sampler variants (mixing, η, steps, γ, the CT form), seed 100
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ddip.evaluation import GATE_SEED
 from ddip.metrics import psnr
 from ddip.physics import add_noise, sparse_view_ct
 from ddip.priors import load_prior
-from ddip.solvers import DDS, admm_tv_reconstruct, solve
+from ddip.solvers import DDNM, DDS, admm_tv_reconstruct, solve
 from ddip.solvers.base import predict_eps
 
 TV_LAMBDAS = (0.005, 0.01, 0.02, 0.05, 0.1)
@@ -92,9 +93,46 @@ def denoiser(prior, timesteps: list[int]) -> None:
                           "tv_best": max(tv.values()), "tv": tv}), flush=True)
 
 
+# (label, DDS settings, solve settings): docs/diagnosis.md §3's sampler variants; "normal" is the authors' CT form
+# (CG on A^H A x = A^H y from x̂₀), DDNM the same with 30 CG steps
+VARIANTS = [
+    ("paper mixing", {"noise_mix": "paper"}, {}),
+    ("code mixing", {"noise_mix": "code"}, {}),
+    ("ddim mixing", {"noise_mix": "ddim"}, {}),
+    ("ddim eta 0", {"noise_mix": "ddim", "eta": 0.0}, {}),
+    ("ddim eta 0.5", {"noise_mix": "ddim", "eta": 0.5}, {}),
+    ("paper, independent init", {"noise_mix": "paper"}, {"init": "independent"}),
+    ("paper, gamma 20", {"noise_mix": "paper", "gamma": 20.0}, {}),
+    ("paper, gamma 100", {"noise_mix": "paper", "gamma": 100.0}, {}),
+    ("paper, 200 steps", {"noise_mix": "paper", "n_steps": 200}, {}),
+    ("ddim eta 0, 200 steps", {"noise_mix": "ddim", "eta": 0.0, "n_steps": 200}, {}),
+    ("CT form, paper", {"noise_mix": "paper", "variant": "normal"}, {}),
+    ("CT form, code", {"noise_mix": "code", "variant": "normal"}, {}),
+    ("CT form, paper, 10 CG", {"noise_mix": "paper", "variant": "normal", "cg_iters": 10}, {}),
+    ("paper eta 0.3", {"noise_mix": "paper", "eta": 0.3}, {}),
+    ("paper eta 0.5", {"noise_mix": "paper", "eta": 0.5}, {}),
+    ("paper eta 0.7", {"noise_mix": "paper", "eta": 0.7}, {}),
+    ("CT form, paper eta 0.3", {"noise_mix": "paper", "variant": "normal", "eta": 0.3}, {}),
+    ("CT form, paper eta 0.5", {"noise_mix": "paper", "variant": "normal", "eta": 0.5}, {}),
+]
+
+
+def variants(prior, cg_iters: int) -> None:
+    x, g = _phantoms(8)
+    op = sparse_view_ct(64, 15)
+    y = add_noise(op.A(x), 0.01, generator=g)
+    runs = [(label, DDS(**{"cg_iters": cg_iters, **dds}), kw) for label, dds, kw in VARIANTS]
+    runs.append(("DDNM, paper mixing", DDNM(noise_mix="paper"), {}))
+    for label, step, kw in runs:
+        t0 = time.perf_counter()
+        out = solve(step, prior, y, op, generator=torch.Generator().manual_seed(100), **kw)
+        print(json.dumps({"variant": label, "psnr": _psnr(out, x), "wall_s": round(time.perf_counter() - t0, 1)}),
+              flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("samples", "views", "denoiser"))
+    p.add_argument("what", choices=("samples", "views", "denoiser", "variants"))
     p.add_argument("--prior", default="ellipses-64")
     p.add_argument("--n-samples", type=int, default=6)
     p.add_argument("--views", default="4,6,8,10,15")
@@ -107,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         samples(prior, args.n_samples, args.cg_iters)
     elif args.what == "views":
         views(prior, [int(v) for v in args.views.split(",")], args.cg_iters)
+    elif args.what == "variants":
+        variants(prior, args.cg_iters)
     else:
         denoiser(prior, [int(t) for t in args.timesteps.split(",")])
 
