@@ -88,9 +88,10 @@ def mbir_parameters(cfg: TaskConfig) -> dict[str, float]:
     """ADMM ρ, λ of DiffusionMBIR per task.
 
     CT: the paper's ρ = 0.5, λ = 0.01 rescaled to our exact adjoint (see :func:`mbir_ct_parameters`). 3D MRI: the
-    paper's ρ = 1e-3, λ = 1e-5 diverge here — with ρ that small the x-update's CG takes steps of order 1/ρ along the
-    null space of the undersampled FFT; ρ ≥ 0.1 is stable, and ρ = 0.1, λ = 1e-3 was the best of a 4×3 grid on the
-    MNI slab at 10 steps (docs/known-limits.md).
+    paper's ρ = 1e-3, λ = 1e-5 diverge with Eq. 7's noise mixing (with ρ that small the x-update's CG takes steps of
+    order 1/ρ along the null space of the undersampled FFT) and tie ours with the authors' mixing; ρ = 0.1, λ = 1e-3
+    hold under both, within 0.03 dB of the best of a 4×3 grid (docs/known-limits.md). ``tv_rho`` / ``tv_lam``
+    override both (:func:`tv_parameters`).
     """
     return mbir_ct_parameters(cfg.views) if cfg.task == "sv-ct" else {"rho": 0.1, "lam": 1e-3}
 
