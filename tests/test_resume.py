@@ -26,6 +26,21 @@ def _volume(out):
     return np.asarray(nib.load(str(out / "reconstruction.nii.gz")).dataobj)
 
 
+_STRAIGHT: dict[tuple, np.ndarray] = {}
+
+
+def _straight(method, extra, measurement, prior, out):
+    """The uninterrupted run's volume, made once per method and shared by the kill and the signal tests (so each
+    interrupted run is also checked against a run with another checkpoint interval)."""
+    key = (method, *extra, str(measurement), str(prior))
+    if key not in _STRAIGHT:
+        args = ["reconstruct", str(measurement), "--method", method, "--prior", prior, "--steps", STEPS, "--quiet",
+                "--checkpoint-every", "1", *extra, "--out", str(out)]
+        assert _run(args).wait(timeout=300) == 0
+        _STRAIGHT[key] = _volume(out)
+    return _STRAIGHT[key]
+
+
 def _progress(path):
     """Steps finished according to the checkpoint (slice-major for DDIP), or -1."""
     try:
@@ -44,8 +59,7 @@ def _progress(path):
 def test_sigkill_then_resume_gives_the_same_volume(method, extra, ct_measurement, tiny_prior, tmp_path):
     common = ["reconstruct", str(ct_measurement), "--method", method, "--prior", tiny_prior, "--steps", STEPS,
               "--quiet", "--checkpoint-every", "1", *extra]
-    straight = tmp_path / "straight"
-    assert _run([*common, "--out", str(straight)]).wait(timeout=300) == 0
+    straight = _straight(method, extra, ct_measurement, tiny_prior, tmp_path / "straight")
 
     killed = tmp_path / "killed"
     total = int(STEPS) * (3 if method == "ddip" else 1)
@@ -63,7 +77,7 @@ def test_sigkill_then_resume_gives_the_same_volume(method, extra, ct_measurement
 
     resumed = _run([*common, "--out", str(killed), "--resume"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
-    assert np.array_equal(_volume(straight), _volume(killed))
+    assert np.array_equal(straight, _volume(killed))
     assert not ckpt.exists()  # cleaned up after success
 
 
@@ -105,8 +119,7 @@ def test_a_signal_checkpoints_at_the_next_step_and_resume_gives_the_same_volume(
     the resumed run continues from can only be the one the signal made."""
     common = ["reconstruct", str(ct_measurement), "--method", method, "--prior", tiny_prior, "--steps", STEPS,
               "--checkpoint-every", "1000", *extra]
-    straight = tmp_path / "straight"
-    assert _run([*common, "--quiet", "--out", str(straight)]).wait(timeout=300) == 0
+    straight = _straight(method, extra, ct_measurement, tiny_prior, tmp_path / "straight")
 
     stopped = tmp_path / "stopped"
     proc = _run([*common, "--out", str(stopped)])  # with the progress bar: it says when sampling has begun
@@ -124,7 +137,7 @@ def test_a_signal_checkpoints_at_the_next_step_and_resume_gives_the_same_volume(
 
     resumed = _run([*common, "--quiet", "--out", str(stopped), "--resume"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
-    assert np.array_equal(_volume(straight), _volume(stopped))
+    assert np.array_equal(straight, _volume(stopped))
 
 
 def test_the_same_command_twice_gives_the_bit_identical_volume_and_records_the_environment(ct_measurement,
