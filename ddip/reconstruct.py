@@ -178,13 +178,9 @@ class ReconstructConfig:
         if self.cg_iters is not None and (isinstance(self.cg_iters, bool) or self.cg_iters < 1):
             raise DdipError(f"cg_iters must be >= 1, got {self.cg_iters}")
         for name in ("tv_lam", "tv_rho"):
-            value = getattr(self, name)
-            if value is not None and self.method not in WITH_TV:
+            if getattr(self, name) is not None and self.method not in WITH_TV:
                 raise DdipError(f"{name} applies to the methods with a TV term ({', '.join(WITH_TV)}), not to "
                                 f"{self.method}")
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value <= 0):
-                raise DdipError(f"{name} must be a positive finite number, got {value!r}")
         given = [name for name, default in (("k", None), ("n_iters", None), ("lr", None), ("zeta", AdaptConfig.zeta),
                                             ("loss_cg_iters", None), ("lora_rank", LoRAConfig.rank),
                                             ("train_biases", LoRAConfig.train_biases))
@@ -199,8 +195,11 @@ class ReconstructConfig:
             raise DdipError("max_batch and n_steps must be >= 1")
         if self.k is not None and self.k < 1 or self.n_iters is not None and self.n_iters < 1:
             raise DdipError("k and n_iters must be >= 1")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise DdipError(f"lr must be a positive finite number, got {self.lr}")
+        for name in ("lr", "tv_lam", "tv_rho"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
+                raise DdipError(f"{name} must be a positive finite number, got {value!r}")
         check_seed(self.seed, "reconstruct")
         if self.zeta is not None and (isinstance(self.zeta, bool) or self.zeta < 0):
             raise DdipError(f"zeta must be >= 0 (or None: adapt at every step), got {self.zeta}")
