@@ -408,6 +408,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                       checkpoint_minutes=args.checkpoint_minutes, snapshot_every=args.snapshot_every,
                       init_weights=args.init_weights, data=args.data if phantoms else "volumes",
                       volumes=None if phantoms else args.data, modality=args.modality, warmup_steps=args.warmup_steps,
+                      crop_sizes=args.crop,
                       device=args.device, rng=args.rng, channels_last=args.channels_last, compile=args.compile)
 
     with distributed.process_group():  # under torchrun: DistributedDataParallel, one phantom stream per rank
@@ -631,6 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=t.max_images)
     p.add_argument("--max-hours", type=float, default=t.max_hours, help="stop (after a checkpoint) after this long")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster; weights stay fp32)")
+    p.add_argument("--crop", type=_ints, default=t.crop_sizes,
+                   help="train on random crops of these sizes of --size images, one size per step, e.g. 64,128,256 "
+                        "(--batch is the smallest crop's; larger ones get fewer, at equal pixels); default: whole "
+                        "images")
     p.add_argument("--warmup-steps", type=int, default=t.warmup_steps,
                    help="linear learning-rate warm-up over this many steps")
     p.add_argument("--device", default=t.device, help=f"{DEVICE_HELP} (phantoms are rasterised there too)")

@@ -10,6 +10,13 @@ A run folder holds:
 * ``snapshots/ema_<images>.safetensors``: EMA weights every ``snapshot_every`` images, for tracking the quality gate
   against images seen;
 * ``data.json`` (training on volumes): the slices per volume, checked again when the run resumes.
+
+Crop training (``crop_sizes``): each step draws one crop size, makes full ``image_size`` images and trains on
+``batch_size·(smallest crop / crop)²`` random square crops of them, so every step costs about the same pixels
+(several crops per image where a crop is a sixteenth of it or less: rasterising the image costs more than training on
+one crop). The network is fully convolutional, so a 256 px prior learns from 64 px crops of 256 px phantoms at about
+1/16 of a whole image's cost (Patch Diffusion, Wang et al. 2023, trains on random patches with a share of whole
+images in the same way; its position channels are not used here).
 """
 
 from __future__ import annotations
@@ -65,6 +72,9 @@ class TrainConfig:
     modality: Literal["ct", "mri"] | None = None
     slice_axis: int = 2
     warmup_steps: int = 0  # learning rate rises linearly from 0 over this many steps (large batches, warm starts)
+    # train on random square crops of these sizes (one size per step, drawn uniformly; () = whole images);
+    # batch_size is the batch of the smallest, larger crops get batch_size·(smallest / size)², at least 1
+    crop_sizes: tuple[int, ...] = ()
     device: str = "cpu"  # where the network trains and phantoms are rasterised
     rng: Literal["cpu", "device"] = "cpu"  # random streams on the CPU (same run on any device) or on the device
     channels_last: bool = False  # NHWC network and images (GPU tensor cores; docs/gpu.md)
@@ -90,19 +100,42 @@ class TrainConfig:
         if self.data == "volumes" and self.modality not in ("ct", "mri"):
             raise DdipError(f"train-prior: training on volumes needs modality 'ct' or 'mri' (the intensity window), "
                             f"got {self.modality!r}")
+        object.__setattr__(self, "crop_sizes", tuple(sorted(set(int(c) for c in self.crop_sizes))))
+        down = 2 ** (len(self.unet.channel_mult) - 1)
+        bad = [c for c in self.crop_sizes if not 0 < c <= self.unet.image_size or c % down]
+        if bad:
+            raise DdipError(f"train-prior: crop sizes must lie in 1..{self.unet.image_size} (the image size) and be "
+                            f"multiples of {down} (the network's downsampling), got {', '.join(map(str, bad))}")
         if (self.unet.in_channels, self.unet.out_channels) != (channels, channels):
             raise DdipError(f"train-prior: {self.data} needs a network with {channels} input and output channels")
+
+    def batch_for(self, crop: int) -> int:
+        """The batch of a step that trains on crops of side ``crop`` (the whole-image batch without crops)."""
+        if not self.crop_sizes:
+            return self.batch_size
+        return max(1, round(self.batch_size * (self.crop_sizes[0] / crop) ** 2))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["unet"] = self.unet.to_dict()
+        d["crop_sizes"] = list(self.crop_sizes)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["unet"] = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["unet"].items()})
+        d["crop_sizes"] = tuple(d.get("crop_sizes", ()))
         return cls(**d)
+
+
+def random_crops(images: Tensor, size: int, *, generator: torch.Generator) -> Tensor:
+    """One random ``size``×``size`` crop of each image of ``(B, C, H, W)``, its corner drawn from ``generator``."""
+    h, w = images.shape[-2:]
+    where = generator.device
+    corners = torch.stack([torch.randint(0, h - size + 1, (images.shape[0],), generator=generator, device=where),
+                           torch.randint(0, w - size + 1, (images.shape[0],), generator=generator, device=where)], 1)
+    return torch.stack([img[:, i:i + size, j:j + size] for img, (i, j) in zip(images, corners.tolist())])
 
 
 # Settings that may change between a run and its resumption without changing what is trained.
@@ -235,6 +268,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         log_path.write_text("step,images,loss,images_per_s,elapsed_s\n")
     t_start = t_ckpt = t_log = time.time()
     losses: list[Tensor] = []  # kept on the device: reading a loss each step would stall a GPU
+    step_images: list[int] = []  # images of each step since the last log line (crop steps differ)
     make = _image_source(cfg, out, resuming=ckpt_path.exists(), rank=rank)  # a bad data folder fails here, first
     bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress or rank != 0,
                dynamic_ncols=True)
@@ -250,7 +284,19 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
                 t_ckpt = time.time()
             if halt:
                 break
-            x0 = make(cfg.batch_size, cfg.unet.image_size, generator=data_rng, device=device)
+            crop = cfg.unet.image_size
+            if cfg.crop_sizes:
+                pick = torch.randint(0, len(cfg.crop_sizes), (1,), generator=data_rng, device=data_rng.device)
+                crop = cfg.crop_sizes[int(pick)]
+            batch = cfg.batch_for(crop)
+            if crop < cfg.unet.image_size:
+                # a 256 px phantom costs more to rasterise than a training step on one 64 px crop: take several
+                # crops of each (a quarter of the image's area in all), which still come from as many phantoms
+                per = max(1, (cfg.unet.image_size // crop) ** 2 // 4)
+                full = make(-(-batch // per), cfg.unet.image_size, generator=data_rng, device=device)
+                x0 = random_crops(full.repeat_interleave(per, dim=0)[:batch], crop, generator=data_rng)
+            else:
+                x0 = make(batch, cfg.unet.image_size, generator=data_rng, device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = prior.loss(x0, generator=noise_rng).mean()
             if cfg.warmup_steps:
@@ -261,25 +307,28 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
             opt.step()
             loss = loss.detach()
             step += 1
-            images += cfg.batch_size * n_ranks
+            images += batch * n_ranks
+            step_images.append(batch * n_ranks)
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
             with torch.no_grad():  # ema ← decay·ema + (1 − decay)·θ, all tensors in one call
                 torch._foreach_lerp_([ema[k] for k in ema_float], [params[k] for k in ema_float], 1 - decay)
                 for k in ema_other:
                     ema[k].copy_(params[k])
             losses.append(loss)
-            bar.update(cfg.batch_size * n_ranks)
+            bar.update(batch * n_ranks)
             if step % cfg.log_every == 0:
                 now = time.time()
-                rate = cfg.log_every * cfg.batch_size * n_ranks / max(now - t_log, 1e-9)
+                rate = sum(step_images) / max(now - t_log, 1e-9)
                 mean_loss = torch.stack(losses).mean().item()  # rank 0's own loss
                 if rank == 0:
                     with open(log_path, "a") as fh:
                         fh.write(f"{step},{images},{mean_loss:.6f},{rate:.2f},{now - t_start:.1f}\n")
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
                 losses.clear()
+                step_images.clear()
                 t_log = now
-            if rank == 0 and cfg.snapshot_every and images % cfg.snapshot_every < cfg.batch_size * n_ranks:
+            crossed = images // max(cfg.snapshot_every, 1) > (images - batch * n_ranks) // max(cfg.snapshot_every, 1)
+            if rank == 0 and cfg.snapshot_every and crossed:
                 _save_weights(out / "snapshots" / f"ema_{images:09d}.safetensors", ema, {"images_seen": images})
         bar.close()
     checkpoint()

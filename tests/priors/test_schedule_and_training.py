@@ -171,3 +171,54 @@ def test_widening_a_real_prior_keeps_its_prediction_on_the_real_channel():
     narrow = build_unet(UNetConfig(image_size=16, channel_mult=(1, 2), attention_resolutions=()), seed=0)
     with pytest.raises(Exception):
         wide.load_state_dict(widen_channels(narrow.state_dict(), wide.state_dict()))
+
+
+CROP_NET = UNetConfig(image_size=32, model_channels=32, channel_mult=(1, 1), attention_resolutions=(16,))
+
+
+def test_crop_training_trains_on_windows_of_whole_phantoms(tmp_path, monkeypatch):
+    from ddip.data.phantoms import random_ellipses
+
+    seen = []
+    real_loss = DiffusionPrior.loss
+
+    def spy(self, x0, **kw):
+        seen.append(x0.detach().clone())
+        return real_loss(self, x0, **kw)
+
+    monkeypatch.setattr(DiffusionPrior, "loss", spy)
+    cfg = TrainConfig(out=str(tmp_path), unet=CROP_NET, batch_size=8, crop_sizes=(32, 8, 16), max_images=60,
+                      snapshot_every=0, log_every=1)
+    train_prior(cfg, progress=False)
+    assert cfg.crop_sizes == (8, 16, 32) and [cfg.batch_for(c) for c in (8, 16, 32)] == [8, 2, 1]
+    sizes = [x.shape[-1] for x in seen]
+    assert set(sizes) == {8, 16, 32} and all(x.shape[0] == cfg.batch_for(x.shape[-1]) for x in seen)
+    # every crop is a window of one of the phantoms the run's stream makes: rebuild the stream's first step
+    g = torch.Generator().manual_seed(cfg.seed)
+    pick = cfg.crop_sizes[int(torch.randint(0, 3, (1,), generator=g))]
+    assert pick == sizes[0]
+    per = max(1, (32 // pick) ** 2 // 4)
+    full = random_ellipses(-(-cfg.batch_for(pick) // per), 32, generator=g)
+    windows = full.unfold(2, pick, 1).unfold(3, pick, 1)  # (n, 1, 33 - pick, 33 - pick, pick, pick)
+    for crop in seen[0]:
+        assert (windows == crop[0]).flatten(-2).all(-1).any(), "a crop that is no window of the step's phantoms"
+    assert sum(x.abs().sum() > 0 for x in seen[0]) >= 1
+    log = [r.split(",") for r in (tmp_path / "loss_log.csv").read_text().splitlines()[1:]]
+    assert int(log[-1][1]) == sum(x.shape[0] for x in seen)  # images counts crops
+
+
+def test_crop_training_resumes_exactly_and_refuses_impossible_crops(tmp_path):
+    from safetensors.torch import load_file
+
+    common = dict(unet=CROP_NET, batch_size=4, crop_sizes=(8, 16), max_images=40, snapshot_every=0, log_every=3)
+    train_prior(TrainConfig(out=str(tmp_path / "straight"), **common), progress=False)
+    train_prior(TrainConfig(out=str(tmp_path / "resumed"), **{**common, "max_images": 15}), progress=False)
+    train_prior(TrainConfig(out=str(tmp_path / "resumed"), **common), progress=False)
+    a = load_file(str(tmp_path / "straight" / "ema.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "ema.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(DdipError, match="other settings"):
+        train_prior(TrainConfig(out=str(tmp_path / "resumed"), **{**common, "crop_sizes": (16,)}), progress=False)
+    for bad in ((64,), (7,), (0,)):
+        with pytest.raises(DdipError, match="crop sizes"):
+            TrainConfig(out=str(tmp_path / "x"), unet=CROP_NET, crop_sizes=bad)
