@@ -37,7 +37,7 @@ from ddip.priors.adm import adm_parameters
 from ddip.priors.prior import PRECISIONS
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
-from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, ReconstructConfig, reconstruct
+from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, ReconstructConfig, reconstruct, reconstruct_samples
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import DDNM, DDS, DiffusionMBIR
 from ddip.solvers.base import INITS, NOISE_MIXES
@@ -150,29 +150,38 @@ def _scores(metrics: dict) -> str | None:
 
 def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *, method: str, wall: float,
                  peak_mb: float, report: dict, config: dict, record: dict | None = None,
-                 units: str = "source", display_window: str = "soft-tissue") -> dict:
+                 units: str = "source", display_window: str = "soft-tissue", std: torch.Tensor | None = None) -> dict:
     """NIfTI, PNG views (with ground truth and error when known), config.json and metrics.json.
 
     The NIfTI lies where the source volume lay (its affine, voxel size and slab origin, when the volume came from a
     file with an affine) and, with ``units="source"``, in its units (HU for CT, the MRI slab's scale); ``"window"``
-    keeps the [0, 1] range the priors work in. Views and metrics are always in the window range.
+    keeps the [0, 1] range the priors work in. Views and metrics are always in the window range. ``std`` (several
+    posterior samples, ``volume`` their mean) is written as ``std.nii.gz`` in the same space and units and shown
+    under the views.
     """
     record = record or {}
     spacing = record.get("pixel_spacing_mm") or {}
-    nifti, unit = to_source_units(volume, record) if units == "source" else (volume, "window")
-    write_nifti(out / "reconstruction.nii.gz", nifti, affine=output_affine(record),
-                spacing=(spacing.get("cols", 1.0), spacing.get("rows", 1.0),
-                         (record.get("spacing_mm") or [1.0] * 3)[record.get("slice_axis", 2)]))
+    to_units = (lambda v: to_source_units(v, record)) if units == "source" else (lambda v: (v, "window"))
+    geometry = dict(affine=output_affine(record),
+                    spacing=(spacing.get("cols", 1.0), spacing.get("rows", 1.0),
+                             (record.get("spacing_mm") or [1.0] * 3)[record.get("slice_axis", 2)]))
+    nifti, unit = to_units(volume)
+    write_nifti(out / "reconstruction.nii.gz", nifti, **geometry)
     report = {**report, "nifti_units": unit}
+    maps = {}
+    if std is not None:
+        # units are an affine map a·v + b of the window's: a spread maps by a alone
+        write_nifti(out / "std.nii.gz", to_units(std)[0] - to_units(torch.zeros_like(std))[0], **geometry)
+        maps["std of the samples"] = std
     shown = display(record, display_window)
     if truth is not None:
         metrics = evaluate_volume(volume, truth)
         views = {"ground truth": truth, method: volume}
         write_png_views(out / "views.png", views, error_of=method, reference="ground truth",
-                        notes={method: _scores(metrics)}, **shown)
+                        notes={method: _scores(metrics)}, maps=maps, **shown)
     else:
         metrics = {"psnr": None, "ssim": None, "lpips": None, "psnr_volume": None, "per_slice": {}}
-        write_png_views(out / "views.png", {method: volume}, **shown)
+        write_png_views(out / "views.png", {method: volume}, maps=maps, **shown)
     metrics.update(method=method, wall_time_s=wall, peak_memory_mb=peak_mb, report=report)
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)
@@ -218,13 +227,13 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
         elif rank == 0 and not any(out.glob("checkpoint*.pt")):
             print(f"ddip: no checkpoint in {out}; starting from the beginning", file=sys.stderr)
         distributed.any_flag(False)
-        result = reconstruct(m, cfg, prior, device=args.device, progress=not args.quiet and rank == 0,
-                             checkpointer=ckpt)
+        result = reconstruct_samples(m, cfg, prior, device=args.device,
+                                     progress=not args.quiet and rank == 0, checkpointer=ckpt)
     if rank != 0:
         return
     metrics = write_result(out, result.volume, m.ground_truth, method=args.method, wall=result.wall_time_s,
                            record=m.record, units=args.units, display_window=args.display_window,
-                           peak_mb=result.peak_memory_mb, report=result.report,
+                           peak_mb=result.peak_memory_mb, report=result.report, std=result.std,
                            config={**config, "environment": environment()})
     _remove_checkpoints(ckpt)
     _print_metrics(args.method, metrics)
@@ -244,7 +253,8 @@ def environment() -> dict:
 
 def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     """The reconstruction settings of parsed ``ddip reconstruct`` arguments (validated by ReconstructConfig)."""
-    return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, max_batch=args.max_batch,
+    return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, samples=args.samples,
+                             max_batch=args.max_batch,
                              init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
                              zeta=args.zeta, dc_variant=args.dc_variant, cg_iters=args.cg_iters,
                              tv_lam=args.tv_lambda, tv_rho=args.tv_rho, precision=args.precision,
@@ -498,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, help="network evaluations (default 50; DPS 1000)")
     p.add_argument("--seed", type=int, default=r.seed)
+    p.add_argument("--samples", type=int, default=r.samples,
+                   help="posterior samples (seeds SEED, SEED+1, ...): their mean is the result, their standard "
+                        "deviation is written as std.nii.gz; D3IP and D3IP-mbir adapt once and replay the LoRA "
+                        "trajectory for the other samples")
     p.add_argument("--max-batch", type=int, default=r.max_batch, help="network inputs per forward pass")
     p.add_argument("--init", default=r.init, choices=INITS,
                    help="x_T': slerp between two noises across the slices with A^dagger y (paper Eq. 16), "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import threading
@@ -18,6 +19,7 @@ from ddip import distributed
 from ddip.adapt import (
     AdaptConfig,
     LoRAConfig,
+    Replay,
     count_parameters,
     d3ip,
     d3ip_mbir,
@@ -26,6 +28,7 @@ from ddip.adapt import (
     inject_lora,
     scd,
 )
+from ddip.adapt.methods import AdaptReport
 from ddip.checkpoint import resumable_solve
 from ddip.devices import resolve_device
 from ddip.errors import DdipError, check_seed
@@ -47,6 +50,9 @@ WITHOUT_CG = ("dps", "admm-tv")  # the methods with no CG data-consistency step 
 MBIR = ("mbir", "d3ip-mbir")  # DiffusionMBIR's ADMM step (TV along z): its own data consistency, no dc_variant
 ON_DDS = ("dds", "scd", "ddip", "d3ip", "d3ip-meta")  # the methods whose data-consistency step is DDS's
 WITH_TV = ("admm-tv", *MBIR)  # the methods whose TV weight and ADMM penalty tv_lam / tv_rho set
+# The adapted methods with one LoRA state for the volume: their further posterior samples replay the first sample's
+# LoRA trajectory with fresh noise instead of adapting again (reconstruct_samples)
+REPLAYABLE = ("d3ip", "d3ip-mbir")
 # Methods that split the volume's slices across the processes of a torchrun launch (ddip.physics.sharding). The
 # per-slice methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
 DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
@@ -135,6 +141,7 @@ class ReconstructConfig:
     method: str
     n_steps: int | None = None  # network evaluations (the step's own: 50; DPS 1000)
     seed: int = 0
+    samples: int = 1  # posterior samples (seeds seed, seed + 1, ...): the result is their mean (reconstruct_samples)
     max_batch: int = MAX_BATCH  # network inputs per forward pass
     init: str = "slerp"
     noise_mix: str = DataConsistencyStep.noise_mix
@@ -201,6 +208,12 @@ class ReconstructConfig:
                                       or not math.isfinite(value) or value <= 0):
                 raise DdipError(f"{name} must be a positive finite number, got {value!r}")
         check_seed(self.seed, "reconstruct")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise DdipError(f"samples must be a positive integer, got {self.samples!r}")
+        if self.samples > 1 and self.method == "admm-tv":
+            raise DdipError("admm-tv is deterministic: one reconstruction is all it gives; samples apply to the "
+                            "diffusion methods")
+        check_seed(self.seed + self.samples - 1, "reconstruct (the last sample's seed)")
         if self.zeta is not None and (isinstance(self.zeta, bool) or self.zeta < 0):
             raise DdipError(f"zeta must be >= 0 (or None: adapt at every step), got {self.zeta}")
 
@@ -211,6 +224,8 @@ class Result:
     wall_time_s: float
     peak_memory_mb: float
     report: dict = field(default_factory=dict)
+    std: Tensor | None = None  # the samples' standard deviation per voxel (reconstruct_samples with S > 1)
+    trajectory: dict | None = None  # the LoRA state after each adapted step (record_trajectory)
 
 
 class _PeakMemory:
@@ -263,12 +278,17 @@ def build_step(cfg: ReconstructConfig, m: Measurement):
 
 
 def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: str | torch.device = "cpu",
-                progress: bool = False, checkpointer=None) -> Result:
+                progress: bool = False, checkpointer=None, record_trajectory: bool = False,
+                replay: dict | None = None) -> Result:
     """Run ``cfg.method`` on measurement ``m``; returns the volume (image layout, on the CPU) and its costs.
 
     With a :class:`~ddip.checkpoint.Checkpointer` the run saves its whole state every few steps and, if the
     checkpoint already exists, resumes from it to the same result an uninterrupted run gives.
+    ``record_trajectory`` (D3IP, D3IP-mbir) returns the LoRA state after each adapted step in
+    ``Result.trajectory``; ``replay`` (such a trajectory) samples with it instead of adapting (paper App. E).
     """
+    if (record_trajectory or replay is not None) and cfg.method not in REPLAYABLE:
+        raise DdipError(f"LoRA trajectories are recorded and replayed for {', '.join(REPLAYABLE)}, not {cfg.method}")
     device = resolve_device(device)
     y = m.y.to(device)
     physics = m.physics
@@ -308,6 +328,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
                     "reconstruction", scale)
     report.update(intensity_scale=scale, normalised_by=factor)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    trajectory = None
     with _PeakMemory(device) as mem, Timings() as timings:
         t0 = time.perf_counter()
         if cfg.method == "admm-tv":
@@ -338,7 +359,16 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
                 kwargs["init"] = cfg.init
             if shard is not None:
                 kwargs["shard"] = shard
-            x, rep = fn(step, prior, y, physics, acfg, **kwargs)
+            if replay is not None:
+                x = resumable_solve(step, prior, y, physics, generator=generator, checkpointer=checkpointer,
+                                    adapter=Replay(prior, replay), init=cfg.init, max_batch=cfg.max_batch,
+                                    progress=progress, desc=f"{cfg.method} (replay)")
+                rep = AdaptReport(cfg.method, passes_forward=step.n_steps * y.shape[0])
+            else:
+                if record_trajectory:
+                    kwargs["record_trajectory"] = True
+                x, rep = fn(step, prior, y, physics, acfg, **kwargs)
+            trajectory = rep.trajectory or None
             report.update({"network_forward_passes": rep.passes_forward, "network_adapt_passes": rep.passes_adapt,
                            "lora_layers": len(names), "adapted_parameters": count_parameters(prior.net)["trainable"],
                            "adapt": dataclasses.asdict(acfg),
@@ -354,4 +384,52 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
         raise DdipError(f"{cfg.method} produced NaN or Inf values")
     report["time_breakdown_s"] = timings.as_dict(total=wall)
-    return Result(x.detach().cpu(), wall, mem.mb, report)
+    return Result(x.detach().cpu(), wall, mem.mb, report, trajectory=trajectory)
+
+
+def reconstruct_samples(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: str | torch.device = "cpu",
+                        progress: bool = False, checkpointer=None) -> Result:
+    """``cfg.samples`` posterior samples of ``cfg.method``: their mean as ``Result.volume``, their standard deviation
+    per voxel as ``Result.std``, and the spread in the report.
+
+    Sample j runs with seed ``cfg.seed + j``, so sample 0 is :func:`reconstruct`'s volume and ``samples=1`` returns
+    exactly its volume. D3IP and D3IP-mbir adapt once: the further samples replay the first one's LoRA trajectory with fresh
+    noise (S samples cost one adaptation and S − 1 plain runs); the per-slice methods (SCD, DDIP, D3IP-meta) adapt
+    anew for each sample. With a checkpointer each sample resumes from its own checkpoint and finished samples are
+    kept (``<checkpoint>.samples``), so a stopped run continues where it stopped.
+    """
+    samples = cfg.samples
+    if samples == 1:
+        return reconstruct(m, cfg, prior, device=device, progress=progress, checkpointer=checkpointer)
+    if distributed.world()[1] > 1:
+        raise DdipError("several posterior samples run in one process; under torchrun use one sample")
+    replays = cfg.method in REPLAYABLE
+    store = None if checkpointer is None else checkpointer.sibling("samples")
+    saved = None if store is None else store.load()
+    volumes = [] if saved is None else list(saved["volumes"])
+    trajectory = None if saved is None else saved["trajectory"] or None
+    report = None if saved is None else json.loads(saved["report"])
+    walls = [] if saved is None else list(saved["walls"].tolist())
+    peak = 0.0 if saved is None else float(saved["peak"])
+    for j in range(len(volumes), samples):
+        ck = checkpointer if j == 0 or checkpointer is None else checkpointer.sibling(f"sample{j}")
+        r = reconstruct(m, dataclasses.replace(cfg, seed=cfg.seed + j, samples=1), prior, device=device, progress=progress,
+                        checkpointer=ck, record_trajectory=replays and j == 0,
+                        replay=trajectory if replays and j > 0 else None)
+        volumes.append(r.volume)
+        walls.append(r.wall_time_s)
+        peak = max(peak, r.peak_memory_mb)
+        if j == 0:
+            report, trajectory = r.report, r.trajectory
+        if store is not None and j < samples - 1:
+            store.save({"volumes": torch.stack(volumes), "trajectory": trajectory or {}, "report": json.dumps(report),
+                        "walls": torch.tensor(walls, dtype=torch.float64), "peak": peak})
+    stack = torch.stack(volumes)
+    mean = stack.mean(0)
+    std = (stack - mean).abs().pow(2).sum(0).div(samples - 1).sqrt()  # real also for complex samples
+    report = {**report, "samples": {"n": samples, "seeds": [cfg.seed + j for j in range(samples)],
+                                    "adaptation": ("once, then replayed" if replays else
+                                                   "one per sample" if cfg.method in ADAPTED else "none"),
+                                    "wall_time_per_sample_s": walls, "std_mean": float(std.mean()),
+                                    "std_max": float(std.max())}}
+    return Result(mean, sum(walls), peak, report, std=std)

@@ -269,8 +269,18 @@ class Replay:
     trajectory: dict[int, dict[str, Tensor]]
 
     def __call__(self, i: int, t: int, x_t: Tensor, state: dict) -> None:
-        if i in self.trajectory:
-            restore(self.prior.net, self.trajectory[i])
+        # the state after the last adapted step at or before i: the same as restoring at each recorded step, and
+        # right also when a resumed run starts between two of them
+        recorded = [k for k in self.trajectory if k <= i]
+        if recorded:
+            restore(self.prior.net, self.trajectory[max(recorded)])
+
+    def state_dict(self) -> dict:
+        """Nothing to save: the trajectory is given again when a replayed run resumes."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def save_trajectory(path, trajectory: dict[int, dict[str, Tensor]]) -> None:
