@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ddip.data.phantoms import random_ellipses
 from ddip.errors import DdipError
-from ddip.io import atomic_path
+from ddip.io import atomic_path, read_safetensors
 from ddip.metrics import psnr
 from ddip.physics import add_noise, conjugate_gradient, sparse_view_ct
 from ddip.priors.prior import DiffusionPrior
@@ -148,7 +148,8 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
 
 
 def gate_curve(run_dir, *, n_images: int = GATE_IMAGES) -> list[dict]:
-    """Evaluate the gate on every EMA snapshot of a training run not yet evaluated; returns all rows, sorted.
+    """Evaluate the gate on every EMA snapshot of a training run, and on its last EMA weights (``ema.safetensors``),
+    not yet evaluated; returns all rows, sorted.
 
     Rows are appended to ``RUN/gate_curve.jsonl`` (one JSON object per snapshot, with ``images`` seen) and the curve
     is drawn to ``RUN/gate_curve.png``.
@@ -162,9 +163,12 @@ def gate_curve(run_dir, *, n_images: int = GATE_IMAGES) -> list[dict]:
     sampler = {"method": "dds", "n_steps": GATE_STEPS, "eta": GATE_ETA}  # rows of another gate sampler are redone
     rows = {r["images"]: r for r in map(json.loads, log.read_text().splitlines()) if r.get("sampler") == sampler} \
         if log.exists() else {}
+    weights = {int(path.stem.split("_")[1]): path for path in sorted((run / "snapshots").glob("ema_*.safetensors"))}
+    latest = read_safetensors(run / "ema.safetensors", "prior")[1].get("images_seen")
+    if latest is not None:  # the run's last EMA weights, also when it made no snapshot at that count
+        weights.setdefault(int(json.loads(latest)), run / "ema.safetensors")
     prior = None
-    for path in sorted((run / "snapshots").glob("ema_*.safetensors")):
-        images = int(path.stem.split("_")[1])
+    for images, path in sorted(weights.items()):
         if images in rows:
             continue
         prior = prior or load_prior(run / "ema.safetensors")

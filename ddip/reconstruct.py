@@ -226,6 +226,7 @@ class Result:
     report: dict = field(default_factory=dict)
     std: Tensor | None = None  # the samples' standard deviation per voxel (reconstruct_samples with S > 1)
     trajectory: dict | None = None  # the LoRA state after each adapted step (record_trajectory)
+    samples: Tensor | None = None  # the S sample volumes, stacked (reconstruct_samples with keep_samples)
 
 
 class _PeakMemory:
@@ -388,7 +389,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
 
 
 def reconstruct_samples(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: str | torch.device = "cpu",
-                        progress: bool = False, checkpointer=None) -> Result:
+                        progress: bool = False, checkpointer=None, keep_samples: bool = False) -> Result:
     """``cfg.samples`` posterior samples of ``cfg.method``: their mean as ``Result.volume``, their standard deviation
     per voxel as ``Result.std``, and the spread in the report.
 
@@ -432,4 +433,4 @@ def reconstruct_samples(m: Measurement, cfg: ReconstructConfig, prior=None, *, d
                                                    "one per sample" if cfg.method in ADAPTED else "none"),
                                     "wall_time_per_sample_s": walls, "std_mean": float(std.mean()),
                                     "std_max": float(std.max())}}
-    return Result(mean, sum(walls), peak, report, std=std)
+    return Result(mean, sum(walls), peak, report, std=std, samples=stack if keep_samples else None)

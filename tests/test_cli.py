@@ -290,3 +290,39 @@ def test_pictures_show_ct_in_a_soft_tissue_window_with_true_proportions():
     assert shown["slice_aspect"] == pytest.approx(2.0)  # 2.5 mm slices over 1.25 mm pixels
     assert display(record, "full")["window"] == (0.0, 1.0)
     assert display({"scaling": {"kind": "divide_by_max", "max": 3.0}})["window"] == (0.0, 1.0)  # MRI: as is
+
+
+def test_version_and_threads_on_every_command_and_sleeping_openmp_threads(ct_measurement, tiny_prior, tmp_path,
+                                                                         capsys):
+    import subprocess
+    import sys
+
+    import torch
+
+    from ddip import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"ddip {__version__}"
+    before = torch.get_num_threads()
+    out = tmp_path / "r"
+    assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "2",
+                 "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["environment"]["torch_threads"] == 1
+    assert torch.get_num_threads() == before  # restored: main() may run inside a longer process
+    for command in ("simulate", "import", "demo", "benchmark", "prior-gate", "convert-prior", "train-prior"):
+        assert "--threads" in main.__globals__["build_parser"]().subcommands[command].format_help()
+    # a busy 2-core machine made torch's spinning OpenMP threads 3.8x slower (docs/usage.md): the CLI sleeps them
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    policy = subprocess.run([sys.executable, "-c", "import os, ddip.cli; print(os.environ['OMP_WAIT_POLICY'])"],
+                            env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert policy == "PASSIVE"
+    kept = subprocess.run([sys.executable, "-c", "import os, ddip.cli; print(os.environ['OMP_WAIT_POLICY'])"],
+                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, check=True)
+    assert kept.stdout.strip() == "ACTIVE"  # the user's choice wins
+
+
+def test_an_unknown_prior_name_points_to_convert_prior(ct_measurement, tmp_path, capsys):
+    assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", "scd-ellipses", "--quiet",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "convert-prior" in capsys.readouterr().err

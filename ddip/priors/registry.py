@@ -104,7 +104,8 @@ def load_prior(name_or_path: str | os.PathLike, *, device: str | torch.device = 
         return _load_diffusers_folder(path, device)
     if not path.is_file():
         raise DdipError(f"prior {name!r}: not a shipped prior ({', '.join(shipped_priors()) or 'none'}) "
-                        f"and no such file or folder")
+                        f"and no such file or folder (a guided-diffusion checkpoint is read after "
+                        f"'ddip convert-prior CHECKPOINT --adm-config CONFIG --out prior.safetensors')")
     if path.suffix != ".safetensors":
         raise DdipError(f"{path}: priors are read from safetensors files or diffusers folders; convert a "
                         f"guided-diffusion checkpoint first: ddip convert-prior {path} --adm-config "

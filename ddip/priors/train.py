@@ -187,8 +187,11 @@ def _image_source(cfg: TrainConfig, out: Path, *, resuming: bool, rank: int):
     return lambda n, size, *, generator, device: bank.sample(n, generator=generator, device=device)
 
 
-def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
-    """Train (or resume) the run in ``cfg.out`` until ``max_images`` images or ``max_hours``; returns a summary.
+def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> dict:
+    """Train (or resume) the run in ``cfg.out`` until ``max_images`` images or ``max_hours``; returns a summary
+    (``signal``: the number of the SIGTERM / SIGINT that stopped it, else None).
+
+    ``progress``: a progress bar on stderr; ``"log"`` redraws it once a minute, for output that goes to a log file.
 
     Under ``torchrun`` (a process group initialised, :func:`ddip.distributed.init_from_env`) every rank trains the same
     network wrapped in ``DistributedDataParallel`` on its own phantom stream (seeds ``seed + rank``; rank 0's stream is
@@ -271,7 +274,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
     step_images: list[int] = []  # images of each step since the last log line (crop steps differ)
     make = _image_source(cfg, out, resuming=ckpt_path.exists(), rank=rank)  # a bad data folder fails here, first
     bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress or rank != 0,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=60 if progress == "log" else 0.1)
     net.train()
     with StopRequest() as stop:  # SIGTERM / SIGINT: leave the loop, then the final checkpoint below
         while images < cfg.max_images:
@@ -333,4 +336,5 @@ def train_prior(cfg: TrainConfig, *, progress: bool = True) -> dict:
         bar.close()
     checkpoint()
     return {"step": step, "images": images, "out": str(out), "finished": images >= cfg.max_images,
+            "signal": stop.signum,
             "elapsed_s": time.time() - t_start, "last_loss": math.nan if not losses else losses[-1].item()}

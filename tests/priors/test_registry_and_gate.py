@@ -71,6 +71,20 @@ def test_gate_curve_evaluates_each_snapshot_once(tmp_path):
     assert gate_curve(tmp_path, n_images=1) == rows  # nothing re-evaluated
 
 
+def test_the_gate_evaluates_a_runs_last_weights_without_snapshots_and_prints_its_pass_mark(tmp_path, capsys):
+    from ddip.cli import main
+    from ddip.priors.train import TrainConfig, train_prior
+    from ddip.priors.unet import UNetConfig
+
+    cfg = TrainConfig(out=str(tmp_path), unet=UNetConfig(image_size=64, model_channels=32, channel_mult=(1, 1),
+                                                          attention_resolutions=()),
+                      batch_size=2, max_images=4, snapshot_every=0)
+    train_prior(cfg, progress=False)
+    assert main(["prior-gate", str(tmp_path), "--n-images", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "4 images: DDS" in out and "(pass mark +3)" in out
+
+
 def test_a_complex_prior_is_gated_on_cs_mri(tmp_path):
     from ddip.priors.train import TrainConfig, train_prior
     from ddip.priors.unet import UNetConfig

@@ -134,7 +134,8 @@ def test_complex_prior_trains_on_two_channels(tmp_path):
         TrainConfig(out=str(tmp_path), unet=TINY, data="ellipses-complex")
 
 
-def test_sigterm_stops_training_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_training_with_a_checkpoint_a_message_and_the_signals_exit_status(tmp_path, sig):
     import signal
     import subprocess
     import sys
@@ -142,14 +143,17 @@ def test_sigterm_stops_training_with_a_checkpoint(tmp_path):
 
     proc = subprocess.Popen([sys.executable, "-m", "ddip", "train-prior", "--out", str(tmp_path), "--size", "16",
                              "--mult", "1,1", "--attn", "", "--batch", "2", "--max-images", "100000",
-                             "--snapshot-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                             "--snapshot-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = tmp_path / "loss_log.csv"
     deadline = time.time() + 120
     while not (log.exists() and len(log.read_text().splitlines()) > 1):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    proc.send_signal(getattr(signal, sig))
+    assert proc.wait(timeout=60) == 128 + getattr(signal, sig)  # as reconstruct: 143 / 130
+    err = proc.stderr.read().decode()
+    assert f"{sig} received: stopped after" in err and "run the same command to continue" in err
+    assert err.count("\r") < 5  # stderr is no terminal: the progress bar redraws once a minute, not every step
     state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert 40 <= state["images"] < 100000  # stopped early, after at least one logged block, with its state saved
 
