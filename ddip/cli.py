@@ -134,16 +134,27 @@ DISPLAY_WINDOWS = ("soft-tissue", "full")
 SOFT_TISSUE_HU = (-160.0, 240.0)  # W400 / L40
 
 
-def display(record: dict, window: str = "soft-tissue") -> dict:
-    """How the PNG views show a volume: the display window (CT: soft tissue W400/L40 unless ``full``), its name,
-    and the slice-to-pixel spacing ratio that keeps coronal and sagittal planes in proportion."""
+def display(record: dict, window: str = "soft-tissue", *, shown: torch.Tensor | None = None,
+            units: str = "window") -> dict:
+    """How the PNG views show a volume in ``units`` (``to_source_units``' names): the display window in those units
+    (CT in HU: soft tissue W400/L40 unless ``full``; otherwise the 0.5–99.5th percentiles of ``shown``, the data's
+    own range, so measured data in scanner units are never a black picture), its name, and the slice-to-pixel
+    spacing ratio that keeps coronal and sagittal planes in proportion."""
     record = record or {}
     scaling = record.get("scaling") or {}
     out: dict = {"window": (0.0, 1.0), "window_name": None, "slice_aspect": 1.0}
-    if scaling.get("kind") == "hu_window" and window == "soft-tissue":
+    if scaling.get("kind") == "hu_window":
         lo, hi = scaling["window_hu"]
-        out["window"] = tuple((v - lo) / (hi - lo) for v in SOFT_TISSUE_HU)
-        out["window_name"] = "W400 L40"
+        if units == "HU":
+            out["window"] = SOFT_TISSUE_HU if window == "soft-tissue" else (float(lo), float(hi))
+        elif window == "soft-tissue":
+            out["window"] = tuple((v - lo) / (hi - lo) for v in SOFT_TISSUE_HU)
+        out["window_name"] = "W400 L40" if window == "soft-tissue" else None
+    elif shown is not None:
+        v = (shown.abs() if shown.is_complex() else shown).flatten().float()
+        lo, hi = torch.quantile(v[:: max(1, v.numel() // 1_000_000)], torch.tensor([0.005, 0.995])).tolist()
+        out["window"] = (lo, hi if hi > lo else lo + max(abs(lo), 1e-12))
+        out["window_name"] = f"{lo:.3g} to {hi:.3g}"
     spacing, pixel = record.get("spacing_mm"), (record.get("pixel_spacing_mm") or {}).get("rows")
     if spacing and pixel:
         out["slice_aspect"] = float(spacing[record.get("slice_axis", 2)]) / float(pixel)
@@ -177,17 +188,20 @@ def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *,
     maps = {}
     if std is not None:
         # units are an affine map a·v + b of the window's: a spread maps by a alone
-        write_nifti(out / "std.nii.gz", to_units(std)[0] - to_units(torch.zeros_like(std))[0], **geometry)
-        maps["std of the samples"] = std
-    shown = display(record, display_window)
+        spread = to_units(std)[0] - to_units(torch.zeros_like(std))[0]
+        write_nifti(out / "std.nii.gz", spread, **geometry)
+        maps[f"std of the samples ({unit})"] = spread
+    # the views show what the NIfTI holds, in its units; the metrics compare in the prior's [0, 1] window
+    reference = None if truth is None else to_units(truth)[0]
+    shown = display(record, display_window, shown=nifti if reference is None else reference, units=unit)
     if truth is not None:
         metrics = evaluate_volume(volume, truth)
-        views = {"ground truth": truth, method: volume}
+        views = {"ground truth": reference, method: nifti}
         write_png_views(out / "views.png", views, error_of=method, reference="ground truth",
-                        notes={method: _scores(metrics)}, maps=maps, **shown)
+                        notes={method: _scores(metrics)}, maps=maps, error_units=unit, **shown)
     else:
         metrics = {"psnr": None, "ssim": None, "lpips": None, "psnr_volume": None, "per_slice": {}}
-        write_png_views(out / "views.png", {method: volume}, maps=maps, **shown)
+        write_png_views(out / "views.png", {method: nifti}, maps=maps, **shown)
     metrics.update(method=method, wall_time_s=wall, peak_memory_mb=peak_mb, report=report)
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)
@@ -297,10 +311,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
                                              display_window=args.display_window))
         _print_metrics(method, results[method][1])
     names = {"admm-tv": "ADMM-TV", "dds": "DDS", "d3ip": "D3IP"}
-    write_png_views(out / "comparison.png", {"ground truth": m.ground_truth,
-                                             **{names[k]: results[k][0].volume for k in names}},
-                    error_of="D3IP", reference="ground truth",
-                    notes={names[k]: _scores(results[k][1]) for k in names}, **display(record, args.display_window))
+    truth, unit = to_source_units(m.ground_truth, record)
+    write_png_views(out / "comparison.png", {"ground truth": truth,
+                                             **{names[k]: to_source_units(results[k][0].volume, record)[0]
+                                                for k in names}},
+                    error_of="D3IP", reference="ground truth", error_units=unit,
+                    notes={names[k]: _scores(results[k][1]) for k in names},
+                    **display(record, args.display_window, shown=truth, units=unit))
     gain = results["d3ip"][1]["psnr"] - results["dds"][1]["psnr"]
     write_json(out / "summary.json", {"psnr_dds": results["dds"][1]["psnr"], "psnr_d3ip": results["d3ip"][1]["psnr"],
                                       "psnr_admm_tv": results["admm-tv"][1]["psnr"], "psnr_gain_db": gain,

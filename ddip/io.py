@@ -88,11 +88,12 @@ def write_nifti(path: str | os.PathLike, volume: Tensor, *, spacing: tuple[float
 def write_png_views(path: str | os.PathLike, volumes: dict[str, Tensor], *, error_of: str | None = None,
                     reference: str | None = None, window: tuple[float, float] = (0.0, 1.0),
                     slice_aspect: float = 1.0, notes: dict[str, str] | None = None,
-                    window_name: str | None = None, maps: dict[str, Tensor] | None = None) -> None:
+                    window_name: str | None = None, maps: dict[str, Tensor] | None = None,
+                    error_units: str | None = None) -> None:
     """One figure: a row per volume (axial, coronal, sagittal central planes), plus an error row if asked.
 
-    ``volumes`` maps a title to ``(D, 1, H, W)`` slices in [0, 1], shown in the display ``window`` (a sub-range of
-    [0, 1], e.g. a CT soft-tissue window; named ``window_name`` in the title); ``slice_aspect`` is the slice spacing
+    ``volumes`` maps a title to ``(D, 1, H, W)`` slices, shown in the display ``window`` (in their units, e.g. a CT
+    soft-tissue window in HU; named ``window_name`` in the title); ``slice_aspect`` is the slice spacing
     over the pixel spacing, so coronal and sagittal planes keep their true proportions; ``notes`` adds a line (e.g.
     PSNR/SSIM) under a volume's title. ``error_of`` / ``reference`` name two volumes whose absolute difference is the
     last row, with a colorbar scaled to its 99.5th percentile; ``maps`` (e.g. the samples' standard deviation) are
@@ -108,7 +109,8 @@ def write_png_views(path: str | os.PathLike, volumes: dict[str, Tensor], *, erro
             for title, v in volumes.items()]
     maps = dict(maps or {})
     if error_of is not None and reference is not None:
-        maps = {f"|{error_of} − {reference}|": (_mag(volumes[error_of]) - _mag(volumes[reference])).abs(), **maps}
+        title = f"|{error_of} − {reference}|" + (f" ({error_units})" if error_units else "")
+        maps = {title: (_mag(volumes[error_of]) - _mag(volumes[reference])).abs(), **maps}
     for title, heat in maps.items():
         heat = _mag(heat)
         top = max(float(torch.quantile(heat.flatten().float()[:: max(1, heat.numel() // 1_000_000)], 0.995)), 1e-6)

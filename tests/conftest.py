@@ -62,3 +62,18 @@ def ct_measurement(tmp_path_factory):
     assert main(["simulate", "--task", "sv-ct", "--volume", "fixture:chest-ct", "--n-slices", "3", "--views", "15",
                  "--out", str(path)]) == 0
     return path
+
+
+@pytest.fixture
+def picture_gray_share():
+    """The share of a PNG's pixels that are mid-grey (neither near-black nor near-white, R = G = B): what a figure of
+    slices shows of them. A figure whose image panels came out black or white has almost none."""
+    def share(path) -> float:
+        import matplotlib.image
+
+        rgb = matplotlib.image.imread(str(path))[..., :3]
+        grey = (rgb.max(-1) - rgb.min(-1)) < 0.02
+        level = rgb.mean(-1)
+        return float((grey & (level > 0.08) & (level < 0.92)).mean())
+
+    return share

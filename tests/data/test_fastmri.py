@@ -68,7 +68,7 @@ def test_import_undersamples_fully_sampled_data_and_keeps_the_scanner_scale(tmp_
         open_measurement(_write(tmp_path / "u.h5", raw_k * (torch.arange(64) % 2 == 0)), acceleration=4)
 
 
-def test_undersampled_h5_reconstructs_from_one_command_in_the_source_scale(tmp_path):
+def test_undersampled_h5_reconstructs_from_one_command_in_the_source_scale(tmp_path, picture_gray_share):
     raw_k, image, _ = _scanner_kspace()
     mask = torch.zeros(64)
     mask[::3] = 1
@@ -78,6 +78,7 @@ def test_undersampled_h5_reconstructs_from_one_command_in_the_source_scale(tmp_p
     assert main(["reconstruct", str(src), "--method", "admm-tv", "--out", str(out)]) == 0
     assert (out / "reconstruction.nii.gz").is_file() and (out / "metrics.json").is_file()
     assert json.loads((out / "metrics.json").read_text())["report"]["nifti_units"] == "source"
+    assert picture_gray_share(out / "views.png") > 0.1  # scanner magnitudes (~1e-4) shown, not a black figure
     # the same through the API: scanner magnitudes in, scanner magnitudes out, better than the zero-filled image
     m = open_measurement(src)
     res = reconstruct(m, ReconstructConfig("admm-tv"))

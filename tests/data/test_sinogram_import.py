@@ -26,7 +26,7 @@ def _sinogram(tmp_path):
     return x, y, op
 
 
-def test_sinogram_of_another_geometry_reconstructs_in_its_own_units(tmp_path):
+def test_sinogram_of_another_geometry_reconstructs_in_its_own_units(tmp_path, picture_gray_share):
     x, y, op = _sinogram(tmp_path)
     out = tmp_path / "m.safetensors"
     assert main(["import", str(tmp_path / "sino.npy"), "--size", "64", "--angles", str(tmp_path / "angles.txt"),
@@ -37,6 +37,9 @@ def test_sinogram_of_another_geometry_reconstructs_in_its_own_units(tmp_path):
     res = reconstruct(m, ReconstructConfig("admm-tv"))
     assert res.report["normalised_by"] != 1.0  # far from the prior's scale: rescaled and back
     assert psnr_volume(res.volume / UNITS, x.float()) > 28
+    # its pictures show the slices in their own units (a [0, 1] window made them nearly black)
+    assert main(["reconstruct", str(out), "--method", "admm-tv", "--out", str(tmp_path / "rec")]) == 0
+    assert picture_gray_share(tmp_path / "rec" / "views.png") > 0.1
     # the same sinogram read with the default geometry (unit bins, 180 degrees) is refused, not misread
     assert main(["import", str(tmp_path / "sino.npy"), "--size", "64", "--out", str(tmp_path / "bad.safetensors"),
                  "--acceleration", "4"]) == 2
