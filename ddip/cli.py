@@ -381,7 +381,7 @@ def _sinogram(args: argparse.Namespace):
         sino = sino[parse_slices(args.slices, sino.shape[0])]
     views = sino.shape[-2] if sino.ndim == 3 else 0
     return sinogram_measurement(sino, parse_angles(args.angles, views), size=args.size,
-                                detector_spacing=args.detector_spacing,
+                                detector_spacing=args.detector_spacing, center=args.center,
                                 record={"source": str(path), "format": "sinogram", "angles": args.angles})
 
 
@@ -391,7 +391,8 @@ def cmd_import(args: argparse.Namespace) -> None:
     _check_out_file(out, args.overwrite, "the measurement file")
     kind = "kspace" if Path(args.source).suffix.lower() in (".h5", ".hdf5") else "sinogram"
     misplaced = ([f for f, v in (("--size", args.size), ("--angles", args.angles),
-                                 ("--detector-spacing", args.detector_spacing != 1.0)) if v]
+                                 ("--detector-spacing", args.detector_spacing != 1.0),
+                                 ("--center", args.center is not None)) if v]
                  if kind == "kspace" else
                  [f for f, v in (("--acceleration", args.acceleration),) if v is not None])
     if misplaced:
@@ -405,7 +406,8 @@ def cmd_import(args: argparse.Namespace) -> None:
     c = m.config
     what = (f"{c.n_coils} coil(s), {c.size} x {c.size}, acceleration {c.accel:.2f}, "
             f"{m.record['kspace']['acs_lines']} calibration lines" if kind == "kspace" else
-            f"{c.views} views x {c.detector_bins} bins of {c.detector_spacing:g} px onto {c.size} x {c.size}")
+            f"{c.views} views x {c.detector_bins} bins of {c.detector_spacing:g} px, rotation axis at bin "
+            f"{m.physics.center:g}, onto {c.size} x {c.size}")
     print(f"wrote {out}: {m.y.shape[0]} slices, {what}; reconstruct with: ddip reconstruct {out} --method d3ip "
           f"--resize --out OUT")
 
@@ -640,7 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--angles", help="sinogram: START:STOP in degrees (views uniform, STOP excluded; default 0:180) "
                                     "or a .npy/text file of one angle per view")
     p.add_argument("--detector-spacing", type=float, default=TaskConfig.detector_spacing,
-                   help="sinogram: detector bin width in reconstruction pixels (bins centred at bins // 2)")
+                   help="sinogram: detector bin width in reconstruction pixels")
+    p.add_argument("--center", type=float,
+                   help="sinogram: the detector bin (fractional, counted from 0) the rotation axis projects onto "
+                        "(default bins // 2, ddip's own convention; (bins - 1) / 2 for a detector centred "
+                        "between bins, as mbirjax's; tomopy's 'center')")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_import)
 

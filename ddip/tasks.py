@@ -15,6 +15,7 @@ how the volume was prepared.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -65,6 +66,7 @@ class TaskConfig:
     seed: int = 0
     detector_bins: int | None = None  # sv-ct: None = ⌈√2·size⌉ unit bins (simulation); a measured detector's count
     detector_spacing: float = 1.0  # sv-ct: bin width in image pixels
+    detector_center: float | None = None  # sv-ct: the bin (fractional) the rotation axis projects onto; None: bins // 2
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -83,6 +85,10 @@ class TaskConfig:
         if isinstance(self.detector_spacing, bool) or not isinstance(self.detector_spacing, (int, float)) \
                 or not 0 < self.detector_spacing < float("inf"):
             raise DdipError(f"task setting 'detector_spacing' must be a positive number, got {self.detector_spacing!r}")
+        if self.detector_center is not None and (isinstance(self.detector_center, bool)
+                                                 or not isinstance(self.detector_center, (int, float))
+                                                 or not math.isfinite(self.detector_center)):
+            raise DdipError(f"task setting 'detector_center' must be a finite number, got {self.detector_center!r}")
         if self.size < 8 or self.views < 1 or not self.noise >= 0 or self.n_coils < 1:
             raise DdipError("task needs size >= 8, views >= 1, noise >= 0 and n_coils >= 1")
         if self.acceleration is not None and not self.acceleration >= 1:
@@ -116,7 +122,8 @@ class Measurement:
 def build_operator(cfg: TaskConfig, extras: dict):
     """The operator of a task from its config and stored tensors (mask, estimated coil maps)."""
     if cfg.task == "sv-ct":
-        detector = {"n_det": cfg.detector_bins, "detector_spacing": cfg.detector_spacing}
+        detector = {"n_det": cfg.detector_bins, "detector_spacing": cfg.detector_spacing,
+                    "center": cfg.detector_center}
         if "angles" in extras:  # a measured sinogram's own angles
             return ParallelBeamCT(cfg.size, extras["angles"], **detector)
         return sparse_view_ct(cfg.size, cfg.views, **detector)
@@ -290,9 +297,9 @@ def parse_angles(spec: str | os.PathLike | None, n_views: int) -> Tensor:
 
 
 def sinogram_measurement(sinogram: Tensor, angles_deg: Tensor, *, size: int, detector_spacing: float = 1.0,
-                         record: dict | None = None) -> Measurement:
+                         center: float | None = None, record: dict | None = None) -> Measurement:
     """An SV-CT measurement of a measured parallel-beam sinogram ``(slices, views, bins)`` (or ``(views, bins)``):
-    the bins centred at ``bins // 2``, ``detector_spacing`` pixels of the ``size`` × ``size`` reconstruction grid
+    the rotation axis at bin ``center`` (fractional; default ``bins // 2``), ``detector_spacing`` pixels of the ``size`` × ``size`` reconstruction grid
     wide. Line integrals in any units: ``reconstruct`` rescales data far from the prior's range and back
     (docs/usage.md gives the conversion to the priors' window)."""
     y = torch.as_tensor(sinogram)
@@ -316,7 +323,7 @@ def sinogram_measurement(sinogram: Tensor, angles_deg: Tensor, *, size: int, det
                     "views miss the object (an interior problem); check --size and --detector-spacing", span, size,
                     span)
     cfg = TaskConfig(task="sv-ct", size=size, views=n_views, noise=0.0, detector_bins=n_bins,
-                     detector_spacing=float(detector_spacing))
+                     detector_spacing=float(detector_spacing), detector_center=None if center is None else float(center))
     extras = {"angles": angles_deg.to(torch.float64)}
     return Measurement(cfg, y.unsqueeze(1).to(torch.float32), build_operator(cfg, extras), None, extras,
                        record or {})

@@ -32,16 +32,16 @@ def detector_bins(img_size: int) -> int:
 
 
 @lru_cache(maxsize=8)
-def _projection_coo(img_size: int, angles_deg: tuple[float, ...], n_det: int, spacing: float
+def _projection_coo(img_size: int, angles_deg: tuple[float, ...], n_det: int, spacing: float, center: float
                     ) -> tuple[Tensor, Tensor, int]:
     """Row/column indices and float64 weights of the projection matrix (rows: view-major sinogram bins).
 
-    Bin ``b`` sits at detector offset ``(b − n_det // 2) · spacing`` pixels; each ray is sampled at unit steps over
+    Bin ``b`` sits at detector offset ``(b − center) · spacing`` pixels; each ray is sampled at unit steps over
     the image's diagonal, whatever the detector.
     """
     n = img_size
     n_ray = detector_bins(n)
-    c_img, c_det = n // 2, n_det // 2
+    c_img, c_det = n // 2, center
     s = ((torch.arange(n_det, dtype=torch.float64) - c_det) * spacing).view(1, -1)  # detector offset (column)
     u = (torch.arange(n_ray, dtype=torch.float64) - n_ray // 2).view(-1, 1)  # offset along the ray (summed)
     det_index = torch.arange(n_det).view(1, -1).expand(n_ray, n_det)
@@ -87,12 +87,14 @@ class ParallelBeamCT(LinearOperator):
     (Ram-Lak ramp along the detector axis, then the back-projection scaled by ``π / (2·n_views)``, as skimage's
     ``iradon`` does), an approximate inverse and never used as the adjoint.
 
-    The detector has ``n_det`` bins (default ⌈√2·N⌉) of width ``detector_spacing`` image pixels (default 1), centred
-    at bin ``n_det // 2``: measured sinograms of another detector are described, not resampled.
+    The detector has ``n_det`` bins (default ⌈√2·N⌉) of width ``detector_spacing`` image pixels (default 1); the
+    rotation axis projects onto bin ``center`` (fractional; default ``n_det // 2``, where this projector's own
+    simulations put it; another package may put it at ``(n_det − 1) / 2``, a scanner anywhere near the middle):
+    measured sinograms of another detector are described, not resampled.
     """
 
     def __init__(self, img_size: int, angles_deg: Tensor | list[float] | tuple[float, ...], *,
-                 n_det: int | None = None, detector_spacing: float = 1.0):
+                 n_det: int | None = None, detector_spacing: float = 1.0, center: float | None = None):
         if int(img_size) < 2:
             raise DdipError(f"ParallelBeamCT: img_size must be >= 2, got {img_size}")
         angles = tuple(float(a) for a in torch.as_tensor(angles_deg, dtype=torch.float64).flatten().tolist())
@@ -108,13 +110,17 @@ class ParallelBeamCT(LinearOperator):
         self.n_views = len(angles)
         self.n_det = detector_bins(self.img_size) if n_det is None else int(n_det)
         self.detector_spacing = float(detector_spacing)
+        self.center = float(self.n_det // 2 if center is None else center)
+        if not (math.isfinite(self.center) and 0 <= self.center <= self.n_det - 1):
+            raise DdipError(f"ParallelBeamCT: the rotation centre must lie on the detector (bins 0 to "
+                            f"{self.n_det - 1}), got {center}")
         self.img_shape = (1, self.img_size, self.img_size)
         self.meas_shape = (1, self.n_views, self.n_det)
         self._mats: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def __repr__(self) -> str:
         return (f"ParallelBeamCT(img_size={self.img_size}, n_views={self.n_views}, n_det={self.n_det}, "
-                f"detector_spacing={self.detector_spacing:g})")
+                f"detector_spacing={self.detector_spacing:g}, center={self.center:g})")
 
     def _matrices(self, like: Tensor) -> tuple[Tensor, Tensor]:
         if like.is_complex():
@@ -122,7 +128,8 @@ class ParallelBeamCT(LinearOperator):
         dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
         key = (like.device, dtype)
         if key not in self._mats:
-            index, values, _ = _projection_coo(self.img_size, self.angles_deg, self.n_det, self.detector_spacing)
+            index, values, _ = _projection_coo(self.img_size, self.angles_deg, self.n_det, self.detector_spacing,
+                                               self.center)
             shape = (self.n_views * self.n_det, self.img_size**2)
             mat = torch.sparse_coo_tensor(index, values.to(dtype), shape).coalesce()
             mat_t = torch.sparse_coo_tensor(index.flip(0), values.to(dtype), shape[::-1]).coalesce()
@@ -176,7 +183,8 @@ def uniform_angles(n_views: int, start: float = 0.0, stop: float = 180.0) -> Ten
 
 
 def sparse_view_ct(img_size: int, n_views: int = 60, *, n_det: int | None = None,
-                   detector_spacing: float = 1.0) -> ParallelBeamCT:
+                   detector_spacing: float = 1.0, center: float | None = None) -> ParallelBeamCT:
     """Sparse-view CT: ``n_views`` angles uniform over [0°, 180°) without the endpoint (paper: 60 views), on the
     simulation's detector unless another is given."""
-    return ParallelBeamCT(img_size, uniform_angles(n_views), n_det=n_det, detector_spacing=detector_spacing)
+    return ParallelBeamCT(img_size, uniform_angles(n_views), n_det=n_det, detector_spacing=detector_spacing,
+                          center=center)
