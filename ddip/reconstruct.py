@@ -379,6 +379,8 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             report["communication_bytes"] = dict(shard.traffic)  # what this rank sent into collectives, by kind
         if hasattr(physics, "to_data_grid"):
             x = physics.to_data_grid(x)
+        # (data left far from the prior's scale by normalise="off" have been warned about above)
+        report["value_range"] = plausible_range(x, cfg.method) if factor != 1.0 or not far else None
         if factor != 1.0:
             x = x * factor
         wall = time.perf_counter() - t0
@@ -386,6 +388,24 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
         raise DdipError(f"{cfg.method} produced NaN or Inf values")
     report["time_breakdown_s"] = timings.as_dict(total=wall)
     return Result(x.detach().cpu(), wall, mem.mb, report, trajectory=trajectory)
+
+
+# The priors' images lie in [0, 1] (magnitudes for complex data); a result beyond this range has left what the prior
+# knows, e.g. an adaptation that fitted a measurement the operator does not describe exactly (detector centre,
+# geometry, units) through the network.
+PLAUSIBLE = (-0.5, 1.5)
+
+
+def plausible_range(x: Tensor, method: str) -> dict:
+    """The result's value range in the prior's units, with a warning when it leaves :data:`PLAUSIBLE`."""
+    v = x.abs() if x.is_complex() else x
+    lo, hi = float(v.min()), float(v.max())
+    inside = PLAUSIBLE[0] <= lo and hi <= PLAUSIBLE[1]
+    if not inside:
+        log.warning("%s's result spans [%.3g, %.3g] where the prior's images lie in [0, 1]: it has left the data's "
+                    "plausible range (the operator may not fit the data: detector centre, geometry, units; compare "
+                    "with dds, or lower --lr for an adapted method)", method, lo, hi)
+    return {"min": lo, "max": hi, "plausible": inside}
 
 
 def reconstruct_samples(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: str | torch.device = "cpu",

@@ -122,3 +122,14 @@ def test_a_stopped_multi_sample_run_resumes_to_the_same_mean_and_std(ct_measurem
     for name in ("reconstruction.nii.gz", "std.nii.gz"):
         assert np.array_equal(_nifti(straight / name)[0], _nifti(stopped / name)[0]), name
     assert not list(stopped.glob("checkpoint*.pt"))
+
+
+def test_a_result_outside_the_priors_range_is_reported_with_a_warning(ct_measurement, tiny_prior, caplog):
+    from ddip.reconstruct import plausible_range
+
+    assert plausible_range(torch.tensor([0.0, 0.5]), "dds") == {"min": 0.0, "max": 0.5, "plausible": True}
+    assert not caplog.records
+    assert not plausible_range(torch.tensor([-6.1, 8.3]), "d3ip")["plausible"]
+    assert "left the data's plausible range" in caplog.text and "d3ip" in caplog.text
+    res = reconstruct(open_measurement(ct_measurement), ReconstructConfig(method="admm-tv"))
+    assert res.report["value_range"]["plausible"]
