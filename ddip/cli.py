@@ -20,6 +20,7 @@ import math
 import platform
 import signal
 import sys
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -102,12 +103,18 @@ def _check_out_file(out: Path, overwrite: bool, what: str) -> None:
     _refuse_dangling_link(out)
     if out.is_dir():
         raise DdipError(f"{out}: is a folder; --out names {what} to write (.safetensors)")
+    if out.suffix.lower() != ".safetensors":
+        raise DdipError(f"{out}: {what} is written as safetensors; name it *.safetensors")
     if out.exists() and not overwrite:
         raise DdipError(f"{out}: exists (pass --overwrite to replace it)")
 
 
-def _volume(spec: str, modality: str, size: int, slab: tuple[int | None, int | None] | None, n_slices: int | None):
-    """A prepared volume from a path, a development volume name or a bundled fixture name."""
+def _volume(spec: str, modality: str, size: int, slab: tuple[int | None, int | None] | None, n_slices: int | None,
+            *, slice_axis: int | None = None, voxel_mm: tuple[float, ...] | None = None):
+    """A prepared volume from a path, a development volume name or a bundled fixture name.
+
+    ``slice_axis`` defaults to 2 for NIfTI and DICOM (axial slices of the RAS+ volume) and to 0 for ``.npy`` arrays
+    (slices first, as ddip's own arrays and the sinogram import); ``voxel_mm`` gives an array's voxel size."""
     if spec.startswith("fixture:"):
         name = spec.split(":", 1)[1]
         if name not in FIXTURES:
@@ -119,13 +126,32 @@ def _volume(spec: str, modality: str, size: int, slab: tuple[int | None, int | N
         if slab is not None:
             x = x[slab[0] : slab[1]]
         elif n_slices is not None:
+            if not 1 <= n_slices <= x.shape[0]:
+                raise DdipError(f"fixture {name!r} has {x.shape[0]} slices; --n-slices must lie in 1..{x.shape[0]}, "
+                                f"got {n_slices}")
             start = (x.shape[0] - n_slices) // 2
             x = x[start : start + n_slices]
         if x.shape[0] == 0:
             raise DdipError(f"slab {slab} of fixture {name!r} is empty")
         return x, dict(prepared.record, fixture=name)
     path = dev_volume_path(spec) if spec in DEV_VOLUMES else Path(spec)
-    prepared = prepare_volume(read_volume(path), modality=modality, size=size, slab=slab, n_slices=n_slices)
+    raw = read_volume(path)
+    array = raw.orientation == "array"
+    if voxel_mm is not None:
+        if not array:
+            raise DdipError(f"{path}: --voxel-mm is for arrays without a header; this file gives its own "
+                            f"({', '.join(f'{v:g}' for v in raw.spacing)} mm)")
+        if len(voxel_mm) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel_mm):
+            raise DdipError(f"--voxel-mm needs three positive sizes in mm (one per array axis), got {voxel_mm}")
+        raw = dataclasses.replace(raw, spacing=tuple(float(v) for v in voxel_mm))
+    axis = (0 if array else 2) if slice_axis is None else slice_axis
+    prepared = prepare_volume(raw, modality=modality, size=size, slab=slab, n_slices=n_slices, slice_axis=axis)
+    shape = raw.data.shape
+    plane = [shape[a] for a in range(3) if a != axis]
+    print(f"read {path}: shape {tuple(shape)}, slices along axis {axis} ({shape[axis]} slices of {plane[0]} x "
+          f"{plane[1]}), voxels {' x '.join(f'{v:g}' for v in raw.spacing)} mm"
+          f"{' (assumed: give --voxel-mm)' if array and voxel_mm is None else ''}; "
+          f"using slices {prepared.record['slab'][0]}:{prepared.record['slab'][1]}", file=sys.stderr)
     return prepared.slices, prepared.record
 
 
@@ -215,7 +241,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _check_out_file(out, args.overwrite, "the measurement file")
     modality = "ct" if args.task == "sv-ct" else "mri"
-    volume, record = _volume(args.volume, modality, args.size, parse_slab(args.slices), args.n_slices)
+    volume, record = _volume(args.volume, modality, args.size, parse_slab(args.slices), args.n_slices,
+                             slice_axis=args.slice_axis, voxel_mm=args.voxel_mm)
     m = simulate(volume, cfg, record=record)
     save_measurement(out, m)
     print(f"{args.task}: {volume.shape[0]} slices of {args.size} px -> {out}")
@@ -458,6 +485,10 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v)
+
+
 def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
@@ -513,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NIfTI / DICOM folder / .npy path, a development volume (chest-ct, mni-t1) or fixture:NAME")
     p.add_argument("--slices", help="contiguous slab START:STOP along the slice axis")
     p.add_argument("--n-slices", type=int, help="the central N slices (instead of --slices)")
+    p.add_argument("--slice-axis", type=int, choices=(0, 1, 2),
+                   help="the array axis the slices are taken along (default: 2 for NIfTI and DICOM, the axial "
+                        "slices of the RAS+ volume; 0 for .npy, slices first)")
+    p.add_argument("--voxel-mm", type=_floats, help="a .npy array's voxel size in mm along its three axes, e.g. "
+                                                    "0.7,0.7,2.5 (default 1,1,1)")
     p.add_argument("--size", type=int, default=TaskConfig.size, help="in-plane size (the prior's)")
     p.add_argument("--views", type=int, default=TaskConfig.views,
                    help="CT views (paper: 60; 60*size/256 keeps its undersampling)")

@@ -345,9 +345,9 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
         else:
             k, n_iters, lr = TABLE5[m.config.task][cfg.method]
             lr = LR_TUNED.get(m.config.task, lr)
-            acfg = AdaptConfig(lr=cfg.lr or lr, n_iters=cfg.n_iters or n_iters, k=cfg.k or k, zeta=cfg.zeta,
-                               loss_cg_iters=cfg.loss_cg_iters,
-                               chunk=adaptation_chunk(cfg.max_batch, cfg.k or k, world))
+            k = min(cfg.k or k, y.shape[0])  # K slices are drawn from the volume's: at most all of them
+            acfg = AdaptConfig(lr=cfg.lr or lr, n_iters=cfg.n_iters or n_iters, k=k, zeta=cfg.zeta,
+                               loss_cg_iters=cfg.loss_cg_iters, chunk=adaptation_chunk(cfg.max_batch, k, world))
             prior = copy.deepcopy(prior)  # the caller's prior stays free of LoRA layers
             names = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
                                 generator=torch.Generator().manual_seed(cfg.seed + 1))

@@ -241,6 +241,9 @@ def kspace_measurement(raw: RawKspace, *, acceleration: float | None = None, cen
             raise DdipError(f"acceleration {acceleration}: retrospective undersampling needs fully sampled k-space, "
                             f"but only {int(lines.sum())} of {width} lines were sampled")
         lines = uniform1d_mask((width, width), acceleration, center_fraction=center_fraction, seed=seed)[0]
+    elif bool(lines.all()):
+        log.warning("the k-space is fully sampled (acceleration 1): there is nothing to reconstruct; to test a "
+                    "method, undersample it retrospectively with --acceleration (e.g. 4)")
     mask = lines.view(1, -1).expand(width, width).clone()
     y = kspace * mask
     acs = acs_width(lines)

@@ -264,7 +264,7 @@ def test_out_of_memory_names_the_option_that_lowers_it(monkeypatch, ct_measureme
     def oom(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(cli, "reconstruct", oom)
+    monkeypatch.setattr(cli, "reconstruct_samples", oom)
     assert main(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--out", str(tmp_path / "o")]) == 2
     assert "out of memory (MemoryError); lower --max-batch" in capsys.readouterr().err
 
@@ -326,3 +326,55 @@ def test_an_unknown_prior_name_points_to_convert_prior(ct_measurement, tmp_path,
     assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", "scd-ellipses", "--quiet",
                  "--out", str(tmp_path / "r")]) == 2
     assert "convert-prior" in capsys.readouterr().err
+
+
+def test_an_array_is_read_slices_first_with_its_voxel_size_and_says_how(tmp_path, capsys):
+    import nibabel as nib
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).random((4, 50, 70)).astype(np.float32))
+    out = tmp_path / "m.safetensors"
+    assert main(["simulate", "--task", "mri3d", "--volume", str(tmp_path / "v.npy"), "--voxel-mm", "0.5,0.8,0.8",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "shape (4, 50, 70), slices along axis 0 (4 slices of 50 x 70), voxels 0.5 x 0.8 x 0.8 mm" in err
+    from ddip.tasks import load_measurement
+
+    m = load_measurement(out)
+    assert m.y.shape[0] == 4 and m.record["spacing_mm"] == [0.5, 0.8, 0.8]
+    assert main(["reconstruct", str(out), "--method", "admm-tv", "--quiet", "--out", str(tmp_path / "r")]) == 0
+    zooms = nib.load(str(tmp_path / "r" / "reconstruction.nii.gz")).header.get_zooms()
+    assert zooms[2] == pytest.approx(0.5)  # the slice spacing is the array's axis-0 voxel size
+    assert main(["simulate", "--task", "mri3d", "--volume", str(tmp_path / "v.npy"), "--slice-axis", "2",
+                 "--out", str(tmp_path / "m2.safetensors")]) == 0
+    assert "(70 slices of 4 x 50)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["simulate", "--task", "sv-ct", "--volume", "fixture:chest-ct", "--n-slices", "40"], "has 32 slices"),
+    (["simulate", "--task", "sv-ct", "--volume", "fixture:chest-ct", "--n-slices", "4", "--out", "x.nii.gz"],
+     "name it \\*.safetensors"),
+])
+def test_silently_accepted_inputs_are_refused(args, message, tmp_path, capsys):
+    if "--out" not in args:
+        args = [*args, "--out", str(tmp_path / "m.safetensors")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert pytest.importorskip("re").search(message, err), err
+
+
+def test_ct_in_hounsfield_units_simulated_as_mri_is_warned_about(tmp_path, caplog):
+    hu = np.full((4, 32, 32), -1000.0, dtype=np.float32)
+    hu[:, 8:24, 8:24] = 40.0
+    np.save(tmp_path / "ct.npy", hu)
+    assert main(["simulate", "--task", "mri3d", "--volume", str(tmp_path / "ct.npy"), "--size", "32",
+                 "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert "like air in Hounsfield units" in caplog.text and "--task sv-ct" in caplog.text
+
+
+def test_k_is_reported_as_the_slices_it_can_draw(tmp_path, tiny_prior):
+    out = tmp_path / "m.safetensors"
+    assert main(["simulate", "--task", "sv-ct", "--volume", "fixture:chest-ct", "--n-slices", "4", "--views", "15",
+                 "--out", str(out)]) == 0
+    assert main(["reconstruct", str(out), "--method", "d3ip", "--prior", tiny_prior, "--steps", "2", "--iters", "1",
+                 "--quiet", "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["report"]["adapt"]["k"] == 4  # Table 5: 6

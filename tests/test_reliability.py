@@ -202,7 +202,7 @@ def test_probes_of_import_train_prior_prior_gate_and_convert_prior_end_in_one_li
         (imp[:2] + ["--size", "64", "--out", str(tmp_path / "e.safetensors")], "an empty sinogram"),
         ([*imp, "--angles", "30:30", "--out", str(tmp_path / "a.safetensors")], "has the angle 30 degrees"),
         ([*imp, "--angles", "nan:180", "--out", str(tmp_path / "n.safetensors")], "angles contains 15 NaN"),
-        (["convert-prior", str(tmp_path / "bad.pt"), "--adm-config", "ellipses-256", "--out", str(tmp_path / "p")],
+        (["convert-prior", str(tmp_path / "bad.pt"), "--adm-config", "ellipses-256", "--out", str(tmp_path / "p.safetensors")],
          "cannot be loaded as a weights-only checkpoint (UnpicklingError"),
         (["prior-gate", str(tmp_path)], "not a train-prior run folder"),
         (["train-prior", "--out", str(tmp_path / "t1"), *small, "--res-blocks", "0"], "num_res_blocks must be"),

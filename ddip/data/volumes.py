@@ -12,6 +12,7 @@ Two steps, kept apart so each choice is explicit and recorded:
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddip.errors import DdipError
+
+log = logging.getLogger("ddip.data")
 
 Modality = Literal["ct", "mri"]
 CT_WINDOW_HU = (-1024.0, 2048.0)  # fixed window: air -> 0, soft tissue ≈ 0.33, dense bone -> 1
@@ -210,6 +213,10 @@ def prepare_volume(
     if n_slices is not None:
         if n_slices < 1:
             raise DdipError(f"{raw.source}: n_slices must be >= 1, got {n_slices}")
+        if n_slices > depth:
+            raise DdipError(f"{raw.source}: {n_slices} slices asked for, but the volume has {depth} along axis "
+                            f"{slice_axis} (shape {tuple(raw.data.shape)}); give at most {depth}, or another "
+                            f"slice axis")
         start = max(0, depth // 2 - n_slices // 2)
         slab = (start, min(depth, start + n_slices))
     start, stop = slab if slab is not None else (0, depth)
@@ -230,6 +237,10 @@ def prepare_volume(
         peak = float(block.max())
         if peak <= 0:
             raise DdipError(f"{raw.source}: MRI slab has no positive voxel")
+        if float(block.min()) <= -500 and float((block <= -500).double().mean()) > 0.05:
+            log.warning("%s: %.0f %% of the slab lies at or below -500, like air in Hounsfield units: a CT volume? "
+                        "Simulate it with --task sv-ct (MRI divides by the maximum and sets negative values to 0)",
+                        raw.source, 100 * float((block <= -500).double().mean()))
         scaled = (block / peak).clamp(min=0.0)
         scaling = {"kind": "divide_by_max", "max": peak}
 

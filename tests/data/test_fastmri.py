@@ -113,3 +113,12 @@ def test_single_coil_and_bad_files(tmp_path):
     few[::2] = 1  # no contiguous calibration region: no coil maps for 4 coils
     with pytest.raises(DdipError, match="at least 4 fully sampled central lines"):
         open_measurement(_write(tmp_path / "noacs.h5", _scanner_kspace(n_slices=1)[0] * few.bool()))
+
+
+def test_fully_sampled_kspace_without_an_acceleration_is_warned_about(tmp_path, caplog):
+    raw_k, _, _ = _scanner_kspace(n_slices=1)
+    m = open_measurement(_write(tmp_path / "full.h5", raw_k))
+    assert m.config.accel == 1.0 and "fully sampled" in caplog.text and "--acceleration" in caplog.text
+    caplog.clear()
+    open_measurement(tmp_path / "full.h5", acceleration=4)
+    assert "fully sampled" not in caplog.text
