@@ -209,13 +209,13 @@ def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *,
                     spacing=(spacing.get("cols", 1.0), spacing.get("rows", 1.0),
                              (record.get("spacing_mm") or [1.0] * 3)[record.get("slice_axis", 2)]))
     nifti, unit = to_units(volume)
-    write_nifti(out / "reconstruction.nii.gz", nifti, **geometry)
+    write_nifti(out / "reconstruction.nii.gz", nifti, units=unit, **geometry)
     report = {**report, "nifti_units": unit}
     maps = {}
     if std is not None:
         # units are an affine map a·v + b of the window's: a spread maps by a alone
         spread = to_units(std)[0] - to_units(torch.zeros_like(std))[0]
-        write_nifti(out / "std.nii.gz", spread, **geometry)
+        write_nifti(out / "std.nii.gz", spread, units=unit, **geometry)
         maps[f"std of the samples ({unit})"] = spread
     # the views show what the NIfTI holds, in its units; the metrics compare in the prior's [0, 1] window
     reference = None if truth is None else to_units(truth)[0]

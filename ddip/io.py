@@ -73,14 +73,18 @@ def volume_array(volume: Tensor) -> np.ndarray:
 
 
 def write_nifti(path: str | os.PathLike, volume: Tensor, *, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                affine: np.ndarray | None = None) -> None:
+                affine: np.ndarray | None = None, units: str | None = None) -> None:
     """Write slices ``(D, 1, H, W)`` as a float32 NIfTI with ``affine`` (voxel -> world, mm), or else a diagonal
-    affine of the given voxel spacing."""
+    affine of the given voxel spacing; spatial units millimetres, and the intensity ``units`` (e.g. ``"HU"``) in the
+    header's description."""
     import nibabel as nib
 
     img = nib.Nifti1Image(volume_array(volume), np.diag([*spacing, 1.0]) if affine is None else affine)
     img.set_qform(img.affine, code=1)  # scanner coordinates
     img.set_sform(img.affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
+    if units is not None:
+        img.header["descrip"] = f"ddip; intensity units: {units}"[:79].encode()
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 

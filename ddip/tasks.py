@@ -271,6 +271,10 @@ def open_measurement(path: str | os.PathLike, **import_options) -> Measurement:
                                   **import_options)
     if import_options and any(v is not None for v in import_options.values()):
         raise DdipError(f"{p}: import options apply to raw k-space (.h5), not to a measurement file")
+    if p.name.lower().endswith((".nii", ".nii.gz", ".npy", ".dcm")) or p.is_dir():
+        raise DdipError(f"{p}: a volume, not measurements: simulate its measurements first (ddip simulate --task "
+                        f"sv-ct|mri3d|csmri --volume {p} --out m.safetensors), or import a measured sinogram (.npy) "
+                        f"with ddip import")
     return load_measurement(p)
 
 

@@ -378,3 +378,16 @@ def test_k_is_reported_as_the_slices_it_can_draw(tmp_path, tiny_prior):
     assert main(["reconstruct", str(out), "--method", "d3ip", "--prior", tiny_prior, "--steps", "2", "--iters", "1",
                  "--quiet", "--out", str(tmp_path / "r")]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["report"]["adapt"]["k"] == 4  # Table 5: 6
+
+
+def test_the_nifti_says_mm_and_its_units_and_a_volume_given_to_reconstruct_is_sent_to_simulate(ct_measurement,
+                                                                                              tmp_path, capsys):
+    import nibabel as nib
+
+    out = tmp_path / "r"
+    assert main(["reconstruct", str(ct_measurement), "--method", "admm-tv", "--quiet", "--out", str(out)]) == 0
+    header = nib.load(str(out / "reconstruction.nii.gz")).header
+    assert header.get_xyzt_units()[0] == "mm" and b"HU" in header["descrip"].tobytes()
+    assert main(["reconstruct", str(out / "reconstruction.nii.gz"), "--method", "admm-tv", "--out",
+                 str(tmp_path / "r2")]) == 2
+    assert "simulate its measurements first" in capsys.readouterr().err
