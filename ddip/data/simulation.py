@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sigpy.mri
 import torch
 from torch import Tensor
 
@@ -41,6 +40,8 @@ def simulate_multicoil(
     plane = torch.einsum("k,khw->hw", coef[0], basis) + zz * torch.einsum("k,khw->hw", coef[1], basis) * 0.3
     phase = phase_strength * plane / plane.abs().max().clamp(min=1e-12)
     image = volume.to(torch.float64) * torch.exp(1j * phase).unsqueeze(1)
+    import sigpy.mri  # local, as in ddip.physics: sigpy (with scipy.signal) takes seconds to import
+
     maps = torch.from_numpy(sigpy.mri.birdcage_maps((int(n_coils), h, w))).to(torch.complex128)
     maps = maps / (maps.abs() ** 2).sum(0, keepdim=True).sqrt().clamp(min=1e-12)
     kspace = fft2c(maps.unsqueeze(0) * image)
