@@ -47,7 +47,8 @@ from ddip.priors.prior import DiffusionPrior, NetworkSpeed
 from ddip.priors.schedule import VPSchedule
 from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig, build_unet
-from ddip.reconstruct import TABLE5, ReconstructConfig, reconstruct
+from ddip.methods import TABLE5
+from ddip.reconstruct import ReconstructConfig, reconstruct
 from ddip.tasks import TaskConfig, paper_views, simulate
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity), by a substring of the device name.

@@ -32,7 +32,8 @@ from ddip.errors import DdipError
 from ddip.io import atomic_path, write_json
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
-from ddip.reconstruct import ADAPTED, MBIR, METHODS, ON_DDS, ReconstructConfig, reconstruct
+from ddip.methods import method_spec, names
+from ddip.reconstruct import ReconstructConfig, reconstruct
 from ddip.tasks import TaskConfig, paper_views, simulate
 
 TABLES = ("table2", "table1", "table3", "table4", "scaling")
@@ -52,20 +53,20 @@ class BenchConfig:
     table2_settings: tuple[str, ...] = ("sv-ct-60", "sv-ct-paper", "mri3d", "csmri")
     noise_mix: str = ReconstructConfig.noise_mix
     scaling_sizes: tuple[int, ...] = (8, 16, 32, 64)
-    methods: tuple[str, ...] = METHODS  # table 2's methods (a subset for a costly size)
+    methods: tuple[str, ...] = names()  # table 2's methods (a subset for a costly size)
     # CG steps of DDS's data consistency, in DDS and the adapted methods on it (None: DDS's default; the paper's: 5);
     # DDNM and DiffusionMBIR keep their own (30, 5), so that --cg-iters 5 gives every table as the paper's settings do
     cg_iters: int | None = None
-    lr: float | None = None  # the adapted methods' learning rate (None: Table 5 / ddip.reconstruct.LR_TUNED)
+    lr: float | None = None  # the adapted methods' learning rate (None: Table 5 / ddip.methods.LR_TUNED)
     device: str = "auto"  # where every reconstruction runs (ddip.devices.resolve_device)
     precision: str = ReconstructConfig.precision  # the network's speed options (ddip.priors.prior.NetworkSpeed)
     channels_last: bool = ReconstructConfig.channels_last
     compile: bool = ReconstructConfig.compile
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in names()]
         if unknown or not self.methods:
-            raise DdipError(f"benchmark: unknown or no method(s) {unknown}; choose from {', '.join(METHODS)}")
+            raise DdipError(f"benchmark: unknown or no method(s) {unknown}; choose from {', '.join(names())}")
         ReconstructConfig(method="d3ip", cg_iters=self.cg_iters, lr=self.lr,  # a bad value fails before any run
                           precision=self.precision)
         resolve_device(self.device)
@@ -112,12 +113,12 @@ def _measure(task: str, cfg: BenchConfig, n_slices: int, views: int = 60):
 def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
     """A reconstruction's settings with the benchmark's seed, noise mixing and, where they apply, its CG steps and
     learning rate."""
-    method = settings["method"]
-    if cfg.cg_iters is not None and method in ON_DDS:
+    spec = method_spec(settings["method"])
+    if cfg.cg_iters is not None and spec.on_dds:
         settings["cg_iters"] = cfg.cg_iters
-    if cfg.lr is not None and method in ADAPTED:
+    if cfg.lr is not None and spec.adapted:
         settings["lr"] = cfg.lr
-    if method != "admm-tv":  # the one method without a network
+    if spec.step is not None:  # a method with a network
         settings.update(precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
     return ReconstructConfig(seed=cfg.seed, noise_mix=cfg.noise_mix, **settings)
 
@@ -148,7 +149,7 @@ def table2(cfg: BenchConfig, prior) -> list[dict]:
         m_full = _measure(task, cfg, cfg.n_slices, views)
         m_dps = _measure(task, cfg, cfg.dps_slices, views)
         for method in cfg.methods:
-            if task == "csmri" and method in MBIR:
+            if task == "csmri" and method_spec(method).dc == "mbir":
                 continue  # the paper runs no MBIR variant on CS-MRI (no 3D coupling in its knee data)
             m = m_dps if method == "dps" else m_full
             steps = None if method == "dps" and not cfg.quick else cfg.n_steps

@@ -44,7 +44,8 @@ from ddip.priors.adm import adm_parameters
 from ddip.priors.prior import PRECISIONS
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
-from ddip.reconstruct import INTENSITY_RANGE, METHODS, NORMALISE, ReconstructConfig, reconstruct, reconstruct_samples
+from ddip.methods import names
+from ddip.reconstruct import INTENSITY_RANGE, NORMALISE, ReconstructConfig, reconstruct, reconstruct_samples
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import DDNM, DDS, DiffusionMBIR
 from ddip.solvers.base import INITS, NOISE_MIXES
@@ -66,6 +67,20 @@ DEMO_PRIOR = "ellipses-64"
 # 5 minutes on 2 CPU cores by themselves; K = 3, L = 7 keeps the whole demo near 3 minutes (the budgets measured
 # are in docs/results.md). Wall time follows the number of optimiser steps (L) more than K.
 DEMO_K, DEMO_ITERS = 3, 7
+# Posterior samples per diffusion method in the demo: the mean of 4 DDS samples gained 2.6 dB over one on the demo's
+# data, D3IP's (one adaptation, 3 replays) 1.2 dB (benchmarks/results/samples.json), for about 30 s more per method.
+DEMO_SAMPLES = 4
+
+
+# Which method to use: the README's table (measured on 8 slices, 64 px, 2 CPU cores; commands in docs/results.md).
+METHOD_ADVICE = """which method (measured on 8 slices, 64 px, 2 CPU cores; commands in docs/results.md):
+  CT, 15 views   admm-tv (30.78 dB); of the diffusion methods dds --samples 4 (one sample 26.75,
+                 the mean of 4 29.35 dB; d3ip 27.62, mean of 4 28.77 dB)
+  CT, 60 views   admm-tv (44.61 dB), then d3ip-mbir (40.03; dds 36.63)
+  3D MRI x8      admm-tv, mbir, d3ip-mbir tie (27.82 / 27.80 / 27.79 dB)
+  CS-MRI x4      d3ip-meta (23.13 dB) or d3ip (22.89); admm-tv 21.00
+cost: dds, ddnm, mbir about 10 s a sample; d3ip and d3ip-mbir 1.5-5 min; ddip, scd, d3ip-meta 5-7 min;
+dps 1000 steps per slice. The adapted methods gain more where the prior is closer to the data."""
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
@@ -328,27 +343,36 @@ def cmd_demo(args: argparse.Namespace) -> None:
                                                     cg_iters=args.cg_iters, precision=args.precision,
                                                     channels_last=args.channels_last, compile=args.compile)
         cfg = ReconstructConfig(method=method, seed=args.seed, **speed,
+                                **({"samples": args.samples} if method != "admm-tv" else {}),
                                 **({"k": args.k, "n_iters": args.iters} if method == "d3ip" else {}))
-        res = reconstruct(m, cfg, prior, progress=not args.quiet)
+        res = reconstruct_samples(m, cfg, prior, progress=not args.quiet)
         config = {"command": "demo", "prior": args.prior, **asdict(cfg), "task": asdict(m.config),
                   "volume_record": record}
         results[method] = (res, write_result(out / method, res.volume, m.ground_truth, method=method,
                                              wall=res.wall_time_s, peak_mb=res.peak_memory_mb, report=res.report,
-                                             config=config, record=record,
+                                             config=config, record=record, std=res.std,
                                              display_window=args.display_window))
         _print_metrics(method, results[method][1])
     names = {"admm-tv": "ADMM-TV", "dds": "DDS", "d3ip": "D3IP"}
     truth, unit = to_source_units(m.ground_truth, record)
+    d3ip_std = results["d3ip"][0].std
+    maps = {} if d3ip_std is None else {
+        f"D3IP: std of {args.samples} samples ({unit})": to_source_units(d3ip_std, record)[0] - to_source_units(
+            torch.zeros_like(d3ip_std), record)[0]}
     write_png_views(out / "comparison.png", {"ground truth": truth,
                                              **{names[k]: to_source_units(results[k][0].volume, record)[0]
                                                 for k in names}},
-                    error_of="D3IP", reference="ground truth", error_units=unit,
+                    error_of="D3IP", reference="ground truth", error_units=unit, maps=maps,
                     notes={names[k]: _scores(results[k][1]) for k in names},
                     **display(record, args.display_window, shown=truth, units=unit))
     gain = results["d3ip"][1]["psnr"] - results["dds"][1]["psnr"]
+    ranking = sorted(names, key=lambda k: -results[k][1]["psnr"])
     write_json(out / "summary.json", {"psnr_dds": results["dds"][1]["psnr"], "psnr_d3ip": results["d3ip"][1]["psnr"],
                                       "psnr_admm_tv": results["admm-tv"][1]["psnr"], "psnr_gain_db": gain,
+                                      "ranking": ranking, "samples": args.samples,
                                       "views": views, "slices": int(volume.shape[0]), "prior": args.prior})
+    print("ranking by PSNR: " + " > ".join(f"{names[k]} {results[k][1]['psnr']:.2f} dB" for k in ranking)
+          + (f" (DDS and D3IP: mean of {args.samples} samples)" if args.samples > 1 else ""))
     print(f"D3IP - DDS: {gain:+.2f} dB PSNR; pictures in {out / 'comparison.png'}")
 
 
@@ -559,13 +583,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("reconstruct", parents=[common], help="reconstruct a measurement file with one method")
+    p = sub.add_parser("reconstruct", parents=[common], help="reconstruct a measurement file with one method",
+                       epilog=METHOD_ADVICE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("measurement", help="a measurement file (simulate, import) or raw fastMRI k-space (.h5)")
     _add_display(p)
     p.add_argument("--units", default="source", choices=UNITS,
                    help="the NIfTI's values: source (HU for CT, the MRI volume's scale; default) or window (the "
                         "[0, 1] range the prior works in)")
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=names())
     p.add_argument("--prior", help="a shipped prior name or a .safetensors path (default: the shipped prior for the "
                                    "task and size; ellipses-complex-64 for csmri where it ships)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -607,7 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("demo", parents=[common], help="DDS vs D3IP on the bundled chest CT (the README's main job)")
+    p = sub.add_parser("demo", parents=[common],
+                       help="ADMM-TV, DDS and D3IP on the bundled chest CT (the README's main job)")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--prior", default=DEMO_PRIOR)
     p.add_argument("--n-slices", type=int, default=8, help="central slices of the bundled 32-slice slab")
@@ -618,6 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=DEMO_ITERS,
                    help=f"D3IP optimiser steps per timestep (default {DEMO_ITERS})")
     p.add_argument("--seed", type=int, default=r.seed)
+    p.add_argument("--samples", type=int, default=DEMO_SAMPLES,
+                   help=f"posterior samples of DDS and D3IP, whose mean is shown with D3IP's std (default "
+                        f"{DEMO_SAMPLES}; 1: single samples)")
     _add_noise_mix(p)
     _add_speed(p)
     _add_display(p)

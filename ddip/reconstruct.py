@@ -16,27 +16,17 @@ import torch
 from torch import Tensor
 
 from ddip import distributed
-from ddip.adapt import (
-    AdaptConfig,
-    LoRAConfig,
-    Replay,
-    count_parameters,
-    d3ip,
-    d3ip_mbir,
-    d3ip_meta,
-    ddip_slicewise,
-    inject_lora,
-    scd,
-)
+from ddip.adapt import AdaptConfig, LoRAConfig, Replay, count_parameters, inject_lora
 from ddip.adapt.methods import AdaptReport
 from ddip.checkpoint import resumable_solve
 from ddip.devices import resolve_device
 from ddip.errors import DdipError, check_seed
+from ddip.methods import adaptation_settings, method_spec, names, tv_parameters
 from ddip.physics import Resampled
 from ddip.physics.base import pseudo_inverse
 from ddip.physics.sharding import Shard, split
 from ddip.priors.prior import NetworkSpeed
-from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR, admm_tv_reconstruct
+from ddip.solvers import admm_tv_reconstruct
 from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES, DataConsistencyStep
 from ddip.solvers.dds import DC_VARIANTS
 from ddip.tasks import Measurement, TaskConfig
@@ -44,69 +34,10 @@ from ddip.timing import Timings
 
 log = logging.getLogger("ddip.reconstruct")
 
-METHODS = ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
-ADAPTED = ("scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
-WITHOUT_CG = ("dps", "admm-tv")  # the methods with no CG data-consistency step (cg_iters does not apply)
-MBIR = ("mbir", "d3ip-mbir")  # DiffusionMBIR's ADMM step (TV along z): its own data consistency, no dc_variant
-ON_DDS = ("dds", "scd", "ddip", "d3ip", "d3ip-meta")  # the methods whose data-consistency step is DDS's
-WITH_TV = ("admm-tv", *MBIR)  # the methods whose TV weight and ADMM penalty tv_lam / tv_rho set
-# The adapted methods with one LoRA state for the volume: their further posterior samples replay the first sample's
-# LoRA trajectory with fresh noise instead of adapting again (reconstruct_samples)
-REPLAYABLE = ("d3ip", "d3ip-mbir")
-# Methods that split the volume's slices across the processes of a torchrun launch (ddip.physics.sharding). The
-# per-slice methods (scd, ddip, meta's second stage) and DPS run in one process; ADMM-TV has no network to share out.
-DISTRIBUTED = ("dds", "ddnm", "mbir", "d3ip", "d3ip-mbir")
-
 NORMALISE = ("auto", "off")
 # The data's intensity (the robust maximum of |A^† y|, see intensity_scale) is left alone within this factor range of
 # the prior's [0, 1]; outside it, "auto" divides y by it and multiplies the result back. Simulated data sit near 1.
 INTENSITY_RANGE = (0.1, 10.0)
-
-# Paper Table 5: (K slices, L optimiser steps, learning rate) per task and method.
-TABLE5 = {
-    "sv-ct": {"scd": (1, 10, 1e-3), "ddip": (1, 10, 1e-3), "d3ip": (6, 10, 1e-3), "d3ip-mbir": (6, 10, 1e-3),
-              "d3ip-meta": (6, 10, 1e-3)},
-    "mri3d": {"scd": (1, 10, 1e-5), "ddip": (1, 10, 1e-5), "d3ip": (6, 10, 1e-4), "d3ip-mbir": (6, 5, 1e-5),
-              "d3ip-meta": (6, 10, 1e-5)},
-    "csmri": {"scd": (1, 5, 1e-3), "ddip": (1, 5, 1e-3), "d3ip": (3, 5, 1e-3), "d3ip-mbir": (3, 5, 1e-3),
-              "d3ip-meta": (3, 5, 1e-3)},
-}
-# Where Table 5's learning rate does not transfer to our priors: on CS-MRI at 50 steps lr 1e-3 makes every adapted
-# method overfit the unmeasured k-space lines and collapse, 1e-4 does not (docs/diagnosis.md §4). The workable rate
-# grows as the number of adapted steps falls (at 10 steps 1e-3 is the better one); `--lr` overrides.
-LR_TUNED = {"csmri": 1e-4}  # task -> learning rate of every adapted method
-# ADMM-TV (no prior): λ and ρ per task, tuned on the development volumes (see benchmarks/).
-ADMM_TV = {"sv-ct": {"lam": 0.02, "rho": 1.0}, "mri3d": {"lam": 2e-3, "rho": 0.05},
-           "csmri": {"lam": 2e-3, "rho": 0.05}}
-
-
-def mbir_ct_parameters(n_views: int, *, rho: float = 0.5, lam: float = 0.01) -> dict[str, float]:
-    """The authors' CT ADMM parameters rescaled for an exact adjoint.
-
-    Their normal matrix is ``s·AᵀA`` with ``s = π / (2·n_views)``; dividing their objective by ``s`` gives the same
-    minimiser with ``ρ/s`` and ``λ/s`` for the exact ``AᵀA``.
-    """
-    s = math.pi / (2 * n_views)
-    return {"rho": rho / s, "lam": lam / s}
-
-
-def mbir_parameters(cfg: TaskConfig) -> dict[str, float]:
-    """ADMM ρ, λ of DiffusionMBIR per task.
-
-    CT: the paper's ρ = 0.5, λ = 0.01 rescaled to our exact adjoint (see :func:`mbir_ct_parameters`). 3D MRI: the
-    paper's ρ = 1e-3, λ = 1e-5 diverge with Eq. 7's noise mixing (with ρ that small the x-update's CG takes steps of
-    order 1/ρ along the null space of the undersampled FFT) and tie ours with the authors' mixing; ρ = 0.1, λ = 1e-3
-    hold under both, within 0.03 dB of the best of a 4×3 grid (docs/known-limits.md). ``tv_rho`` / ``tv_lam``
-    override both (:func:`tv_parameters`).
-    """
-    return mbir_ct_parameters(cfg.views) if cfg.task == "sv-ct" else {"rho": 0.1, "lam": 1e-3}
-
-
-def tv_parameters(cfg: "ReconstructConfig", task: TaskConfig) -> dict[str, float]:
-    """λ and ρ of a TV method: ``cfg.tv_lam`` / ``cfg.tv_rho`` where given, else the task's (ADMM_TV,
-    mbir_parameters)."""
-    tuned = ADMM_TV[task.task] if cfg.method == "admm-tv" else mbir_parameters(task)
-    return {"lam": cfg.tv_lam or tuned["lam"], "rho": cfg.tv_rho or tuned["rho"]}
 
 
 def intensity_scale(y: Tensor, physics) -> float:
@@ -169,32 +100,32 @@ class ReconstructConfig:
         return NetworkSpeed(self.precision, self.channels_last, self.compile)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise DdipError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        spec = method_spec(self.method)  # an unknown name is an error listing the registered ones
         if self.init not in INITS:
             raise DdipError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         if self.noise_mix not in NOISE_MIXES:
             raise DdipError(f"unknown noise_mix {self.noise_mix!r}; choose one of {', '.join(NOISE_MIXES)}")
         if self.dc_variant not in (None, *DC_VARIANTS):
             raise DdipError(f"unknown dc_variant {self.dc_variant!r}; choose one of {', '.join(DC_VARIANTS)}")
-        if self.dc_variant is not None and self.method in (*WITHOUT_CG, *MBIR):
+        if self.dc_variant is not None and spec.dc not in ("dds", "ddnm"):
             raise DdipError(f"dc_variant applies to the CG samplers (DDS, DDNM and the adapted methods on DDS), "
                             f"not to {self.method}")
-        if self.cg_iters is not None and self.method in WITHOUT_CG:
+        if self.cg_iters is not None and not spec.has_cg:
             raise DdipError(f"cg_iters applies to the samplers with a CG data-consistency step, not to {self.method}")
         if self.cg_iters is not None and (isinstance(self.cg_iters, bool) or self.cg_iters < 1):
             raise DdipError(f"cg_iters must be >= 1, got {self.cg_iters}")
         for name in ("tv_lam", "tv_rho"):
-            if getattr(self, name) is not None and self.method not in WITH_TV:
-                raise DdipError(f"{name} applies to the methods with a TV term ({', '.join(WITH_TV)}), not to "
+            if getattr(self, name) is not None and not spec.tv:
+                raise DdipError(f"{name} applies to the methods with a TV term ({', '.join(names(lambda s: s.tv))}), "
+                                f"not to "
                                 f"{self.method}")
         given = [name for name, default in (("k", None), ("n_iters", None), ("lr", None), ("zeta", AdaptConfig.zeta),
                                             ("loss_cg_iters", None), ("lora_rank", LoRAConfig.rank),
                                             ("train_biases", LoRAConfig.train_biases))
                  if getattr(self, name) != default]
-        if given and self.method not in ADAPTED:
+        if given and not spec.adapted:
             raise DdipError(f"{', '.join(given)} set the adaptation, which {self.method} does not do; they apply to "
-                            f"{', '.join(ADAPTED)}")
+                            f"{', '.join(names(lambda s: s.adapted))}")
         if self.normalise not in NORMALISE:
             raise DdipError(f"unknown normalise {self.normalise!r}; choose one of {', '.join(NORMALISE)}")
         self.speed  # checks the precision
@@ -210,9 +141,9 @@ class ReconstructConfig:
         check_seed(self.seed, "reconstruct")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise DdipError(f"samples must be a positive integer, got {self.samples!r}")
-        if self.samples > 1 and self.method == "admm-tv":
-            raise DdipError("admm-tv is deterministic: one reconstruction is all it gives; samples apply to the "
-                            "diffusion methods")
+        if self.samples > 1 and spec.step is None:
+            raise DdipError(f"{self.method} is deterministic: one reconstruction is all it gives; samples apply to "
+                            f"the diffusion methods")
         check_seed(self.seed + self.samples - 1, "reconstruct (the last sample's seed)")
         if self.zeta is not None and (isinstance(self.zeta, bool) or self.zeta < 0):
             raise DdipError(f"zeta must be >= 0 (or None: adapt at every step), got {self.zeta}")
@@ -261,23 +192,6 @@ class _PeakMemory:
         return self.peak / 2**20
 
 
-def build_step(cfg: ReconstructConfig, m: Measurement):
-    common = {"noise_mix": cfg.noise_mix}
-    if cfg.n_steps is not None:
-        common["n_steps"] = cfg.n_steps
-    if cfg.method == "dps":
-        return DPS(**({"n_steps": cfg.n_steps} if cfg.n_steps else {}))
-    if cfg.dc_variant is not None:
-        common["variant"] = cfg.dc_variant
-    if cfg.cg_iters is not None:
-        common["cg_iters"] = cfg.cg_iters
-    if cfg.method == "ddnm":
-        return DDNM(**common)
-    if cfg.method in MBIR:
-        return DiffusionMBIR(**tv_parameters(cfg, m.config), **common)
-    return DDS(**common)
-
-
 def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: str | torch.device = "cpu",
                 progress: bool = False, checkpointer=None, record_trajectory: bool = False,
                 replay: dict | None = None) -> Result:
@@ -288,8 +202,10 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     ``record_trajectory`` (D3IP, D3IP-mbir) returns the LoRA state after each adapted step in
     ``Result.trajectory``; ``replay`` (such a trajectory) samples with it instead of adapting (paper App. E).
     """
-    if (record_trajectory or replay is not None) and cfg.method not in REPLAYABLE:
-        raise DdipError(f"LoRA trajectories are recorded and replayed for {', '.join(REPLAYABLE)}, not {cfg.method}")
+    spec = method_spec(cfg.method)
+    if (record_trajectory or replay is not None) and not spec.replayable:
+        raise DdipError(f"LoRA trajectories are recorded and replayed for {', '.join(names(lambda s: s.replayable))}, "
+                        f"not {cfg.method}")
     device = resolve_device(device)
     y = m.y.to(device)
     physics = m.physics
@@ -297,14 +213,14 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     rank, world = distributed.world()
     shard = None
     if world > 1:  # under torchrun: this rank samples its block of slices (ddip.physics.sharding)
-        if cfg.method not in DISTRIBUTED:
+        if not spec.distributed:
             raise DdipError(f"method {cfg.method!r} runs in one process; under torchrun use one of "
-                            f"{', '.join(DISTRIBUTED)}")
+                            f"{', '.join(names(lambda s: s.distributed))}")
         shard = Shard.even(y.shape[0], rank, world)
         report.update(world_size=world, slices_per_rank=shard.sizes)
         if checkpointer is not None:
             checkpointer = checkpointer.sibling(f"rank{rank}of{world}")
-    if cfg.method != "admm-tv" and prior is None:
+    if spec.step is not None and prior is None:
         raise DdipError(f"method {cfg.method!r} needs a prior (--prior)")
     if prior is not None:
         size = int(prior.net.config.sample_size)
@@ -332,10 +248,10 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
     trajectory = None
     with _PeakMemory(device) as mem, Timings() as timings:
         t0 = time.perf_counter()
-        if cfg.method == "admm-tv":
+        if spec.step is None:  # ADMM-TV, the one method without a network
             x = admm_tv_reconstruct(y, physics, **tv_parameters(cfg, m.config))
-        elif cfg.method not in ADAPTED:
-            step = build_step(cfg, m)
+        elif not spec.adapted:
+            step = spec.step(cfg, m.config)
             y_run, phys_run = split(shard, y, physics)
             x = resumable_solve(step, prior, y_run, phys_run, generator=generator, checkpointer=checkpointer,
                                 init=cfg.init, max_batch=cfg.max_batch, progress=progress, desc=cfg.method)
@@ -343,20 +259,16 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
                 x = shard.gather_volume(x)
             report["network_forward_passes"] = step.n_steps * y.shape[0]
         else:
-            k, n_iters, lr = TABLE5[m.config.task][cfg.method]
-            lr = LR_TUNED.get(m.config.task, lr)
-            k = min(cfg.k or k, y.shape[0])  # K slices are drawn from the volume's: at most all of them
-            acfg = AdaptConfig(lr=cfg.lr or lr, n_iters=cfg.n_iters or n_iters, k=k, zeta=cfg.zeta,
-                               loss_cg_iters=cfg.loss_cg_iters, chunk=adaptation_chunk(cfg.max_batch, k, world))
+            k, n_iters, lr = adaptation_settings(cfg, m.config, y.shape[0])
+            acfg = AdaptConfig(lr=lr, n_iters=n_iters, k=k, zeta=cfg.zeta, loss_cg_iters=cfg.loss_cg_iters,
+                               chunk=adaptation_chunk(cfg.max_batch, k, world))
             prior = copy.deepcopy(prior)  # the caller's prior stays free of LoRA layers
-            names = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
-                                generator=torch.Generator().manual_seed(cfg.seed + 1))
-            step = build_step(cfg, m)
-            fn = {"scd": scd, "ddip": ddip_slicewise, "d3ip": d3ip, "d3ip-mbir": d3ip_mbir,
-                  "d3ip-meta": d3ip_meta}[cfg.method]
+            lora_layers = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
+                                      generator=torch.Generator().manual_seed(cfg.seed + 1))
+            step = spec.step(cfg, m.config)
             kwargs = dict(generator=generator, adapt_generator=torch.Generator().manual_seed(cfg.seed + 2),
                           max_batch=cfg.max_batch, checkpointer=checkpointer, progress=progress)
-            if cfg.method != "scd":
+            if spec.takes_init:
                 kwargs["init"] = cfg.init
             if shard is not None:
                 kwargs["shard"] = shard
@@ -368,10 +280,11 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
             else:
                 if record_trajectory:
                     kwargs["record_trajectory"] = True
-                x, rep = fn(step, prior, y, physics, acfg, **kwargs)
+                x, rep = spec.adapt(step, prior, y, physics, acfg, **kwargs)
             trajectory = rep.trajectory or None
             report.update({"network_forward_passes": rep.passes_forward, "network_adapt_passes": rep.passes_adapt,
-                           "lora_layers": len(names), "adapted_parameters": count_parameters(prior.net)["trainable"],
+                           "lora_layers": len(lora_layers),
+                           "adapted_parameters": count_parameters(prior.net)["trainable"],
                            "adapt": dataclasses.asdict(acfg),
                            "loss_first": rep.losses[0][1] if rep.losses else None,
                            "loss_last": rep.losses[-1][1] if rep.losses else None})
@@ -424,7 +337,8 @@ def reconstruct_samples(m: Measurement, cfg: ReconstructConfig, prior=None, *, d
         return reconstruct(m, cfg, prior, device=device, progress=progress, checkpointer=checkpointer)
     if distributed.world()[1] > 1:
         raise DdipError("several posterior samples run in one process; under torchrun use one sample")
-    replays = cfg.method in REPLAYABLE
+    spec = method_spec(cfg.method)
+    replays = spec.replayable
     store = None if checkpointer is None else checkpointer.sibling("samples")
     saved = None if store is None else store.load()
     volumes = [] if saved is None else list(saved["volumes"])
@@ -450,7 +364,7 @@ def reconstruct_samples(m: Measurement, cfg: ReconstructConfig, prior=None, *, d
     std = (stack - mean).abs().pow(2).sum(0).div(samples - 1).sqrt()  # real also for complex samples
     report = {**report, "samples": {"n": samples, "seeds": [cfg.seed + j for j in range(samples)],
                                     "adaptation": ("once, then replayed" if replays else
-                                                   "one per sample" if cfg.method in ADAPTED else "none"),
+                                                   "one per sample" if spec.adapted else "none"),
                                     "wall_time_per_sample_s": walls, "std_mean": float(std.mean()),
                                     "std_max": float(std.max())}}
     return Result(mean, sum(walls), peak, report, std=std, samples=stack if keep_samples else None)

@@ -47,13 +47,16 @@ def test_simulate_every_task_from_a_real_volume(tmp_path):
 def test_demo_compares_dds_and_d3ip(tiny_prior, tmp_path, capsys):
     out = tmp_path / "demo"  # the demo's settings, shortened: 4 network steps, 1 optimiser step on 2 slices
     assert main(["demo", "--out", str(out), "--prior", tiny_prior, "--n-slices", "2", "--steps", "4", "--k", "2",
-                 "--iters", "1", "--quiet"]) == 0
+                 "--iters", "1", "--samples", "2", "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["views"] == 15 and summary["slices"] == 2
     assert summary["psnr_gain_db"] == pytest.approx(summary["psnr_d3ip"] - summary["psnr_dds"])
     assert (out / "comparison.png").is_file() and (out / "d3ip" / "metrics.json").is_file()
     assert summary["psnr_admm_tv"] > 0 and (out / "admm-tv" / "metrics.json").is_file()  # the baseline beside them
-    assert "D3IP - DDS" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "D3IP - DDS" in printed and "ranking by PSNR: " in printed and "mean of 2 samples" in printed
+    assert sorted(summary["ranking"]) == ["admm-tv", "d3ip", "dds"] and summary["samples"] == 2
+    assert (out / "d3ip" / "std.nii.gz").is_file() and not (out / "admm-tv" / "std.nii.gz").exists()
     for method in ("dds", "d3ip"):  # both methods sample with the demo's noise mixing, recorded with the result
         assert json.loads((out / method / "config.json").read_text())["noise_mix"] == "code"
 
@@ -93,7 +96,8 @@ def test_dc_variant_cg_steps_and_precision_are_recorded_and_refused_where_they_d
 
 
 def test_tv_weight_and_penalty_reach_the_tv_methods_and_only_them(ct_measurement, capsys, tmp_path):
-    from ddip.reconstruct import ADMM_TV, ReconstructConfig, mbir_parameters, tv_parameters
+    from ddip.methods import ADMM_TV, mbir_parameters, tv_parameters
+    from ddip.reconstruct import ReconstructConfig
     from ddip.tasks import load_measurement
 
     m = load_measurement(ct_measurement)

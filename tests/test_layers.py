@@ -19,7 +19,7 @@ LAYERS = [
     ("ddip.solvers",),  # the sampling loop and its steps
     ("ddip.checkpoint",),  # resumable solves
     ("ddip.adapt",),  # LoRA and the adaptation hook
-    ("ddip.evaluation", "ddip.reconstruct"),  # the prior's quality gate; one entry point for every method
+    ("ddip.evaluation", "ddip.methods", "ddip.reconstruct"),  # the prior's gate; the method registry; one entry point
     ("ddip.benchmark",),
     ("ddip.cli", "ddip.__main__"),
 ]

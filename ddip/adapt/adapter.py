@@ -267,20 +267,22 @@ class Replay:
 
     prior: DiffusionPrior
     trajectory: dict[int, dict[str, Tensor]]
+    _last: int | None = None
 
     def __call__(self, i: int, t: int, x_t: Tensor, state: dict) -> None:
-        # the state after the last adapted step at or before i: the same as restoring at each recorded step, and
-        # right also when a resumed run starts between two of them
-        recorded = [k for k in self.trajectory if k <= i]
-        if recorded:
-            restore(self.prior.net, self.trajectory[max(recorded)])
+        if i in self.trajectory:
+            restore(self.prior.net, self.trajectory[i])
+            self._last = i
 
     def state_dict(self) -> dict:
-        """Nothing to save: the trajectory is given again when a replayed run resumes."""
-        return {}
+        """The last replayed step (the trajectory itself is given again when a replayed run resumes)."""
+        return {"last": self._last}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """A resumed replay starts from the LoRA state it had reached."""
+        self._last = state.get("last")
+        if self._last is not None:
+            restore(self.prior.net, self.trajectory[self._last])
 
 
 def save_trajectory(path, trajectory: dict[int, dict[str, Tensor]]) -> None:

@@ -17,7 +17,7 @@ class DiffusionMBIR(DataConsistencyStep):
     ``z`` and ``u`` persist across timesteps (initialised to zero once). ``rho`` and ``lam`` depend on the scale of
     the operator: the authors' CT values (ρ = 0.5, λ = 0.01) are tied to their back-projector scaled by π/(2·views);
     with our exact adjoint the equivalent values are divided by that factor
-    (:func:`~ddip.reconstruct.mbir_ct_parameters`).
+    (:func:`~ddip.methods.mbir_ct_parameters`).
     """
 
     rho: float = 0.5

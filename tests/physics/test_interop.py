@@ -10,7 +10,7 @@ from ddip.metrics import psnr
 from ddip.physics import SingleCoilMRI, operator_norm, uniform1d_mask
 from ddip.physics.interop import MatchedNorm, TwoChannelComplex, from_two_channels, to_two_channels
 from ddip.priors import load_prior
-from ddip.reconstruct import ADMM_TV
+from ddip.methods import ADMM_TV
 from ddip.solvers import DDS, admm_tv_reconstruct, solve
 from ddip.tasks import TaskConfig, simulate
 

@@ -1,0 +1,194 @@
+"""The registry of reconstruction methods: one :class:`MethodSpec` per method, read by ``reconstruct``, the CLI's
+choices, the benchmark and the docs.
+
+A spec says how to build the method's solver step for a task, which adaptation runs on it (if any), its paper
+Table 5 row, and which settings apply to it. Adding a method is one :func:`register` call (plus its algorithm in
+``ddip.solvers`` / ``ddip.adapt`` and its tests); nothing else names methods.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from ddip.adapt import d3ip, d3ip_mbir, d3ip_meta, ddip_slicewise, scd
+from ddip.errors import DdipError
+from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR
+from ddip.tasks import TaskConfig
+
+DataConsistency = Literal["dds", "ddnm", "mbir", "dps", "none"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One reconstruction method.
+
+    ``step(cfg, task)`` builds its solver step from a :class:`~ddip.reconstruct.ReconstructConfig` and the task (None
+    for a method that does not sample, ADMM-TV). ``adapt`` is its adaptation function (``ddip.adapt``), None for the
+    plain samplers; ``table5`` its (K slices, L steps, learning rate) per task. ``dc`` names its data-consistency
+    step: ``"dds"`` / ``"ddnm"`` (CG, ``cg_iters`` and ``dc_variant`` apply), ``"mbir"`` (DiffusionMBIR's ADMM-TV
+    along z: ``cg_iters``, the TV weight and penalty apply), ``"dps"`` (a gradient step, no CG), ``"none"``.
+    """
+
+    name: str
+    summary: str
+    step: Callable | None
+    dc: DataConsistency
+    adapt: Callable | None = None
+    table5: dict[str, tuple[int, int, float]] | None = None
+    tv: bool = False  # a TV term whose weight and ADMM penalty tv_lam / tv_rho set
+    distributed: bool = False  # splits the volume's slices across the processes of a torchrun launch
+    replayable: bool = False  # one LoRA state for the volume: further samples replay its trajectory
+    takes_init: bool = True  # the initialisation (Eq. 16) is the caller's (SCD starts from pure noise)
+
+    @property
+    def adapted(self) -> bool:
+        return self.adapt is not None
+
+    @property
+    def has_cg(self) -> bool:
+        return self.dc in ("dds", "ddnm", "mbir")
+
+    @property
+    def on_dds(self) -> bool:
+        """Its data-consistency step is DDS's (the benchmark's ``--cg-iters`` reaches exactly these)."""
+        return self.dc == "dds"
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method (a name already taken is an error: a name means one thing)."""
+    if spec.name in REGISTRY:
+        raise DdipError(f"a method named {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The spec of ``name``; an unknown name is one error listing the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise DdipError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}") from None
+
+
+def names(predicate: Callable[[MethodSpec], bool] = lambda s: True) -> tuple[str, ...]:
+    """The registered methods' names (in registration order) whose spec satisfies ``predicate``."""
+    return tuple(n for n, s in REGISTRY.items() if predicate(s))
+
+
+# -- per-task settings -----------------------------------------------------------------------------------------------
+# Where Table 5's learning rate does not transfer to our priors: on CS-MRI at 50 steps lr 1e-3 makes every adapted
+# method overfit the unmeasured k-space lines and collapse, 1e-4 does not (docs/diagnosis.md §4). The workable rate
+# grows as the number of adapted steps falls (at 10 steps 1e-3 is the better one); `--lr` overrides.
+LR_TUNED = {"csmri": 1e-4}  # task -> learning rate of every adapted method
+# ADMM-TV (no prior): λ and ρ per task, tuned on the development volumes (see benchmarks/).
+ADMM_TV = {"sv-ct": {"lam": 0.02, "rho": 1.0}, "mri3d": {"lam": 2e-3, "rho": 0.05},
+           "csmri": {"lam": 2e-3, "rho": 0.05}}
+
+
+def mbir_ct_parameters(n_views: int, *, rho: float = 0.5, lam: float = 0.01) -> dict[str, float]:
+    """The authors' CT ADMM parameters rescaled for an exact adjoint.
+
+    Their normal matrix is ``s·AᵀA`` with ``s = π / (2·n_views)``; dividing their objective by ``s`` gives the same
+    minimiser with ``ρ/s`` and ``λ/s`` for the exact ``AᵀA``.
+    """
+    s = math.pi / (2 * n_views)
+    return {"rho": rho / s, "lam": lam / s}
+
+
+def mbir_parameters(cfg: TaskConfig) -> dict[str, float]:
+    """ADMM ρ, λ of DiffusionMBIR per task.
+
+    CT: the paper's ρ = 0.5, λ = 0.01 rescaled to our exact adjoint (see :func:`mbir_ct_parameters`). 3D MRI: the
+    paper's ρ = 1e-3, λ = 1e-5 diverge with Eq. 7's noise mixing (with ρ that small the x-update's CG takes steps of
+    order 1/ρ along the null space of the undersampled FFT) and tie ours with the authors' mixing; ρ = 0.1, λ = 1e-3
+    hold under both, within 0.03 dB of the best of a 4×3 grid (docs/known-limits.md). ``tv_rho`` / ``tv_lam``
+    override both (:func:`tv_parameters`).
+    """
+    return mbir_ct_parameters(cfg.views) if cfg.task == "sv-ct" else {"rho": 0.1, "lam": 1e-3}
+
+
+def tv_parameters(cfg, task: TaskConfig) -> dict[str, float]:
+    """λ and ρ of a TV method: ``cfg.tv_lam`` / ``cfg.tv_rho`` where given, else the task's (ADMM_TV,
+    mbir_parameters)."""
+    tuned = ADMM_TV[task.task] if cfg.method == "admm-tv" else mbir_parameters(task)
+    return {"lam": cfg.tv_lam or tuned["lam"], "rho": cfg.tv_rho or tuned["rho"]}
+
+
+def adaptation_settings(cfg, task: TaskConfig, n_slices: int) -> tuple[int, int, float]:
+    """(K, L, learning rate) of an adapted method: Table 5's, the task's tuned rate, the config's overrides; K at
+    most the volume's slices (they are drawn from them)."""
+    k, n_iters, lr = method_spec(cfg.method).table5[task.task]
+    lr = LR_TUNED.get(task.task, lr)
+    return min(cfg.k or k, n_slices), cfg.n_iters or n_iters, cfg.lr or lr
+
+
+# -- steps -----------------------------------------------------------------------------------------------------------
+def _sampler_settings(cfg) -> dict:
+    """The DDIM-loop settings every CG sampler takes from a config (None: the step's own default)."""
+    out = {"noise_mix": cfg.noise_mix}
+    if cfg.n_steps is not None:
+        out["n_steps"] = cfg.n_steps
+    if cfg.dc_variant is not None:
+        out["variant"] = cfg.dc_variant
+    if cfg.cg_iters is not None:
+        out["cg_iters"] = cfg.cg_iters
+    return out
+
+
+def dds_step(cfg, task: TaskConfig) -> DDS:
+    return DDS(**_sampler_settings(cfg))
+
+
+def ddnm_step(cfg, task: TaskConfig) -> DDNM:
+    return DDNM(**_sampler_settings(cfg))
+
+
+def mbir_step(cfg, task: TaskConfig) -> DiffusionMBIR:
+    return DiffusionMBIR(**tv_parameters(cfg, task), **_sampler_settings(cfg))
+
+
+def dps_step(cfg, task: TaskConfig) -> DPS:
+    return DPS(**({"n_steps": cfg.n_steps} if cfg.n_steps else {}))
+
+
+# Paper Table 5: (K slices, L optimiser steps, learning rate) per task and method.
+TABLE5 = {
+    "sv-ct": {"scd": (1, 10, 1e-3), "ddip": (1, 10, 1e-3), "d3ip": (6, 10, 1e-3), "d3ip-mbir": (6, 10, 1e-3),
+              "d3ip-meta": (6, 10, 1e-3)},
+    "mri3d": {"scd": (1, 10, 1e-5), "ddip": (1, 10, 1e-5), "d3ip": (6, 10, 1e-4), "d3ip-mbir": (6, 5, 1e-5),
+              "d3ip-meta": (6, 10, 1e-5)},
+    "csmri": {"scd": (1, 5, 1e-3), "ddip": (1, 5, 1e-3), "d3ip": (3, 5, 1e-3), "d3ip-mbir": (3, 5, 1e-3),
+              "d3ip-meta": (3, 5, 1e-3)},
+}
+
+
+def _table5(name: str) -> dict[str, tuple[int, int, float]]:
+    return {task: rows[name] for task, rows in TABLE5.items()}
+
+
+register(MethodSpec("admm-tv", "ADMM with 3D total variation, no prior (the classical baseline)", None, "none",
+                    tv=True))
+register(MethodSpec("ddnm", "DDNM: null-space data consistency by CG", ddnm_step, "ddnm", distributed=True))
+register(MethodSpec("dps", "DPS: a gradient step through the network, 1000 steps, per slice", dps_step, "dps"))
+register(MethodSpec("dds", "DDS: proximal CG data consistency per DDIM step", dds_step, "dds", distributed=True))
+register(MethodSpec("mbir", "DiffusionMBIR: DDS with ADMM-TV across slices", mbir_step, "mbir", tv=True,
+                    distributed=True))
+register(MethodSpec("scd", "SCD: per-slice LoRA adaptation at every step, 1 CG step in the loss, from noise",
+                    dds_step, "dds", adapt=scd, table5=_table5("scd"), takes_init=False))
+register(MethodSpec("ddip", "DDIP (Alg. 1): per-slice LoRA adaptation", dds_step, "dds", adapt=ddip_slicewise,
+                    table5=_table5("ddip")))
+register(MethodSpec("d3ip", "D3IP (Alg. 2): one LoRA state for the volume, K random slices per step", dds_step,
+                    "dds", adapt=d3ip, table5=_table5("d3ip"), distributed=True, replayable=True))
+register(MethodSpec("d3ip-mbir", "D3IP with DiffusionMBIR's ADMM-TV and K neighbouring slices (Eq. 15)", mbir_step,
+                    "mbir", adapt=d3ip_mbir, table5=_table5("d3ip-mbir"), tv=True, distributed=True,
+                    replayable=True))
+register(MethodSpec("d3ip-meta", "D3IP meta (App. B): Reptile over the volume, then per-slice DDIP", dds_step, "dds",
+                    adapt=d3ip_meta, table5=_table5("d3ip-meta")))
+
+__all__ = ["ADMM_TV", "LR_TUNED", "MethodSpec", "REGISTRY", "TABLE5", "adaptation_settings", "mbir_ct_parameters",
+           "mbir_parameters", "method_spec", "names", "register", "tv_parameters"]

@@ -1,0 +1,53 @@
+"""The method registry: every method has one spec, and a method added through it alone runs everywhere."""
+
+import json
+
+import pytest
+import torch
+
+from ddip.cli import main
+from ddip.errors import DdipError
+from ddip.methods import REGISTRY, MethodSpec, method_spec, names, register
+from ddip.reconstruct import ReconstructConfig, reconstruct
+from ddip.solvers import DDS
+from ddip.tasks import open_measurement
+
+
+@pytest.fixture
+def toy_method():
+    """A deterministic DDS (η = 0), registered for the test and removed after it."""
+    spec = register(MethodSpec("toy-ddim", "DDS with η = 0", lambda cfg, task: DDS(eta=0.0, n_steps=cfg.n_steps or 50),
+                               "dds"))
+    yield spec
+    del REGISTRY[spec.name]
+
+
+def test_a_method_added_through_the_registry_alone_runs_through_reconstruct_and_the_cli(toy_method, ct_measurement,
+                                                                                       tiny_prior, tmp_path):
+    from ddip.priors import load_prior
+
+    m, prior = open_measurement(ct_measurement), load_prior(tiny_prior)
+    x = reconstruct(m, ReconstructConfig(method="toy-ddim", n_steps=3), prior).volume
+    expected = reconstruct(m, ReconstructConfig(method="dds", n_steps=3), prior).volume
+    assert x.shape == expected.shape and not torch.equal(x, expected)  # its own step ran (η = 0, not 0.85)
+    out = tmp_path / "r"
+    assert main(["reconstruct", str(ct_measurement), "--method", "toy-ddim", "--prior", tiny_prior, "--steps", "3",
+                 "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["method"] == "toy-ddim"
+    with pytest.raises(DdipError, match="set the adaptation"):
+        ReconstructConfig(method="toy-ddim", k=2)  # a plain sampler: the adaptation options are refused
+    with pytest.raises(DdipError, match="already registered"):
+        register(toy_method)
+
+
+def test_every_method_has_one_consistent_spec():
+    assert names() == ("admm-tv", "ddnm", "dps", "dds", "mbir", "scd", "ddip", "d3ip", "d3ip-mbir", "d3ip-meta")
+    for name in names():
+        spec = method_spec(name)
+        assert spec.name == name and spec.summary
+        assert spec.adapted == (spec.table5 is not None)  # an adapted method has its Table 5 row for every task
+        assert not spec.replayable or spec.adapted
+        assert spec.tv == (spec.dc == "mbir" or spec.step is None)
+    assert names(lambda s: s.replayable) == ("d3ip", "d3ip-mbir")
+    with pytest.raises(DdipError, match="unknown method 'nope'; choose one of admm-tv"):
+        method_spec("nope")
