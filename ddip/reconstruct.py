@@ -261,7 +261,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
         else:
             k, n_iters, lr = adaptation_settings(cfg, m.config, y.shape[0])
             acfg = AdaptConfig(lr=lr, n_iters=n_iters, k=k, zeta=cfg.zeta, loss_cg_iters=cfg.loss_cg_iters,
-                               chunk=adaptation_chunk(cfg.max_batch, k, world))
+                               chunk=adaptation_chunk(cfg.max_batch, cfg.k or spec.table5[m.config.task][0], world))
             prior = copy.deepcopy(prior)  # the caller's prior stays free of LoRA layers
             lora_layers = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
                                       generator=torch.Generator().manual_seed(cfg.seed + 1))
