@@ -33,7 +33,7 @@ from ddip.checkpoint import CHECKPOINT_EVERY, Checkpointer
 from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
 from ddip.data.fastmri import parse_slices
 from ddip.data.fixtures import FIXTURES, load_fixture
-from ddip.data.volumes import output_affine, parse_slab, to_source_units
+from ddip.data.volumes import output_affine, parse_slab, spread_to_source_units, to_source_units
 from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError, first_line
 from ddip.evaluation import GATE_IMAGES, GATE_MARGIN_DB, gate_curve
@@ -220,6 +220,7 @@ def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *,
     record = record or {}
     spacing = record.get("pixel_spacing_mm") or {}
     to_units = (lambda v: to_source_units(v, record)) if units == "source" else (lambda v: (v, "window"))
+    spread_units = (lambda v: spread_to_source_units(v, record)) if units == "source" else (lambda v: (v, "window"))
     geometry = dict(affine=output_affine(record),
                     spacing=(spacing.get("cols", 1.0), spacing.get("rows", 1.0),
                              (record.get("spacing_mm") or [1.0] * 3)[record.get("slice_axis", 2)]))
@@ -228,8 +229,7 @@ def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *,
     report = {**report, "nifti_units": unit}
     maps = {}
     if std is not None:
-        # units are an affine map a·v + b of the window's: a spread maps by a alone
-        spread = to_units(std)[0] - to_units(torch.zeros_like(std))[0]
+        spread = spread_units(std)[0]
         write_nifti(out / "std.nii.gz", spread, units=unit, **geometry)
         maps[f"std of the samples ({unit})"] = spread
     # the views show what the NIfTI holds, in its units; the metrics compare in the prior's [0, 1] window
@@ -357,8 +357,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     truth, unit = to_source_units(m.ground_truth, record)
     d3ip_std = results["d3ip"][0].std
     maps = {} if d3ip_std is None else {
-        f"D3IP: std of {args.samples} samples ({unit})": to_source_units(d3ip_std, record)[0] - to_source_units(
-            torch.zeros_like(d3ip_std), record)[0]}
+        f"D3IP: std of {args.samples} samples ({unit})": spread_to_source_units(d3ip_std, record)[0]}
     write_png_views(out / "comparison.png", {"ground truth": truth,
                                              **{names[k]: to_source_units(results[k][0].volume, record)[0]
                                                 for k in names}},

@@ -86,13 +86,16 @@ def test_two_process_d3ip_gives_the_single_process_volume(tmp_path):
     assert once and all(torch.equal(one[k], two[k]) for k in once)
     # Whole runs: the CG inner products are summed per rank then over ranks, and the network sees other batches,
     # so rounding differs (~1e-7 relative per step); 20 CG steps per solve, Adam's normalised steps and 6 sampling
-    # steps amplify it (the untrained network's volume reaches ~80). The volumes agree to 5e-5 of their range
-    # (measured: DDS 6.7e-6, D3IP 1.1e-5, D3IP-mbir 7.6e-7), far below any difference a method change makes.
+    # steps amplify it (the untrained network's volume reaches ~80), by an amount that depends on the CPU's kernels
+    # (D3IP measured 1.1e-5 of the range on one machine, 2.1e-4 on an AMD EPYC). The bound, 1e-3 of the range, is
+    # still far below what a method change makes (D3IP against DDS: 9e-2), which the last line checks.
     for name in ("dds", "d3ip", "d3ip_mbir"):
         scale = one[name].abs().max()
-        assert (one[name] - two[name]).abs().max() <= 5e-5 * scale, name
+        assert (one[name] - two[name]).abs().max() <= 1e-3 * scale, name
+    assert (one["d3ip"] - one["dds"]).abs().max() >= 20 * 1e-3 * one["d3ip"].abs().max()
 
 
+@pytest.mark.slow  # 60 s on 2 cores; the sharded D3IP itself is checked above
 @pytest.mark.skipif(not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun not installed")
 def test_torchrun_reconstruct_writes_the_single_process_result_once(tmp_path, ct_measurement, tiny_prior):
     import nibabel as nib

@@ -54,8 +54,13 @@ def _progress(path):
 
 
 
-@pytest.mark.parametrize("method,extra", [("d3ip", ["--k", "2", "--iters", "2"]), ("ddip", ["--iters", "1"]),
-                                          ("mbir", [])])
+# Each variant costs 35-55 s on 2 cores: the default suite keeps one per kind of resume state (D3IP's is also
+# resumed after a signal below, DDIP's per-slice state here and after SIGINT under -m slow).
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("method,extra", [pytest.param("d3ip", ["--k", "2", "--iters", "2"], marks=SLOW),
+                                          ("ddip", ["--iters", "1"]), ("mbir", [])])
 def test_sigkill_then_resume_gives_the_same_volume(method, extra, ct_measurement, tiny_prior, tmp_path):
     common = ["reconstruct", str(ct_measurement), "--method", method, "--prior", tiny_prior, "--steps", STEPS,
               "--quiet", "--checkpoint-every", "1", *extra]
@@ -112,7 +117,7 @@ def test_truncated_checkpoint_is_reported(ct_measurement, tiny_prior, tmp_path, 
 
 
 @pytest.mark.parametrize("method,extra,sig", [("d3ip", ["--k", "2", "--iters", "2"], signal.SIGTERM),
-                                              ("ddip", ["--iters", "1"], signal.SIGINT)])
+                                              pytest.param("ddip", ["--iters", "1"], signal.SIGINT, marks=SLOW)])
 def test_a_signal_checkpoints_at_the_next_step_and_resume_gives_the_same_volume(method, extra, sig, ct_measurement,
                                                                                 tiny_prior, tmp_path):
     """A real SIGTERM / SIGINT on the CLI: regular checkpoints are off (every 1000 steps), so the checkpoint that

@@ -103,7 +103,7 @@ def test_the_cli_writes_the_mean_and_the_std_in_the_inputs_space_and_units(ct_me
 
 def test_a_stopped_multi_sample_run_resumes_to_the_same_mean_and_std(ct_measurement, tiny_prior, tmp_path):
     common = ["-m", "ddip", "reconstruct", str(ct_measurement), "--method", "d3ip", "--prior", tiny_prior, "--steps",
-              "16", "--k", "2", "--iters", "1", "--samples", "3", "--quiet", "--checkpoint-every", "1"]
+              "8", "--k", "2", "--iters", "1", "--samples", "2", "--quiet", "--checkpoint-every", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
     subprocess.run([sys.executable, *common, "--out", str(straight)], env=env, check=True)

@@ -313,5 +313,12 @@ def to_source_units(volume: Tensor, record: dict) -> tuple[Tensor, str]:
     return volume, "window"
 
 
+def spread_to_source_units(spread: Tensor, record: dict) -> tuple[Tensor, str]:
+    """A spread (a standard deviation, an error) of slices in [0, 1] in the source's units: the units are an affine
+    map ``a·v + b`` of the window's, so a spread maps by ``a`` alone."""
+    values, unit = to_source_units(spread, record)
+    return values - to_source_units(torch.zeros_like(spread), record)[0], unit
+
+
 __all__ = ["CT_WINDOW_HU", "PreparedVolume", "RawVolume", "output_affine", "prepare_volume", "read_volume",
-           "to_source_units"]
+           "spread_to_source_units", "to_source_units"]

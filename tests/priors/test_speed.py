@@ -82,6 +82,7 @@ def test_lora_on_cast_weights_trains_float32_parameters_with_the_autocast_gradie
     assert _rel(grads["bfloat16-weights"], grads["bfloat16"]) < 0.1
 
 
+@pytest.mark.slow  # compilation takes 36 s on 2 cores; --compile is a GPU option
 def test_compiled_network_equals_eager_and_copies_compile_their_own():
     # the smallest network (one level, no attention): compilation time grows with the graph
     prior = DiffusionPrior(build_unet(UNetConfig(image_size=8, model_channels=32, channel_mult=(1,),
@@ -116,6 +117,7 @@ def test_training_with_channels_last_and_device_streams(tmp_path):
         TrainConfig(out=str(tmp_path / "x"), rng="gpu")
 
 
+@pytest.mark.slow  # 67 s on 2 cores (bf16 without native support); run it before spending a lent GPU
 def test_gpu_benchmark_runs_at_tiny_size(tmp_path):
     """benchmarks/gpu.py end to end on the CPU at toy sizes: every section reports (the code path, not speed)."""
     out = tmp_path / "gpu"
