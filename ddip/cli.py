@@ -282,6 +282,7 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
     config = {"command": "reconstruct", "measurement": str(args.measurement), "prior": args.prior,
               "device": args.device, **asdict(cfg), "task": asdict(m.config), "volume_record": m.record}
     config["world_size"] = distributed.world()[1]
+    config["options"] = replay_options(args)
     with StopRequest() as stop:  # SIGTERM / SIGINT: checkpoint after the current step, then stop
         ckpt = Checkpointer(out / "checkpoint.pt", config, every=args.checkpoint_every, stop=stop)
         if rank == 0 and not args.resume:
@@ -769,15 +770,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options that say where and how verbosely a run goes, not what it computes: a replayed run chooses its own.
+NOT_REPLAYED = frozenset({"out", "overwrite", "resume", "config", "quiet", "log_level", "threads", "command", "func",
+                          "measurement"})
+
+
+def replay_options(args: argparse.Namespace) -> dict:
+    """The options a run used, under their flags' names (prior and device as resolved), for its config.json:
+    ``ddip COMMAND INPUT --config RUN/config.json --out NEW`` runs it again."""
+    return {k.replace("_", "-"): v for k, v in sorted(vars(args).items()) if k not in NOT_REPLAYED}
+
+
 def config_arguments(subparser: argparse.ArgumentParser, path: str) -> list[str]:
     """A ``--config`` JSON file as command-line tokens, so its values go through the same types and choices.
 
     Keys are option names (``max_batch`` or ``max-batch``); a list becomes the comma-separated form the flag takes;
-    a boolean switches a flag on or leaves it off; null leaves the option at its default.
+    a boolean switches a flag on or leaves it off; null leaves the option at its default. A run's own config.json
+    (it names its ``command`` and holds ``options``) gives that run's options.
     """
     actions = {a.dest: a for a in subparser._actions if a.option_strings}
+    command = subparser.prog.split()[-1]
+    values = _load_config_file(path)
+    if isinstance(values.get("options"), dict) and "command" in values:
+        if values["command"] != command:
+            raise DdipError(f"{path}: the options of a 'ddip {values['command']}' run, not of 'ddip {command}'")
+        values = values["options"]
     tokens: list[str] = []
-    for key, value in _load_config_file(path).items():
+    for key, value in values.items():
         action = actions.get(str(key).replace("-", "_"))
         if action is None or action.dest in ("config", "help"):
             raise DdipError(f"{path}: unknown option {key!r} for 'ddip {subparser.prog.split()[-1]}'")

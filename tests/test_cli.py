@@ -395,3 +395,39 @@ def test_the_nifti_says_mm_and_its_units_and_a_volume_given_to_reconstruct_is_se
     assert main(["reconstruct", str(out / "reconstruction.nii.gz"), "--method", "admm-tv", "--out",
                  str(tmp_path / "r2")]) == 2
     assert "simulate its measurements first" in capsys.readouterr().err
+
+
+def test_a_runs_config_json_replays_it_and_every_option_survives_the_round_trip(ct_measurement, tiny_prior, tmp_path,
+                                                                                 capsys):
+    from ddip.cli import NOT_REPLAYED, build_parser, config_arguments, replay_options
+
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["reconstruct", str(ct_measurement), "--method", "dds", "--prior", tiny_prior, "--steps", "3",
+                 "--seed", "4", "--cg-iters", "3", "--quiet", "--out", str(first)]) == 0
+    recorded = json.loads((first / "config.json").read_text())
+    assert recorded["options"]["cg-iters"] == 3 and recorded["options"]["prior"] == tiny_prior
+    assert main(["reconstruct", str(ct_measurement), "--config", str(first / "config.json"), "--quiet",
+                 "--out", str(again)]) == 0
+    assert np.array_equal(nib.load(first / "reconstruction.nii.gz").get_fdata(),
+                          nib.load(again / "reconstruction.nii.gz").get_fdata())
+    assert json.loads((again / "config.json").read_text())["options"] == recorded["options"]
+    # every reconstruct option, away from its default, comes back as parsed
+    parser = build_parser().subcommands["reconstruct"]
+    argv = ["m.safetensors", "--out", "o", "--method", "d3ip-mbir", "--prior", "p.safetensors", "--device", "cpu",
+            "--steps", "7", "--seed", "3", "--samples", "2", "--max-batch", "5", "--init", "noise", "--noise-mix",
+            "ddim", "--k", "2", "--iters", "3", "--lr", "2e-3", "--zeta", "0", "--dc-variant", "normal",
+            "--cg-iters", "4", "--tv-lambda", "0.02", "--tv-rho", "0.4", "--precision", "bfloat16",
+            "--channels-last", "--compile", "--resize", "--normalise", "off", "--units", "window",
+            "--display-window", "full", "--checkpoint-every", "9"]
+    args = parser.parse_args(argv)
+    replayable = {a.dest for a in parser._actions if a.option_strings} - NOT_REPLAYED - {"help"}
+    assert set(replay_options(args)) == {d.replace("_", "-") for d in replayable}
+    changed = {d for d in replayable if getattr(args, d) != parser.get_default(d)}
+    assert changed == replayable  # the argv above moves every replayable option off its default
+    (tmp_path / "run.json").write_text(json.dumps({"command": "reconstruct", "options": replay_options(args)}))
+    replayed = parser.parse_args(["m.safetensors", "--out", "o", *config_arguments(parser, str(tmp_path / "run.json"))])
+    assert {d: getattr(replayed, d) for d in replayable} == {d: getattr(args, d) for d in replayable}
+    # another command's run is refused by name
+    (tmp_path / "demo.json").write_text(json.dumps({"command": "demo", "options": {}}))
+    assert main(["reconstruct", str(ct_measurement), "--config", str(tmp_path / "demo.json"), "--out", "x"]) == 2
+    assert "the options of a 'ddip demo' run" in capsys.readouterr().err
