@@ -767,7 +767,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --data FOLDER: CT slices through the Hounsfield window, MRI divided by each volume's "
                         "maximum, as reconstruction prepares them")
     p.set_defaults(func=cmd_train)
+    for command in parser.subcommands.values():
+        _state_defaults(command)
     return parser
+
+
+def _state_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help ends with its default (taken from the parser, which takes it from the config classes),
+    unless the help already says what the default is."""
+    for action in parser._actions:
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or action.dest == "help"):
+            continue
+        if action.help is None:
+            action.help = "default: %(default)s"
+        elif "default" not in action.help:
+            action.help += " (default: %(default)s)"
 
 
 # Options that say where and how verbosely a run goes, not what it computes: a replayed run chooses its own.

@@ -431,3 +431,18 @@ def test_a_runs_config_json_replays_it_and_every_option_survives_the_round_trip(
     (tmp_path / "demo.json").write_text(json.dumps({"command": "demo", "options": {}}))
     assert main(["reconstruct", str(ct_measurement), "--config", str(tmp_path / "demo.json"), "--out", "x"]) == 2
     assert "the options of a 'ddip demo' run" in capsys.readouterr().err
+
+
+def test_every_options_help_states_its_default_from_the_config_classes(capsys):
+    from ddip.cli import build_parser
+    from ddip.priors.train import TrainConfig
+
+    for name, command in build_parser().subcommands.items():
+        for action in command._actions:
+            if action.option_strings and action.default is not None and action.default is not False \
+                    and action.dest != "help":
+                assert "default" in (action.help or ""), (name, action.dest)
+    with pytest.raises(SystemExit):
+        main(["train-prior", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"--batch BATCH default: {TrainConfig.batch_size}" in text and f"default: {TrainConfig.lr}" in text
