@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=3, help="D3IP's K (the demo's)")
     parser.add_argument("--iters", type=int, default=7, help="D3IP's L (the demo's)")
+    parser.add_argument("--range-guard", choices=("on", "off"), default="on")
     parser.add_argument("--prior", default="ellipses-64")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS / "mismatch.json"))
@@ -90,13 +91,15 @@ def main() -> None:
                                                    generator=torch.Generator().manual_seed(args.seed)))
         for method in args.methods.split(","):
             t0 = time.perf_counter()
-            adapt = {"k": args.k, "n_iters": args.iters} if method == "d3ip" else {}
+            adapt = {"k": args.k, "n_iters": args.iters, "range_guard": args.range_guard == "on"} \
+                if method == "d3ip" else {}
             res = reconstruct(m, ReconstructConfig(method=method, seed=args.seed, **adapt),
                               None if method == "admm-tv" else prior)
             v = res.volume
             rows.append({"variant": variant, "method": method, "psnr": float(psnr(v, m.ground_truth).mean()),
                          "min": float(v.min()), "max": float(v.max()),
                          "plausible": res.report["value_range"]["plausible"],
+                         "rollbacks": len(res.report.get("adapt_rollbacks", [])),
                          "wall_time_s": round(time.perf_counter() - t0, 1)})
             print(json.dumps(rows[-1]), flush=True)
     Path(args.out).write_text(json.dumps({"date": str(date.today()), "command": "python benchmarks/mismatch.py "

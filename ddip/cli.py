@@ -319,8 +319,8 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, samples=args.samples,
                              max_batch=args.max_batch,
                              init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
-                             zeta=args.zeta, dc_variant=args.dc_variant, cg_iters=args.cg_iters,
-                             tv_lam=args.tv_lambda, tv_rho=args.tv_rho, precision=args.precision,
+                             zeta=args.zeta, range_guard=args.range_guard == "on", dc_variant=args.dc_variant,
+                             cg_iters=args.cg_iters, tv_lam=args.tv_lambda, tv_rho=args.tv_rho, precision=args.precision,
                              channels_last=args.channels_last, compile=args.compile, resize=args.resize,
                              normalise=args.normalise)
 
@@ -612,6 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "steps: with 10 steps 1e-3 is better)")
     p.add_argument("--zeta", type=_optional_int, default=r.zeta,
                    help="adapt only for t in [zeta, T' - zeta] (paper: 40); 'none' adapts at every step")
+    p.add_argument("--range-guard", choices=("on", "off"), default="on" if r.range_guard else "off",
+                   help="adapted methods: undo an adaptation step whose data-consistent estimate leaves the prior's "
+                        "range (data the operator does not describe exactly make adaptation run away; not in the "
+                        "paper)")
     p.add_argument("--dc-variant", choices=DC_VARIANTS,
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")

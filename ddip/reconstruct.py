@@ -25,7 +25,7 @@ from ddip.methods import adaptation_settings, method_spec, names, tv_parameters
 from ddip.physics import Resampled
 from ddip.physics.base import pseudo_inverse
 from ddip.physics.sharding import Shard, split
-from ddip.priors.prior import NetworkSpeed
+from ddip.priors.prior import PLAUSIBLE, NetworkSpeed
 from ddip.solvers import admm_tv_reconstruct
 from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES, DataConsistencyStep
 from ddip.solvers.dds import DC_VARIANTS
@@ -82,6 +82,7 @@ class ReconstructConfig:
     lora_rank: int = LoRAConfig.rank
     train_biases: bool = LoRAConfig.train_biases
     zeta: int | None = AdaptConfig.zeta  # adaptation window [ζ, T' − ζ]; None adapts at every step
+    range_guard: bool = AdaptConfig.range_guard  # undo adaptation steps that take the estimate out of range
     loss_cg_iters: int | None = None
     dc_variant: str | None = None  # CG data consistency: None = the method's own (DDS proximal, DDNM normal)
     cg_iters: int | None = None  # CG steps per data-consistency solve; None: the method's own (DDS 20, DDNM 30, MBIR 5)
@@ -121,7 +122,8 @@ class ReconstructConfig:
                                 f"{self.method}")
         given = [name for name, default in (("k", None), ("n_iters", None), ("lr", None), ("zeta", AdaptConfig.zeta),
                                             ("loss_cg_iters", None), ("lora_rank", LoRAConfig.rank),
-                                            ("train_biases", LoRAConfig.train_biases))
+                                            ("train_biases", LoRAConfig.train_biases),
+                                            ("range_guard", AdaptConfig.range_guard))
                  if getattr(self, name) != default]
         if given and not spec.adapted:
             raise DdipError(f"{', '.join(given)} set the adaptation, which {self.method} does not do; they apply to "
@@ -261,6 +263,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
         else:
             k, n_iters, lr = adaptation_settings(cfg, m.config, y.shape[0])
             acfg = AdaptConfig(lr=lr, n_iters=n_iters, k=k, zeta=cfg.zeta, loss_cg_iters=cfg.loss_cg_iters,
+                               range_guard=cfg.range_guard,
                                chunk=adaptation_chunk(cfg.max_batch, cfg.k or spec.table5[m.config.task][0], world))
             prior = copy.deepcopy(prior)  # the caller's prior stays free of LoRA layers
             lora_layers = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
@@ -287,7 +290,8 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
                            "adapted_parameters": count_parameters(prior.net)["trainable"],
                            "adapt": dataclasses.asdict(acfg),
                            "loss_first": rep.losses[0][1] if rep.losses else None,
-                           "loss_last": rep.losses[-1][1] if rep.losses else None})
+                           "loss_last": rep.losses[-1][1] if rep.losses else None,
+                           "adapt_rollbacks": [{"step": i, "t": t, "why": why} for i, t, why in rep.rollbacks]})
         if shard is not None:
             report["communication_bytes"] = dict(shard.traffic)  # what this rank sent into collectives, by kind
         if hasattr(physics, "to_data_grid"):
@@ -301,12 +305,6 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
         raise DdipError(f"{cfg.method} produced NaN or Inf values")
     report["time_breakdown_s"] = timings.as_dict(total=wall)
     return Result(x.detach().cpu(), wall, mem.mb, report, trajectory=trajectory)
-
-
-# The priors' images lie in [0, 1] (magnitudes for complex data); a result beyond this range has left what the prior
-# knows, e.g. an adaptation that fitted a measurement the operator does not describe exactly (detector centre,
-# geometry, units) through the network.
-PLAUSIBLE = (-0.5, 1.5)
 
 
 def plausible_range(x: Tensor, method: str) -> dict:

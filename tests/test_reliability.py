@@ -47,6 +47,62 @@ def test_non_finite_adaptation_loss_rolls_back_and_halves_the_learning_rate(monk
     assert len(adapter.losses) == 2
 
 
+def test_an_estimate_leaving_the_range_undoes_the_step_that_led_there_and_halves_lr_for_the_run(monkeypatch,
+                                                                                                 caplog):
+    """The range guard: the data-consistent estimate is in range on the first two optimiser steps and leaves it on
+    the third, so the second step is undone, this timestep stops, and the next one starts at half the rate."""
+    real_fit = adapter_module.adaptation_loss
+    calls = {"n": 0}
+
+    def drifting(step, x0, y, physics, extent=None):
+        calls["n"] += 1
+        loss = real_fit(step, x0, y, physics)
+        extent.append((0.0, 0.9) if calls["n"] in (1, 2) else (-0.1, 3.0))  # in range, in range, out
+        return loss
+
+    def run(guard: bool):
+        calls["n"] = 0
+        prior = DiffusionPrior(build_unet(TINY, seed=0))
+        inject_lora(prior.net, generator=torch.Generator().manual_seed(0))
+        op = sparse_view_ct(16, 4)
+        y = op.A(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)))
+        adapter = VolumeAdapter(prior, DDS(), y, op, AdaptConfig(n_iters=4, k=2, lr=1e-3, zeta=None,
+                                                                 range_guard=guard))
+        states = []
+        real_step = torch.optim.AdamW.step
+
+        def spy(opt, *a, **k):
+            states.append(snapshot(prior.net))  # the state each optimiser step starts from
+            return real_step(opt, *a, **k)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+        x_t = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+        adapter(0, 500, x_t, {})
+        after_first = snapshot(prior.net)
+        adapter(1, 480, x_t, {})
+        monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+        return adapter, states, after_first
+
+    monkeypatch.setattr(adapter_module, "adaptation_loss", drifting)
+    adapter, states, after_first = run(guard=True)
+    # steps 1 and 2 were taken; the third estimate (after step 2) was out: step 2 is undone
+    assert all(torch.equal(after_first[k], states[1][k]) for k in after_first)
+    assert [why for _, _, why in adapter.rollbacks] == ["its data-consistent estimate left the prior's range"] * 2
+    assert adapter.rollbacks[0][:2] == (0, 500) and adapter._lr_scale == 0.25
+    assert adapter._optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)  # halved at 500, again at 480
+    assert len(adapter.losses) == 2  # the out-of-range evaluations are not counted as adaptation steps
+    assert "left the prior's range" in caplog.text
+    # without the guard all four steps of each timestep are taken
+    adapter, states, _ = run(guard=False)
+    assert len(states) == 8 and not adapter.rollbacks and adapter._lr_scale == 1.0
+    # an estimate never in range (an untrained network) does not arm the guard
+    monkeypatch.setattr(adapter_module, "adaptation_loss",
+                        lambda step, x0, y, physics, extent=None: extent.append((-9.0, 9.0)) or real_fit(
+                            step, x0, y, physics))
+    adapter, states, _ = run(guard=True)
+    assert len(states) == 8 and not adapter.rollbacks
+
+
 def test_non_finite_sample_aborts_naming_the_step():
     class Broken(torch.nn.Module):
         def forward(self, x, t):

@@ -27,7 +27,7 @@ from ddip.errors import DdipError
 from ddip.io import atomic_path
 from ddip.physics.base import is_complex_image, physics_subset
 from ddip.physics.sharding import Shard
-from ddip.priors.prior import DiffusionPrior
+from ddip.priors.prior import PLAUSIBLE, DiffusionPrior
 from ddip.solvers.base import predict_eps, to_image
 from ddip.timing import section
 
@@ -51,6 +51,10 @@ class AdaptConfig:
     neighbours: bool = False  # K contiguous slices (D3IP mbir, Eq. 15)
     reptile: tuple[float, float] | None = None  # D3IP meta: α decays linearly from the first to the second value
     chunk: int = 6  # slices per forward/backward; K larger than this is reached by gradient accumulation
+    # Stop an adaptation that runs away (not in the paper): when the data-consistent estimate of the K slices, once
+    # in the prior's plausible range, leaves it, the last optimiser step is undone, the learning rate halved for the
+    # rest of the run, and this timestep adapts no further (benchmarks/results/mismatch.json measures why).
+    range_guard: bool = True
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or self.n_iters < 1 or self.k < 1 or self.chunk < 1:
@@ -80,18 +84,23 @@ def network_estimate(prior: DiffusionPrior, x_t: Tensor, t: int, y: Tensor, phys
     return to_image(prior.tweedie(x_t, t, eps), complex_image)
 
 
-def adaptation_loss(step, x0: Tensor, y: Tensor, physics) -> Tensor:
+def adaptation_loss(step, x0: Tensor, y: Tensor, physics, extent: list | None = None) -> Tensor:
     """ℒ = mean |y − A·DC(x̂₀)|² (Alg. 1 L5, Alg. 2 L6–7), DC being ``step``'s own data consistency.
 
-    Differentiable in ``x0`` through the data-consistency step (CG or ADMM unrolled).
+    Differentiable in ``x0`` through the data-consistency step (CG or ADMM unrolled). ``extent``, if given, receives
+    the (min, max) of DC(x̂₀) (magnitudes for complex images).
     """
     with section("data_consistency"):
         x0_dc, _ = step.data_consistency(x0, y, physics, {})
+        if extent is not None:
+            v = x0_dc.detach()
+            v = v.abs() if v.is_complex() else v
+            extent.append((float(v.min()), float(v.max())))
         return (physics.A(x0_dc) - y).abs().pow(2).mean()
 
 
 def adaptation_backward(prior: DiffusionPrior, step, x_t: Tensor, t: int, y: Tensor, physics,
-                        weight: float) -> float:
+                        weight: float, extent: list | None = None) -> float:
     """Backpropagate ``weight · ℒ(x̂₀(x_t; θ))`` into the LoRA parameters; returns the weighted loss.
 
     The chain rule is split at x̂₀ (through the data-consistency step first, then through the network), which gives
@@ -99,7 +108,7 @@ def adaptation_backward(prior: DiffusionPrior, step, x_t: Tensor, t: int, y: Ten
     """
     x0 = network_estimate(prior, x_t, t, y, physics)
     x0_leaf = x0.detach().requires_grad_(True)
-    loss = adaptation_loss(step, x0_leaf, y, physics) * weight
+    loss = adaptation_loss(step, x0_leaf, y, physics, extent=extent) * weight
     with section("data_consistency_backward"):
         loss.backward()
     with section("network_backward"):
@@ -134,8 +143,12 @@ class VolumeAdapter:
     timesteps: list[int] | None = None  # the sampling grid (default: the step's own); sets T' and the window
     n_total_adapted: int = field(init=False, default=0)  # adapted timesteps in the run (Reptile's α schedule)
     shard: Shard | None = None  # x_t is one block of a volume split across processes
+    rollbacks: list[tuple[int, int, str]] = field(default_factory=list)  # (step, t, why) of each undone update
     _optimizer: torch.optim.Optimizer | None = None
     _n_adapted: int = 0
+    _lr_scale: float = 1.0  # halved at each rollback, for the rest of the run
+    _before_last_step: dict[str, Tensor] | None = None  # the LoRA state the last optimiser step started from
+    _guard_armed: bool = False  # the range guard acts once an estimate has been in range (an untrained net never is)
 
     def __post_init__(self) -> None:
         if self.timesteps is None:
@@ -163,7 +176,8 @@ class VolumeAdapter:
         net = self.prior.net
         params = list(trainable_parameters(net).values())
         if self._optimizer is None or self.cfg.optimizer == "reset":
-            self._optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            self._optimizer = torch.optim.AdamW(params, lr=self.cfg.lr * self._lr_scale,
+                                                weight_decay=self.cfg.weight_decay)
         before = snapshot(net) if self.cfg.reptile is not None else None
         x_t = x_t.detach()
         n_total = x_t.shape[0] if self.shard is None else self.shard.n
@@ -177,7 +191,7 @@ class VolumeAdapter:
             self._optimizer.zero_grad(set_to_none=True)
             good = snapshot(net)
             x_k = x_t[index] if self.shard is None else self.shard.gather_rows(x_t, index)
-            total = 0.0
+            total, extent = 0.0, []
             for c, chunk in enumerate(index.split(self.cfg.chunk)):
                 self.passes += chunk.numel()
                 if self.shard is not None and c % self.shard.world != self.shard.rank:
@@ -186,13 +200,24 @@ class VolumeAdapter:
                 rows = slice(c * self.cfg.chunk, c * self.cfg.chunk + chunk.numel())
                 sub = chunk if not self.cfg.neighbours else slice(int(chunk[0]), int(chunk[-1]) + 1)
                 total += adaptation_backward(self.prior, self._dc_step, x_k[rows], t, self.y[sub],
-                                             physics_subset(self.physics, sub), weight)
+                                             physics_subset(self.physics, sub), weight, extent=extent)
+            outside = float(any(not (PLAUSIBLE[0] <= lo and hi <= PLAUSIBLE[1]) for lo, hi in extent))
             if self.shard is not None:
-                total = self._sum_over_ranks(params, total)
+                total, outside = self._sum_over_ranks(params, total, outside)
+            if self.cfg.range_guard and not outside:
+                self._guard_armed = True
+            elif self.cfg.range_guard and self._guard_armed:
+                # the estimate was in range and has left it: undo the step that led here, adapt no further now
+                if self._before_last_step is not None:
+                    restore(net, self._before_last_step)
+                self._before_last_step = None
+                self._roll_back(None, i, t, "its data-consistent estimate left the prior's range")
+                break
             if self._finite(total, params):
+                self._before_last_step = good
                 self._optimizer.step()
             if not self._finite(total, params, check_grads=False):
-                self._roll_back(good, i, t, total)
+                self._roll_back(good, i, t, "non-finite loss or gradient")
                 continue
             self.losses.append((t, total))
         net.eval()
@@ -202,16 +227,17 @@ class VolumeAdapter:
         if self.record_trajectory:
             self.trajectory[i] = snapshot(net)
 
-    def _sum_over_ranks(self, params: list, total: float) -> float:
-        """All-reduce the LoRA gradients (one flat vector) and the loss: every rank then steps identically."""
+    def _sum_over_ranks(self, params: list, total: float, outside: float) -> tuple[float, float]:
+        """All-reduce the LoRA gradients (one flat vector), the loss and the out-of-range flags: every rank then
+        steps (or rolls back) identically."""
         flat = torch.cat([torch.zeros_like(p).flatten() if p.grad is None else p.grad.flatten() for p in params]
-                         + [torch.tensor([total], dtype=params[0].dtype, device=params[0].device)])
+                         + [torch.tensor([total, outside], dtype=params[0].dtype, device=params[0].device)])
         flat = self.shard.sum(flat, kind="lora_gradient")
         offset = 0
         for p in params:
             p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
-        return float(flat[-1])
+        return float(flat[-2]), float(flat[-1])
 
     @staticmethod
     def _finite(loss: float, params: list, check_grads: bool = True) -> bool:
@@ -221,20 +247,24 @@ class VolumeAdapter:
         # one host-device synchronisation for all tensors (not one per tensor: hundreds per step on a GPU)
         return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
-    def _roll_back(self, good: dict[str, Tensor], i: int, t: int, loss: float) -> None:
-        """Non-finite loss, gradient or weights: restore the last good LoRA state, halve the learning rate."""
-        restore(self.prior.net, good)
+    def _roll_back(self, good: dict[str, Tensor] | None, i: int, t: int, why: str) -> None:
+        """Restore the last good LoRA state (if given) and halve the learning rate for the rest of the run."""
+        if good is not None:
+            restore(self.prior.net, good)
+        self._lr_scale *= 0.5
         for group in self._optimizer.param_groups:
             group["lr"] *= 0.5
-        log.warning("adaptation at step %d (t = %d): non-finite loss or gradient; LoRA rolled back, lr halved to %g",
-                    i, t, self._optimizer.param_groups[0]["lr"])
+        self.rollbacks.append((i, t, why))
+        log.warning("adaptation at step %d (t = %d): %s; LoRA rolled back, lr halved to %g", i, t, why,
+                    self.cfg.lr * self._lr_scale)
 
     def state_dict(self) -> dict:
         """Everything needed to continue adapting bit-exactly (for resumable reconstructions)."""
         return {"lora": snapshot(self.prior.net),
                 "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
                 "generator": None if self.generator is None else self.generator.get_state(),
-                "passes": self.passes, "n_adapted": self._n_adapted,
+                "passes": self.passes, "n_adapted": self._n_adapted, "lr_scale": self._lr_scale,
+                "before_last_step": self._before_last_step, "guard_armed": self._guard_armed, "rollbacks": [list(r) for r in self.rollbacks],
                 "losses": torch.tensor([[float(t), v] for t, v in self.losses], dtype=torch.float64)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -246,6 +276,11 @@ class VolumeAdapter:
         if self.generator is not None and state["generator"] is not None:
             self.generator.set_state(state["generator"])
         self.passes, self._n_adapted = int(state["passes"]), int(state["n_adapted"])
+        # checkpoints written before the range guard carry none of its state
+        self._lr_scale = float(state.get("lr_scale", 1.0))
+        self._before_last_step = state.get("before_last_step")
+        self._guard_armed = bool(state.get("guard_armed", False))
+        self.rollbacks = [(int(i), int(t), str(why)) for i, t, why in state.get("rollbacks", [])]
         self.losses = [(int(t), float(v)) for t, v in state["losses"].tolist()]
 
     def reptile_alpha(self) -> float:

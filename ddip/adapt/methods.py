@@ -39,6 +39,7 @@ class AdaptReport:
     losses: list = field(default_factory=list)
     trajectory: dict = field(default_factory=dict)
     theta_vol: dict | None = None
+    rollbacks: list = field(default_factory=list)  # (step, t, why) of each adaptation update undone
 
 
 def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
@@ -61,7 +62,7 @@ def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Ada
     if shard is not None:
         x = shard.gather_volume(x)
     report = AdaptReport(method, passes_forward=len(adapter.timesteps) * y.shape[0], passes_adapt=adapter.passes,
-                         losses=adapter.losses, trajectory=adapter.trajectory)
+                         losses=adapter.losses, trajectory=adapter.trajectory, rollbacks=adapter.rollbacks)
     return x, report
 
 
@@ -107,6 +108,7 @@ def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptCo
         report.passes_forward += step.n_steps
         report.passes_adapt += adapter.passes
         report.losses.extend(adapter.losses)
+        report.rollbacks.extend(adapter.rollbacks)
         if record_trajectory:
             report.trajectory[i] = adapter.trajectory
     out = torch.cat(slices)
@@ -174,7 +176,8 @@ def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig 
                      checkpointer=None if checkpointer is None else checkpointer.sibling("stage2"))
     report = AdaptReport("d3ip-meta", passes_forward=stage1.passes_forward + stage2.passes_forward,
                          passes_adapt=stage1.passes_adapt + stage2.passes_adapt,
-                         losses=stage1.losses + stage2.losses, theta_vol=theta_vol)
+                         losses=stage1.losses + stage2.losses, theta_vol=theta_vol,
+                         rollbacks=stage1.rollbacks + stage2.rollbacks)
     return x, report
 
 

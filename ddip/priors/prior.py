@@ -19,6 +19,11 @@ from torch import Tensor, nn
 from ddip.errors import DdipError
 from ddip.priors.schedule import VPSchedule
 
+# The priors' images lie in [0, 1] (magnitudes for complex data); an estimate beyond this range has left what the
+# prior knows, e.g. an adaptation that fitted a measurement the operator does not describe exactly (detector centre,
+# geometry, units) through the network.
+PLAUSIBLE = (-0.5, 1.5)
+
 # The network's arithmetic: float32 as stored; "bfloat16" autocasts each call (weights re-cast every call, GroupNorm
 # and softmax kept in float32 by autocast); "bfloat16-weights" casts a copy of the weights once and runs the whole
 # network in bfloat16 (trained LoRA parameters stay float32, see ddip.adapt.lora).
