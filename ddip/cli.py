@@ -220,7 +220,6 @@ def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *,
     record = record or {}
     spacing = record.get("pixel_spacing_mm") or {}
     to_units = (lambda v: to_source_units(v, record)) if units == "source" else (lambda v: (v, "window"))
-    spread_units = (lambda v: spread_to_source_units(v, record)) if units == "source" else (lambda v: (v, "window"))
     geometry = dict(affine=output_affine(record),
                     spacing=(spacing.get("cols", 1.0), spacing.get("rows", 1.0),
                              (record.get("spacing_mm") or [1.0] * 3)[record.get("slice_axis", 2)]))
@@ -229,7 +228,7 @@ def write_result(out: Path, volume: torch.Tensor, truth: torch.Tensor | None, *,
     report = {**report, "nifti_units": unit}
     maps = {}
     if std is not None:
-        spread = spread_units(std)[0]
+        spread = spread_to_source_units(std, record)[0] if units == "source" else std
         write_nifti(out / "std.nii.gz", spread, units=unit, **geometry)
         maps[f"std of the samples ({unit})"] = spread
     # the views show what the NIfTI holds, in its units; the metrics compare in the prior's [0, 1] window
@@ -320,8 +319,8 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
                              max_batch=args.max_batch,
                              init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
                              zeta=args.zeta, range_guard=args.range_guard == "on", dc_variant=args.dc_variant,
-                             cg_iters=args.cg_iters, tv_lam=args.tv_lambda, tv_rho=args.tv_rho, precision=args.precision,
-                             channels_last=args.channels_last, compile=args.compile, resize=args.resize,
+                             cg_iters=args.cg_iters, tv_lam=args.tv_lambda, tv_rho=args.tv_rho,
+                             precision=args.precision, channels_last=args.channels_last, compile=args.compile, resize=args.resize,
                              normalise=args.normalise)
 
 

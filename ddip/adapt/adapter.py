@@ -191,7 +191,7 @@ class VolumeAdapter:
             self._optimizer.zero_grad(set_to_none=True)
             good = snapshot(net)
             x_k = x_t[index] if self.shard is None else self.shard.gather_rows(x_t, index)
-            total, extent = 0.0, []
+            total, extent = 0.0, ([] if self.cfg.range_guard else None)  # (min, max) of each chunk's estimate
             for c, chunk in enumerate(index.split(self.cfg.chunk)):
                 self.passes += chunk.numel()
                 if self.shard is not None and c % self.shard.world != self.shard.rank:
@@ -201,17 +201,15 @@ class VolumeAdapter:
                 sub = chunk if not self.cfg.neighbours else slice(int(chunk[0]), int(chunk[-1]) + 1)
                 total += adaptation_backward(self.prior, self._dc_step, x_k[rows], t, self.y[sub],
                                              physics_subset(self.physics, sub), weight, extent=extent)
-            outside = float(any(not (PLAUSIBLE[0] <= lo and hi <= PLAUSIBLE[1]) for lo, hi in extent))
+            outside = float(any(not (PLAUSIBLE[0] <= lo and hi <= PLAUSIBLE[1]) for lo, hi in extent or ()))
             if self.shard is not None:
                 total, outside = self._sum_over_ranks(params, total, outside)
             if self.cfg.range_guard and not outside:
                 self._guard_armed = True
             elif self.cfg.range_guard and self._guard_armed:
                 # the estimate was in range and has left it: undo the step that led here, adapt no further now
-                if self._before_last_step is not None:
-                    restore(net, self._before_last_step)
+                self._roll_back(self._before_last_step, i, t, "its data-consistent estimate left the prior's range")
                 self._before_last_step = None
-                self._roll_back(None, i, t, "its data-consistent estimate left the prior's range")
                 break
             if self._finite(total, params):
                 self._before_last_step = good
@@ -264,7 +262,8 @@ class VolumeAdapter:
                 "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
                 "generator": None if self.generator is None else self.generator.get_state(),
                 "passes": self.passes, "n_adapted": self._n_adapted, "lr_scale": self._lr_scale,
-                "before_last_step": self._before_last_step, "guard_armed": self._guard_armed, "rollbacks": [list(r) for r in self.rollbacks],
+                "before_last_step": self._before_last_step, "guard_armed": self._guard_armed,
+                "rollbacks": [list(r) for r in self.rollbacks],
                 "losses": torch.tensor([[float(t), v] for t, v in self.losses], dtype=torch.float64)}
 
     def load_state_dict(self, state: dict) -> None:
