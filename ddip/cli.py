@@ -33,7 +33,7 @@ from ddip.checkpoint import CHECKPOINT_EVERY, Checkpointer
 from ddip.data import DEV_VOLUMES, dev_volume_path, prepare_volume, read_volume
 from ddip.data.fastmri import parse_slices
 from ddip.data.fixtures import FIXTURES, load_fixture
-from ddip.data.volumes import output_affine, parse_slab, spread_to_source_units, to_source_units
+from ddip.data.volumes import MU_WATER_PER_MM, output_affine, parse_slab, spread_to_source_units, to_source_units
 from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError, first_line
 from ddip.evaluation import GATE_IMAGES, GATE_MARGIN_DB, gate_curve
@@ -430,8 +430,14 @@ def _sinogram(args: argparse.Namespace):
     if sino.ndim == 3 and args.slices:
         sino = sino[parse_slices(args.slices, sino.shape[0])]
     views = sino.shape[-2] if sino.ndim == 3 else 0
-    return sinogram_measurement(sino, parse_angles(args.angles, views), size=args.size,
-                                detector_spacing=args.detector_spacing, center=args.center,
+    spacing = args.detector_spacing
+    if args.detector_pitch_mm is not None:
+        if args.pixel_mm is None or spacing != TaskConfig.detector_spacing:
+            raise DdipError("--detector-pitch-mm needs --pixel-mm and replaces --detector-spacing (pitch / pixel)")
+        spacing = args.detector_pitch_mm / args.pixel_mm
+    return sinogram_measurement(sino, parse_angles(args.angles, views), size=args.size, detector_spacing=spacing,
+                                center=args.center, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm,
+                                mu_water_per_mm=args.mu_water,
                                 record={"source": str(path), "format": "sinogram", "angles": args.angles})
 
 
@@ -442,7 +448,9 @@ def cmd_import(args: argparse.Namespace) -> None:
     kind = "kspace" if Path(args.source).suffix.lower() in (".h5", ".hdf5") else "sinogram"
     misplaced = ([f for f, v in (("--size", args.size), ("--angles", args.angles),
                                  ("--detector-spacing", args.detector_spacing != 1.0),
-                                 ("--center", args.center is not None)) if v]
+                                 ("--center", args.center is not None), ("--pixel-mm", args.pixel_mm),
+                                 ("--slice-mm", args.slice_mm), ("--detector-pitch-mm", args.detector_pitch_mm),
+                                 ("--mu-water", args.mu_water != MU_WATER_PER_MM)) if v]
                  if kind == "kspace" else
                  [f for f, v in (("--acceleration", args.acceleration),) if v is not None])
     if misplaced:
@@ -457,7 +465,9 @@ def cmd_import(args: argparse.Namespace) -> None:
     what = (f"{c.n_coils} coil(s), {c.size} x {c.size}, acceleration {c.accel:.2f}, "
             f"{m.record['kspace']['acs_lines']} calibration lines" if kind == "kspace" else
             f"{c.views} views x {c.detector_bins} bins of {c.detector_spacing:g} px, rotation axis at bin "
-            f"{m.physics.center:g}, onto {c.size} x {c.size}")
+            f"{m.physics.center:g}, onto {c.size} x {c.size}"
+            + (f" pixels of {args.pixel_mm:g} mm (line integrals x {m.record['scaling']['line_integrals']['gain']:.4g}"
+               f" to the priors' scale, results in HU)" if args.pixel_mm is not None else ""))
     print(f"wrote {out}: {m.y.shape[0]} slices, {what}; reconstruct with: ddip reconstruct {out} --method d3ip "
           f"--resize --out OUT")
 
@@ -715,6 +725,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sinogram: the detector bin (fractional, counted from 0) the rotation axis projects onto "
                         "(default bins // 2, ddip's own convention; (bins - 1) / 2 for a detector centred "
                         "between bins, as mbirjax's; tomopy's 'center')")
+    p.add_argument("--pixel-mm", type=float,
+                   help="sinogram: the grid's pixel size in mm; the sinogram is then physical line integrals (1/mm x "
+                        "mm), taken to the priors' scale, and the result comes back in HU on voxels of this size "
+                        "(default: units left as they are, 1 mm voxels)")
+    p.add_argument("--slice-mm", type=float, help="sinogram: the slice spacing in mm (default: --pixel-mm)")
+    p.add_argument("--detector-pitch-mm", type=float,
+                   help="sinogram: the detector bin width in mm, with --pixel-mm (instead of --detector-spacing)")
+    p.add_argument("--mu-water", type=float, default=MU_WATER_PER_MM,
+                   help="sinogram: water's attenuation in 1/mm at the scan's energy, with --pixel-mm (default: "
+                        "%(default)s, about 70 keV)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_import)
 

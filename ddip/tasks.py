@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ddip.data.fastmri import RawKspace, acs_width, read_fastmri
 from ddip.data.simulation import simulate_multicoil
+from ddip.data.volumes import CT_WINDOW_HU, MU_WATER_PER_MM, line_integral_scaling
 from ddip.errors import DdipError, check_seed
 from ddip.io import atomic_path, read_safetensors
 from ddip.physics import (
@@ -304,11 +305,17 @@ def parse_angles(spec: str | os.PathLike | None, n_views: int) -> Tensor:
 
 
 def sinogram_measurement(sinogram: Tensor, angles_deg: Tensor, *, size: int, detector_spacing: float = 1.0,
-                         center: float | None = None, record: dict | None = None) -> Measurement:
+                         center: float | None = None, pixel_mm: float | None = None, slice_mm: float | None = None,
+                         mu_water_per_mm: float = MU_WATER_PER_MM, record: dict | None = None) -> Measurement:
     """An SV-CT measurement of a measured parallel-beam sinogram ``(slices, views, bins)`` (or ``(views, bins)``):
-    the rotation axis at bin ``center`` (fractional; default ``bins // 2``), ``detector_spacing`` pixels of the ``size`` × ``size`` reconstruction grid
-    wide. Line integrals in any units: ``reconstruct`` rescales data far from the prior's range and back
-    (docs/usage.md gives the conversion to the priors' window)."""
+    the rotation axis at bin ``center`` (fractional; default ``bins // 2``), ``detector_spacing`` pixels of the
+    ``size`` × ``size`` reconstruction grid wide.
+
+    Without ``pixel_mm`` the line integrals may be in any units: ``reconstruct`` rescales data far from the prior's
+    range and back. With ``pixel_mm`` (the grid's pixel size) they are physical, ``∫µ dl`` with µ in 1/mm and l in
+    mm: they are taken to the priors' window units (:func:`~ddip.data.volumes.line_integral_scaling`, recorded), so
+    the reconstruction comes back in HU on voxels of ``pixel_mm`` × ``pixel_mm`` × ``slice_mm`` (default
+    ``pixel_mm``)."""
     y = torch.as_tensor(sinogram)
     if y.ndim == 2:
         y = y.unsqueeze(0)
@@ -332,5 +339,21 @@ def sinogram_measurement(sinogram: Tensor, angles_deg: Tensor, *, size: int, det
     cfg = TaskConfig(task="sv-ct", size=size, views=n_views, noise=0.0, detector_bins=n_bins,
                      detector_spacing=float(detector_spacing), detector_center=None if center is None else float(center))
     extras = {"angles": angles_deg.to(torch.float64)}
-    return Measurement(cfg, y.unsqueeze(1).to(torch.float32), build_operator(cfg, extras), None, extras,
-                       record or {})
+    physics = build_operator(cfg, extras)
+    y = y.unsqueeze(1).to(torch.float32)
+    record = dict(record or {})
+    if pixel_mm is not None:
+        slice_mm = pixel_mm if slice_mm is None else slice_mm
+        if not (math.isfinite(slice_mm) and slice_mm > 0):
+            raise DdipError(f"the slice spacing must be a positive number of mm, got {slice_mm}")
+        gain, offset = line_integral_scaling(pixel_mm, mu_water_per_mm)
+        y = gain * y + offset * physics.A(torch.ones(1, 1, size, size))
+        record.update(pixel_spacing_mm={"rows": float(pixel_mm), "cols": float(pixel_mm)},
+                      spacing_mm=[float(pixel_mm), float(pixel_mm), float(slice_mm)], slice_axis=2,
+                      scaling={"kind": "hu_window", "window_hu": list(CT_WINDOW_HU),
+                               "line_integrals": {"gain": gain, "air_offset": offset,
+                                                  "mu_water_per_mm": float(mu_water_per_mm)},
+                               "note": "sinogram in 1/mm x mm taken to the window: gain * p + air_offset * A 1"})
+    elif slice_mm is not None:
+        raise DdipError("a slice spacing needs the pixel size (--pixel-mm) too")
+    return Measurement(cfg, y, physics, None, extras, record)

@@ -13,6 +13,7 @@ Two steps, kept apart so each choice is explicit and recorded:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,23 @@ log = logging.getLogger("ddip.data")
 
 Modality = Literal["ct", "mri"]
 CT_WINDOW_HU = (-1024.0, 2048.0)  # fixed window: air -> 0, soft tissue ≈ 0.33, dense bone -> 1
+MU_WATER_PER_MM = 0.0192  # linear attenuation of water at about 70 keV, 1/mm
+
+
+def line_integral_scaling(pixel_mm: float, mu_water_per_mm: float = MU_WATER_PER_MM,
+                          window_hu: tuple[float, float] = CT_WINDOW_HU) -> tuple[float, float]:
+    """``(gain, offset)`` taking line integrals ``p = ∫µ dl`` (µ in 1/mm, l in mm) to the priors' window units.
+
+    With ``x = (HU − lo)/(hi − lo)`` and ``µ = µ_water (1 + HU/1000)``, a ray crossing pixel i over ``a_i`` pixels
+    sums ``Σ a_i x_i = gain · p + offset · Σ a_i``: ``gain = 1000 / (µ_water (hi − lo) pixel_mm)`` (p counts path
+    in mm, the projector in pixels) and ``offset = (−1000 − lo)/(hi − lo)``, the window value of air (µ = 0), times
+    the ray's length through the grid (``A 1``)."""
+    lo, hi = window_hu
+    if not (math.isfinite(pixel_mm) and pixel_mm > 0):
+        raise DdipError(f"the pixel size must be a positive number of mm, got {pixel_mm}")
+    if not (math.isfinite(mu_water_per_mm) and mu_water_per_mm > 0):
+        raise DdipError(f"the attenuation of water must be positive (1/mm), got {mu_water_per_mm}")
+    return 1000.0 / (mu_water_per_mm * (hi - lo) * pixel_mm), (-1000.0 - lo) / (hi - lo)
 
 
 @dataclass(frozen=True)
