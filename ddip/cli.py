@@ -48,7 +48,7 @@ from ddip.methods import names
 from ddip.reconstruct import INTENSITY_RANGE, NORMALISE, ReconstructConfig, reconstruct, reconstruct_samples
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import DDNM, DDS, DiffusionMBIR
-from ddip.solvers.base import INITS, NOISE_MIXES
+from ddip.solvers.base import INITS, NOISE_MIXES, DataConsistencyStep
 from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
 from ddip.tasks import (
     TASKS,
@@ -317,7 +317,7 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     """The reconstruction settings of parsed ``ddip reconstruct`` arguments (validated by ReconstructConfig)."""
     return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, samples=args.samples,
                              max_batch=args.max_batch,
-                             init=args.init, noise_mix=args.noise_mix, k=args.k, n_iters=args.iters, lr=args.lr,
+                             init=args.init, noise_mix=args.noise_mix, eta=args.eta, k=args.k, n_iters=args.iters, lr=args.lr,
                              zeta=args.zeta, range_guard=args.range_guard == "on", dc_variant=args.dc_variant,
                              cg_iters=args.cg_iters, tv_lam=args.tv_lambda, tv_rho=args.tv_rho,
                              precision=args.precision, channels_last=args.channels_last, compile=args.compile, resize=args.resize,
@@ -615,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x_T': slerp between two noises across the slices with A^dagger y (paper Eq. 16), "
                         "independent noise per slice (the authors' code), or pure noise")
     _add_noise_mix(p)
+    p.add_argument("--eta", type=float, help="DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: "
+                                             f"{DataConsistencyStep.eta}; DPS 1)")
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
     p.add_argument("--iters", type=int, help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5; CS-MRI 1e-4, tuned for 50 "

@@ -133,6 +133,8 @@ def _sampler_settings(cfg) -> dict:
     out = {"noise_mix": cfg.noise_mix}
     if cfg.n_steps is not None:
         out["n_steps"] = cfg.n_steps
+    if cfg.eta is not None:
+        out["eta"] = cfg.eta
     if cfg.dc_variant is not None:
         out["variant"] = cfg.dc_variant
     if cfg.cg_iters is not None:
@@ -153,7 +155,7 @@ def mbir_step(cfg, task: TaskConfig) -> DiffusionMBIR:
 
 
 def dps_step(cfg, task: TaskConfig) -> DPS:
-    return DPS(**({"n_steps": cfg.n_steps} if cfg.n_steps else {}))
+    return DPS(**({"n_steps": cfg.n_steps} if cfg.n_steps else {}), **({"eta": cfg.eta} if cfg.eta is not None else {}))
 
 
 # Paper Table 5: (K slices, L optimiser steps, learning rate) per task and method.

@@ -76,6 +76,7 @@ class ReconstructConfig:
     max_batch: int = MAX_BATCH  # network inputs per forward pass
     init: str = "slerp"
     noise_mix: str = DataConsistencyStep.noise_mix
+    eta: float | None = None  # DDIM stochasticity η of the sampling step (None: the step's own, DDS 0.85, DPS 1)
     k: int | None = None  # K: adaptation slices per optimiser step (None: Table 5)
     n_iters: int | None = None  # L: optimiser steps per adapted timestep (None: Table 5)
     lr: float | None = None
@@ -147,6 +148,11 @@ class ReconstructConfig:
             raise DdipError(f"{self.method} is deterministic: one reconstruction is all it gives; samples apply to "
                             f"the diffusion methods")
         check_seed(self.seed + self.samples - 1, "reconstruct (the last sample's seed)")
+        if self.eta is not None:
+            if spec.step is None:
+                raise DdipError(f"eta sets the sampling step, which {self.method} does not take")
+            if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
+                raise DdipError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {self.eta!r}")
         if self.zeta is not None and (isinstance(self.zeta, bool) or self.zeta < 0):
             raise DdipError(f"zeta must be >= 0 (or None: adapt at every step), got {self.zeta}")
 

@@ -415,7 +415,7 @@ def test_a_runs_config_json_replays_it_and_every_option_survives_the_round_trip(
     parser = build_parser().subcommands["reconstruct"]
     argv = ["m.safetensors", "--out", "o", "--method", "d3ip-mbir", "--prior", "p.safetensors", "--device", "cpu",
             "--steps", "7", "--seed", "3", "--samples", "2", "--max-batch", "5", "--init", "noise", "--noise-mix",
-            "ddim", "--k", "2", "--iters", "3", "--lr", "2e-3", "--zeta", "0", "--dc-variant", "normal",
+            "ddim", "--eta", "0.3", "--k", "2", "--iters", "3", "--lr", "2e-3", "--zeta", "0", "--dc-variant", "normal",
             "--cg-iters", "4", "--tv-lambda", "0.02", "--tv-rho", "0.4", "--precision", "bfloat16",
             "--channels-last", "--compile", "--resize", "--normalise", "off", "--units", "window",
             "--display-window", "full", "--checkpoint-every", "9", "--range-guard", "off"]

@@ -51,3 +51,19 @@ def test_every_method_has_one_consistent_spec():
     assert names(lambda s: s.replayable) == ("d3ip", "d3ip-mbir")
     with pytest.raises(DdipError, match="unknown method 'nope'; choose one of admm-tv"):
         method_spec("nope")
+
+
+def test_eta_reaches_every_sampling_step_and_is_refused_where_nothing_samples():
+    from ddip.methods import REGISTRY
+    from ddip.reconstruct import ReconstructConfig
+    from ddip.tasks import TaskConfig
+
+    task = TaskConfig(task="sv-ct", size=64)
+    for name, spec in REGISTRY.items():
+        if spec.step is None:
+            with pytest.raises(DdipError, match="eta"):
+                ReconstructConfig(name, eta=0.3)
+        else:
+            assert spec.step(ReconstructConfig(name, eta=0.3), task).eta == 0.3
+    with pytest.raises(DdipError, match="eta must be in"):
+        ReconstructConfig("dds", eta=1.5)
