@@ -18,7 +18,7 @@ import torch
 
 from ddip import distributed
 from ddip.errors import DdipError
-from ddip.io import atomic_path
+from ddip.io import atomic_path, check_same_settings
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import solve
 
@@ -66,12 +66,7 @@ class Checkpointer:
             raise DdipError(f"{self.path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from exc
         if not isinstance(payload, dict) or "settings" not in payload:
             raise DdipError(f"{self.path}: not a ddip reconstruction checkpoint")
-        mine, theirs = json.loads(self.settings), json.loads(payload["settings"])
-        # a setting added to ddip since the checkpoint was written is absent from it, and equal if still unset
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if diff:
-            raise DdipError(f"{self.path}: the checkpoint was made with other settings (differs in {diff}); "
-                            f"resume with the same command")
+        check_same_settings(json.loads(payload["settings"]), json.loads(self.settings), str(self.path))
         return payload
 
     def remove(self) -> None:

@@ -48,6 +48,15 @@ def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, Tens
         raise DdipError(f"{p}: not a readable safetensors {what} file ({type(exc).__name__}: {exc})") from exc
 
 
+def check_same_settings(saved: dict, current: dict, where: str) -> None:
+    """Refuse to resume a run with other settings than it started with; a setting absent from ``saved`` (added to
+    ddip since) counts as its value in ``current`` only when that is unset (``None``)."""
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
+        raise DdipError(f"{where}: the run was started with other settings (differs in {diff}); resume with the "
+                        f"same command")
+
+
 def write_json(path: str | os.PathLike, obj: object) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")

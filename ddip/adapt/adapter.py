@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -45,9 +44,7 @@ class AdaptConfig:
     zeta: int | None = 40  # ζ: adapt for ζ <= t <= T' − ζ, T' the first timestep (Alg. 1/2); None: every step
     loss_cg_iters: int | None = None  # CG steps of DC inside the loss (None: as in sampling; SCD: 1)
     loss_admm_iters: int = 1  # ADMM iterations of the MBIR DC inside the loss (the code uses 1)
-    optimizer: Literal["reset", "persistent"] = "reset"  # AdamW re-created every timestep (code) or kept
     weight_decay: float = 0.01  # AdamW's default
-    draw: Literal["per_iter", "per_step"] = "per_iter"  # new K slices every optimiser step (code) or per timestep
     neighbours: bool = False  # K contiguous slices (D3IP mbir, Eq. 15)
     reptile: tuple[float, float] | None = None  # D3IP meta: α decays linearly from the first to the second value
     chunk: int = 6  # slices per forward/backward; K larger than this is reached by gradient accumulation
@@ -175,19 +172,16 @@ class VolumeAdapter:
             return
         net = self.prior.net
         params = list(trainable_parameters(net).values())
-        if self._optimizer is None or self.cfg.optimizer == "reset":
-            self._optimizer = torch.optim.AdamW(params, lr=self.cfg.lr * self._lr_scale,
-                                                weight_decay=self.cfg.weight_decay)
+        # AdamW starts afresh at every adapted timestep (the authors' code); new K slices every optimiser step
+        self._optimizer = torch.optim.AdamW(params, lr=self.cfg.lr * self._lr_scale, weight_decay=self.cfg.weight_decay)
         before = snapshot(net) if self.cfg.reptile is not None else None
         x_t = x_t.detach()
         n_total = x_t.shape[0] if self.shard is None else self.shard.n
-        index = self._draw(n_total)
         # Train mode only matters for LoRA dropout; otherwise stay in eval mode so the adapted function is exactly
         # the one sampling evaluates (attention kernels differ by ~1e-6 between modes).
         net.train(has_lora_dropout(net))
         for _ in range(self.cfg.n_iters):
-            if self.cfg.draw == "per_iter":
-                index = self._draw(n_total)
+            index = self._draw(n_total)
             self._optimizer.zero_grad(set_to_none=True)
             good = snapshot(net)
             x_k = x_t[index] if self.shard is None else self.shard.gather_rows(x_t, index)
@@ -259,7 +253,6 @@ class VolumeAdapter:
     def state_dict(self) -> dict:
         """Everything needed to continue adapting bit-exactly (for resumable reconstructions)."""
         return {"lora": snapshot(self.prior.net),
-                "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
                 "generator": None if self.generator is None else self.generator.get_state(),
                 "passes": self.passes, "n_adapted": self._n_adapted, "lr_scale": self._lr_scale,
                 "before_last_step": self._before_last_step, "guard_armed": self._guard_armed,
@@ -268,10 +261,6 @@ class VolumeAdapter:
 
     def load_state_dict(self, state: dict) -> None:
         restore(self.prior.net, state["lora"])
-        if state["optimizer"] is not None:
-            params = list(trainable_parameters(self.prior.net).values())
-            self._optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-            self._optimizer.load_state_dict(state["optimizer"])
         if self.generator is not None and state["generator"] is not None:
             self.generator.set_state(state["generator"])
         self.passes, self._n_adapted = int(state["passes"]), int(state["n_adapted"])

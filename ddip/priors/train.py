@@ -39,7 +39,7 @@ from ddip.data.phantoms import random_complex_ellipses, random_ellipses
 from ddip.data.slices import VolumeSlices
 from ddip.devices import resolve_device
 from ddip.errors import DdipError, check_seed
-from ddip.io import atomic_path, write_json
+from ddip.io import atomic_path, check_same_settings, write_json
 from ddip.priors.prior import DiffusionPrior
 from ddip.priors.registry import save_prior
 from ddip.priors.unet import UNetConfig, build_unet
@@ -120,13 +120,6 @@ class TrainConfig:
         d["unet"] = self.unet.to_dict()
         d["crop_sizes"] = list(self.crop_sizes)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["unet"] = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["unet"].items()})
-        d["crop_sizes"] = tuple(d.get("crop_sizes", ()))
-        return cls(**d)
 
 
 def random_crops(images: Tensor, size: int, *, generator: torch.Generator) -> Tensor:
@@ -224,9 +217,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
         defaults = TrainConfig(out=cfg.out, unet=cfg.unet, data=cfg.data, volumes=cfg.volumes,
                                modality=cfg.modality).to_dict()  # settings added since the start
         theirs = {k: v for k, v in {**defaults, **(saved_cfg or {})}.items() if k not in _OPERATIONAL}
-        if saved_cfg is not None and theirs != mine:
-            raise DdipError(f"{cfg_path}: the run was started with other settings; resume with the same ones "
-                            f"(differs in {sorted(k for k in mine if mine.get(k) != theirs.get(k))})")
+        if saved_cfg is not None:
+            check_same_settings(theirs, mine, str(cfg_path))
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved_world = int(state.get("world_size", 1))
         if saved_world != n_ranks:
