@@ -17,15 +17,18 @@ PNG plot):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
 
+from ddip.checkpoint import Checkpointer
 from ddip.data import dev_volume_path, prepare_volume, read_volume
 from ddip.devices import resolve_device
 from ddip.errors import DdipError
@@ -34,6 +37,7 @@ from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
 from ddip.methods import method_spec, names
 from ddip.reconstruct import ReconstructConfig, reconstruct
+from ddip.signals import StopRequest
 from ddip.tasks import TaskConfig, paper_views, simulate
 
 TABLES = ("table2", "table1", "table3", "table4", "scaling")
@@ -123,21 +127,7 @@ def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
     return ReconstructConfig(seed=cfg.seed, noise_mix=cfg.noise_mix, **settings)
 
 
-def _row(cfg: BenchConfig, m, rcfg: ReconstructConfig, prior, label: dict) -> dict:
-    res = reconstruct(m, rcfg, prior, device=cfg.device)
-    metrics = evaluate_volume(res.volume, m.ground_truth)
-    row = {**label, "method": rcfg.method, "slices": int(m.y.shape[0]), "psnr": metrics["psnr"],
-           "ssim": metrics["ssim"], "lpips": metrics["lpips"], "psnr_volume": metrics["psnr_volume"],
-           "wall_time_s": res.wall_time_s, "peak_memory_mb": res.peak_memory_mb,
-           "forward_passes": res.report.get("network_forward_passes"),
-           "adapt_passes": res.report.get("network_adapt_passes"),
-           "network_share": network_share(res.report.get("time_breakdown_s")),
-           "time_breakdown_s": res.report.get("time_breakdown_s")}
-    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    return row
-
-
-def table2(cfg: BenchConfig, prior) -> list[dict]:
+def table2(cfg: BenchConfig, run: _Run) -> list[dict]:
     rows = []
     known = {"sv-ct-60": ("sv-ct", 60), "sv-ct-paper": ("sv-ct", paper_views(cfg.size)), "mri3d": ("mri3d", 60),
              "csmri": ("csmri", 60)}
@@ -153,39 +143,40 @@ def table2(cfg: BenchConfig, prior) -> list[dict]:
                 continue  # the paper runs no MBIR variant on CS-MRI (no 3D coupling in its knee data)
             m = m_dps if method == "dps" else m_full
             steps = None if method == "dps" and not cfg.quick else cfg.n_steps
-            rows.append(_row(cfg, m, _rconfig(cfg, method=method, n_steps=steps), prior(task),
-                             {"task": task, "views": views if task == "sv-ct" else None, "prior": prior.name(task)}))
+            rows.append(run.row(m, _rconfig(cfg, method=method, n_steps=steps), task,
+                                {"task": task, "views": views if task == "sv-ct" else None,
+                                 "prior": run.prior_name(task)}))
     return rows
 
 
-def table1(cfg: BenchConfig, prior) -> list[dict]:
+def table1(cfg: BenchConfig, run: _Run) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
-    return [_row(cfg, m, _rconfig(cfg, method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k),
-                 prior("sv-ct"), {"table": "1", "loss_cg_iters": k}) for k in (1, 3, 5)]
+    return [run.row(m, _rconfig(cfg, method="ddip", n_steps=cfg.n_steps, loss_cg_iters=k), "sv-ct",
+                    {"table": "1", "loss_cg_iters": k}) for k in (1, 3, 5)]
 
 
-def table3(cfg: BenchConfig, prior) -> list[dict]:
+def table3(cfg: BenchConfig, run: _Run) -> list[dict]:
     m = _measure("sv-ct", cfg, cfg.n_slices, paper_views(cfg.size))
     zeta = ReconstructConfig.zeta
     variants = [("baseline", None, "noise"), ("+ horizon", zeta, "noise"), ("+ init", zeta, "slerp")]
-    return [_row(cfg, m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, zeta=z, init=init),
-                 prior("sv-ct"), {"table": "3", "variant": name}) for name, z, init in variants]
+    return [run.row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, zeta=z, init=init), "sv-ct",
+                    {"table": "3", "variant": name}) for name, z, init in variants]
 
 
-def table4(cfg: BenchConfig, prior) -> list[dict]:
+def table4(cfg: BenchConfig, run: _Run) -> list[dict]:
     m = _measure("sv-ct", cfg, max(cfg.n_slices, 12), paper_views(cfg.size))
-    return [_row(cfg, m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, k=k), prior("sv-ct"),
-                 {"table": "4", "K": k}) for k in (1, 2, 3, 6, 12)]
+    return [run.row(m, _rconfig(cfg, method="d3ip", n_steps=cfg.n_steps, k=k), "sv-ct", {"table": "4", "K": k})
+            for k in (1, 2, 3, 6, 12)]
 
 
-def scaling(cfg: BenchConfig, prior) -> list[dict]:
+def scaling(cfg: BenchConfig, run: _Run) -> list[dict]:
     rows = []
     steps = cfg.scaling_steps or cfg.n_steps
     for n in cfg.scaling_sizes:
         m = _measure("sv-ct", cfg, n, paper_views(cfg.size))
         pair = {}
         for method in ("ddip", "d3ip"):
-            row = _row(cfg, m, _rconfig(cfg, method=method, n_steps=steps), prior("sv-ct"),
+            row = run.row(m, _rconfig(cfg, method=method, n_steps=steps), "sv-ct",
                        {"table": "scaling", "N": n})
             # network-pass count in forward-equivalents: a forward+backward costs about 3 forwards
             row["pass_count"] = 3 * (row["adapt_passes"] or 0) + (row["forward_passes"] or 0)
@@ -238,27 +229,74 @@ def _scaling_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-class _Priors:
-    """The prior of each task, loaded once: ``cfg.prior`` for every task, or the shipped default per task."""
+class _Run:
+    """One benchmark run: the prior of each task, loaded once (``cfg.prior`` for every task, or the shipped default
+    per task), and the rows measured so far.
 
-    def __init__(self, cfg: BenchConfig):
-        self.cfg, self._loaded = cfg, {}
+    Each reconstruction's row is appended to ``OUT/rows<suffix>.jsonl`` when it finishes, keyed by everything that
+    determines it (label, reconstruction settings, task, slices, prior); a reconstruction in progress checkpoints to
+    ``OUT/checkpoints<suffix>/<key>.pt``. With ``resume`` the rows already there are kept and a stopped
+    reconstruction continues from its checkpoint, so a run of hours survives being stopped; without it both start
+    empty.
+    """
 
-    def name(self, task: str) -> str:
+    def __init__(self, cfg: BenchConfig, out: Path, suffix: str, *, resume: bool, stop: StopRequest | None = None):
+        self.cfg, self._loaded, self.stop = cfg, {}, stop
+        self.rows_path, self.checkpoints = out / f"rows{suffix}.jsonl", out / f"checkpoints{suffix}"
+        if not resume:
+            self.rows_path.unlink(missing_ok=True)
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+        lines = self.rows_path.read_text().splitlines() if self.rows_path.exists() else []
+        self.done = {r["key"]: r["row"] for r in map(json.loads, filter(None, lines))}
+
+    def prior_name(self, task: str) -> str:
         return self.cfg.prior or default_prior(task, self.cfg.size)
 
-    def __call__(self, task: str):
-        name = self.name(task)
+    def prior(self, task: str):
+        name = self.prior_name(task)
         if name not in self._loaded:
             self._loaded[name] = load_prior(name)
         return self._loaded[name]
 
+    def row(self, m, rcfg: ReconstructConfig, task: str, label: dict) -> dict:
+        """``rcfg`` run on ``m`` (or the row kept from an earlier run with ``resume``), its metrics and costs."""
+        prior = None if method_spec(rcfg.method).step is None else self.prior_name(task)
+        settings = {"label": label, "reconstruct": dataclasses.asdict(rcfg), "task": dataclasses.asdict(m.config),
+                    "slices": int(m.y.shape[0]), "prior": prior, "device": self.cfg.device}
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        if key in self.done:
+            row = self.done[key]
+        else:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            ckpt = Checkpointer(self.checkpoints / f"{key}.pt", settings, stop=self.stop)
+            res = reconstruct(m, rcfg, None if prior is None else self.prior(task), device=self.cfg.device,
+                              checkpointer=ckpt)
+            metrics = evaluate_volume(res.volume, m.ground_truth)
+            row = {**label, "method": rcfg.method, "slices": int(m.y.shape[0]), "psnr": metrics["psnr"],
+                   "ssim": metrics["ssim"], "lpips": metrics["lpips"], "psnr_volume": metrics["psnr_volume"],
+                   "wall_time_s": res.wall_time_s, "peak_memory_mb": res.peak_memory_mb,
+                   "forward_passes": res.report.get("network_forward_passes"),
+                   "adapt_passes": res.report.get("network_adapt_passes"),
+                   "network_share": network_share(res.report.get("time_breakdown_s")),
+                   "time_breakdown_s": res.report.get("time_breakdown_s")}
+            with self.rows_path.open("a") as fh:
+                fh.write(json.dumps({"key": key, "row": row}) + "\n")
+            for path in self.checkpoints.glob(f"{key}*.pt"):
+                path.unlink()
+            self.done[key] = row
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+        return dict(row)
 
-def run_benchmark(cfg: BenchConfig, tables: tuple[str, ...] = TABLES, out: str | os.PathLike = "benchmarks/results"
-                  ) -> dict:
+
+def run_benchmark(cfg: BenchConfig, tables: tuple[str, ...] = TABLES, out: str | os.PathLike = "benchmarks/results",
+                  *, resume: bool = False, stop: StopRequest | None = None) -> dict:
+    """Run ``tables``, writing each one's JSON and the summary to ``out``; every row is kept as it finishes, and
+    ``resume`` continues a stopped run (:class:`_Run`). ``stop`` (a signal caught) checkpoints the reconstruction in
+    progress and ends the run with :class:`~ddip.signals.Interrupted`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prior = _Priors(cfg)
+    suffix = "-quick" if cfg.quick else ""
+    run = _Run(cfg, out, suffix, resume=resume, stop=stop)
     header = {"command": cfg.command() + ("" if tables == TABLES else f" --tables {','.join(tables)}"),
               "date": date.today().isoformat(), "config": dataclasses.asdict(cfg),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
@@ -269,13 +307,12 @@ def run_benchmark(cfg: BenchConfig, tables: tuple[str, ...] = TABLES, out: str |
     fns = {"table2": table2, "table1": table1, "table3": table3, "table4": table4, "scaling": scaling}
     for name in tables:
         t0 = time.perf_counter()
-        rows = fns[name](cfg, prior)
+        rows = fns[name](cfg, run)
         results[name] = rows
-        suffix = "-quick" if cfg.quick else ""
         write_json(out / f"{name}{suffix}.json", {**header, "elapsed_s": time.perf_counter() - t0, "rows": rows})
         if name == "scaling":
             _scaling_plot(rows, out / f"scaling{suffix}.png")
-    _write_summary(out, "-quick" if cfg.quick else "")
+    _write_summary(out, suffix)
     return results
 
 

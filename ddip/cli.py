@@ -388,7 +388,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         raise DdipError(f"unknown table(s) {unknown}; choose from {', '.join(TABLES)}")
     cfg = bench_config(args)
     print(f"ddip: {cfg.command()}", file=sys.stderr)
-    run_benchmark(cfg, tables, args.out)
+    with StopRequest() as stop:  # SIGTERM / SIGINT: checkpoint the reconstruction in progress, then stop
+        run_benchmark(cfg, tables, args.out, resume=args.resume, stop=stop)
     print(f"results in {args.out}")
 
 
@@ -686,6 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "csmri (default: all)")
     p.add_argument("--noise-mix", choices=NOISE_MIXES, help=f"DDIM noise mixing (default {b.noise_mix})")
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already measured in --out and continue a stopped reconstruction from its "
+                        "checkpoint (without it the benchmark starts afresh)")
     p.add_argument("--methods", help="table 2's methods, comma-separated (default: all)")
     p.add_argument("--cg-iters", type=int,
                    help=f"CG steps of DDS's data consistency in DDS and the adapted methods on it (default "

@@ -78,3 +78,38 @@ def test_default_prior_is_chosen_per_task_and_size(monkeypatch):
     assert registry.default_prior("sv-ct", 64) == "ellipses-64"
     with pytest.raises(DdipError, match="no shipped prior for sv-ct at 128 px.*--resize"):
         registry.default_prior("sv-ct", 128)
+
+
+def test_a_stopped_benchmark_resumes_keeping_finished_rows_and_the_checkpoint_of_the_one_in_progress(
+        tiny_prior, tmp_path, monkeypatch):
+    """SIGINT during the second reconstruction checkpoints it; --resume keeps the first row without running it again
+    and finishes the second from its checkpoint, to the rows an uninterrupted run gives."""
+    import os
+    import signal
+
+    import ddip.benchmark as benchmark
+    from ddip.signals import Interrupted, StopRequest
+
+    cfg = BenchConfig(prior=tiny_prior, n_slices=2, n_steps=6, quick=True)
+    whole = run_benchmark(cfg, tables=("table3",), out=tmp_path / "whole")["table3"]
+    calls, signalled, real = [], [], benchmark.reconstruct
+
+    def stopped_on_the_second(m, rcfg, prior, **kw):
+        calls.append(kw["checkpointer"].path)
+        if len(calls) == 2 and not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # caught by StopRequest: checkpoint after the step, then stop
+        return real(m, rcfg, prior, **kw)
+
+    monkeypatch.setattr(benchmark, "reconstruct", stopped_on_the_second)
+    with StopRequest() as stop, pytest.raises(Interrupted, match="--resume"):
+        run_benchmark(cfg, tables=("table3",), out=tmp_path / "run", stop=stop)
+    assert calls[1].exists() and len((tmp_path / "run" / "rows-quick.jsonl").read_text().splitlines()) == 1
+    calls.clear()
+    resumed = run_benchmark(cfg, tables=("table3",), out=tmp_path / "run", resume=True)["table3"]
+    assert len(calls) == 2  # the first row is kept; the second resumes, the third runs
+    assert [r["psnr"] for r in resumed] == pytest.approx([r["psnr"] for r in whole], abs=1e-6)
+    assert not any((tmp_path / "run" / "checkpoints-quick").glob("*.pt"))
+    assert len(benchmark._Run(cfg, tmp_path / "run", "-quick", resume=True).done) == 3
+    assert not benchmark._Run(cfg, tmp_path / "run", "-quick", resume=False).done  # without --resume: afresh
+    assert not (tmp_path / "run" / "rows-quick.jsonl").exists()

@@ -50,20 +50,20 @@ class StepOutput:
 
 
 # -- image <-> network layout --------------------------------------------------------------------------------------
-def to_state(image: Tensor) -> Tensor:
+def to_network_layout(image: Tensor) -> Tensor:
     """Image ``(D, 1, H, W)`` (complex allowed) -> network layout ``(D, C, H, W)`` real (C = 2 for complex)."""
     return torch.cat([image.real, image.imag], dim=1) if image.is_complex() else image
 
 
-def to_image(state: Tensor, complex_image: bool) -> Tensor:
-    """Inverse of :func:`to_state`."""
-    return torch.complex(state[:, :1], state[:, 1:2]) if complex_image else state
+def to_image(x: Tensor, complex_image: bool) -> Tensor:
+    """Inverse of :func:`to_network_layout`."""
+    return torch.complex(x[:, :1], x[:, 1:2]) if complex_image else x
 
 
 def predict_eps(prior: DiffusionPrior, x_t: Tensor, t: int, *, max_batch: int = MAX_BATCH) -> Tensor:
     """ε_θ(x_t, t) for a whole volume, ``max_batch`` network inputs at a time.
 
-    When the state has more channels than the network (complex data, real prior), each channel is denoised as a
+    When x_t has more channels than the network (complex data, real prior), each channel is denoised as a
     separate image.
     """
     d, c, h, w = x_t.shape
@@ -136,7 +136,7 @@ def initial_noise(shape: tuple[int, ...], *, mode: Init, generator: torch.Genera
 def initialise(prior: DiffusionPrior, y: Tensor, physics, t_start: int, *, mode: Init,
                generator: torch.Generator | None) -> Tensor:
     """x_T' = √ᾱ_T'·A^†y + √(1−ᾱ_T')·noise (paper Eq. 16); ``mode="noise"`` drops the A^†y term."""
-    x_dagger = to_state(pseudo_inverse(physics, y))
+    x_dagger = to_network_layout(pseudo_inverse(physics, y))
     if mode not in INITS:
         raise DdipError(f"unknown init {mode!r}; choose one of {', '.join(INITS)}")
     noise = initial_noise(tuple(x_dagger.shape), mode=mode, generator=generator, dtype=x_dagger.dtype,
@@ -182,7 +182,7 @@ class DataConsistencyStep:
             x0 = prior.tweedie(x_t, t, eps)
             with section("data_consistency"):
                 x0_dc, state = self.data_consistency(to_image(x0, complex_image), y, physics, state)
-            x0_dc = to_state(x0_dc)
+            x0_dc = to_network_layout(x0_dc)
             x_next = ddim_update(prior, x0_dc, eps, t, s, eta=self.eta, noise_mix=self.noise_mix,
                                  generator=generator, shard=shard_of(physics))
         return StepOutput(x_next, x0_dc, state)
