@@ -45,7 +45,8 @@ from ddip.priors.prior import PRECISIONS
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig
 from ddip.methods import names
-from ddip.reconstruct import INTENSITY_RANGE, NORMALISE, ReconstructConfig, reconstruct, reconstruct_samples
+from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, preset_settings, reconstruct,
+                             reconstruct_samples)
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import DDNM, DDS, DiffusionMBIR
 from ddip.solvers.base import INITS, NOISE_MIXES, DataConsistencyStep
@@ -315,11 +316,12 @@ def environment() -> dict:
 
 def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     """The reconstruction settings of parsed ``ddip reconstruct`` arguments (validated by ReconstructConfig)."""
-    return ReconstructConfig(method=args.method, n_steps=args.steps, seed=args.seed, samples=args.samples,
-                             max_batch=args.max_batch,
-                             init=args.init, noise_mix=args.noise_mix, eta=args.eta, k=args.k, n_iters=args.iters, lr=args.lr,
+    given = {"n_steps": args.steps, "noise_mix": args.noise_mix, "eta": args.eta, "cg_iters": args.cg_iters}
+    sampling = {**preset_settings(args.preset, args.method), **{k: v for k, v in given.items() if v is not None}}
+    return ReconstructConfig(method=args.method, seed=args.seed, samples=args.samples, max_batch=args.max_batch,
+                             init=args.init, k=args.k, n_iters=args.iters, lr=args.lr, **sampling,
                              zeta=args.zeta, range_guard=args.range_guard == "on", dc_variant=args.dc_variant,
-                             cg_iters=args.cg_iters, tv_lam=args.tv_lambda, tv_rho=args.tv_rho,
+                             tv_lam=args.tv_lambda, tv_rho=args.tv_rho,
                              precision=args.precision, channels_last=args.channels_last, compile=args.compile, resize=args.resize,
                              normalise=args.normalise)
 
@@ -527,8 +529,8 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
-def _add_noise_mix(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--noise-mix", default=ReconstructConfig.noise_mix, choices=NOISE_MIXES,
+def _add_noise_mix(p: argparse.ArgumentParser, default: str | None = ReconstructConfig.noise_mix) -> None:
+    p.add_argument("--noise-mix", default=default, choices=NOISE_MIXES,
                    help="DDIM noise mixing: code (default), the authors' variance-preserving "
                         "eta*z + sqrt(1-eta^2)*eps, "
                         "with which the paper's tables were made; paper, Eq. 7 as printed, eta*z + (1-eta)*eps; "
@@ -615,7 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=r.init, choices=INITS,
                    help="x_T': slerp between two noises across the slices with A^dagger y (paper Eq. 16), "
                         "independent noise per slice (the authors' code), or pure noise")
-    _add_noise_mix(p)
+    _add_noise_mix(p, default=None)  # None: the preset's, else ReconstructConfig's
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="named sampling settings under the flags given: paper = 50 steps, eta 0.85, the code's noise "
+                        f"mixing and {PAPER_CG_ITERS} CG steps for DDS and the adapted methods on it, the code's mixing "
+                        "for the others (the settings of the paper's tables)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: "
                                              f"{DataConsistencyStep.eta}; DPS 1)")
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")

@@ -28,7 +28,7 @@ from ddip.physics.sharding import Shard, split
 from ddip.priors.prior import PLAUSIBLE, NetworkSpeed
 from ddip.solvers import admm_tv_reconstruct
 from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES, DataConsistencyStep
-from ddip.solvers.dds import DC_VARIANTS
+from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
 from ddip.tasks import Measurement, TaskConfig
 from ddip.timing import Timings
 
@@ -60,6 +60,25 @@ def adaptation_chunk(max_batch: int, k: int, world: int = 1) -> int:
     in one batch).
     """
     return max(1, min(max_batch, AdaptConfig.chunk, -(-k // world)))
+
+
+# Named sets of sampling settings (``--preset``). "paper": the paper's sampling (App. A) — 50 DDIM steps, η 0.85 with
+# the authors' code's noise mixing (with which the paper's tables were made) and M = 5 CG steps — for DDS and the
+# adapted methods on it; every other diffusion method takes the code's mixing and keeps its own defaults (DDNM's 30
+# CG steps, MBIR's 5 × 5, DPS's 1000 steps), which are the paper's.
+PRESETS: dict[str, dict] = {"paper": {"n_steps": 50, "eta": 0.85, "noise_mix": "code", "cg_iters": PAPER_CG_ITERS}}
+
+
+def preset_settings(name: str | None, method: str) -> dict:
+    """The ReconstructConfig fields that preset ``name`` (None: none) sets for ``method``: only fields it takes."""
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise DdipError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    spec = method_spec(method)
+    if spec.step is None:
+        return {}
+    return dict(PRESETS[name]) if spec.on_dds else {"noise_mix": PRESETS[name]["noise_mix"]}
 
 
 @dataclass(frozen=True)

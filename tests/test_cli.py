@@ -418,7 +418,7 @@ def test_a_runs_config_json_replays_it_and_every_option_survives_the_round_trip(
             "ddim", "--eta", "0.3", "--k", "2", "--iters", "3", "--lr", "2e-3", "--zeta", "0", "--dc-variant", "normal",
             "--cg-iters", "4", "--tv-lambda", "0.02", "--tv-rho", "0.4", "--precision", "bfloat16",
             "--channels-last", "--compile", "--resize", "--normalise", "off", "--units", "window",
-            "--display-window", "full", "--checkpoint-every", "9", "--range-guard", "off"]
+            "--display-window", "full", "--checkpoint-every", "9", "--range-guard", "off", "--preset", "paper"]
     args = parser.parse_args(argv)
     replayable = {a.dest for a in parser._actions if a.option_strings} - NOT_REPLAYED - {"help"}
     assert set(replay_options(args)) == {d.replace("_", "-") for d in replayable}
@@ -446,3 +446,21 @@ def test_every_options_help_states_its_default_from_the_config_classes(capsys):
         main(["train-prior", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"--batch BATCH default: {TrainConfig.batch_size}" in text and f"default: {TrainConfig.lr}" in text
+
+
+def test_the_paper_preset_sets_the_papers_sampling_under_the_flags_given():
+    from ddip.cli import build_parser, reconstruct_config
+    from ddip.solvers.dds import PAPER_CG_ITERS
+
+    def cfg(*flags):
+        return reconstruct_config(build_parser().parse_args(["reconstruct", "m.safetensors", "--out", "o", *flags]))
+
+    paper = cfg("--method", "d3ip", "--preset", "paper")
+    assert (paper.n_steps, paper.eta, paper.noise_mix, paper.cg_iters) == (50, 0.85, "code", PAPER_CG_ITERS)
+    mine = cfg("--method", "dds", "--preset", "paper", "--eta", "0.2", "--noise-mix", "paper", "--steps", "20")
+    assert (mine.n_steps, mine.eta, mine.noise_mix, mine.cg_iters) == (20, 0.2, "paper", PAPER_CG_ITERS)
+    ddnm = cfg("--method", "ddnm", "--preset", "paper")  # its own 30 CG steps are the paper's; the code's mixing
+    assert (ddnm.cg_iters, ddnm.eta, ddnm.noise_mix) == (None, None, "code")
+    assert cfg("--method", "admm-tv", "--preset", "paper") == cfg("--method", "admm-tv")  # nothing to set
+    plain = cfg("--method", "dds")
+    assert (plain.n_steps, plain.eta, plain.cg_iters) == (None, None, None)
