@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ddip.benchmark import BenchConfig, _measure
+from ddip.methods import method_spec
 from ddip.metrics import band_errors, evaluate_volume
 from ddip.physics.base import normal_of, pseudo_inverse
 from ddip.physics.cg import conjugate_gradient
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = [{"method": name, "psnr": evaluate_volume(x, truth)["psnr"], **bands(x)}
             for name, x in (("A_dagger", x_dagger), ("least_squares", least_squares))]
     for spec in args.specs:
-        settings = {"noise_mix": args.noise_mix, **json.loads(spec)}
+        settings = json.loads(spec)
+        if method_spec(settings["method"]).mixes_noise:
+            settings = {"noise_mix": args.noise_mix, **settings}
         t0 = time.perf_counter()
         res = reconstruct(m, ReconstructConfig(**settings), prior)
         metrics = evaluate_volume(res.volume, truth)

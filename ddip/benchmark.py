@@ -124,7 +124,9 @@ def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
         settings["lr"] = cfg.lr
     if spec.step is not None:  # a method with a network
         settings.update(precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
-    return ReconstructConfig(seed=cfg.seed, noise_mix=cfg.noise_mix, **settings)
+    if spec.mixes_noise:
+        settings["noise_mix"] = cfg.noise_mix
+    return ReconstructConfig(seed=cfg.seed, **settings)
 
 
 def table2(cfg: BenchConfig, run: _Run) -> list[dict]:
@@ -142,7 +144,8 @@ def table2(cfg: BenchConfig, run: _Run) -> list[dict]:
             if task == "csmri" and method_spec(method).dc == "mbir":
                 continue  # the paper runs no MBIR variant on CS-MRI (no 3D coupling in its knee data)
             m = m_dps if method == "dps" else m_full
-            steps = None if method == "dps" and not cfg.quick else cfg.n_steps
+            # DPS keeps its 1000 steps outside --quick; ADMM-TV takes none
+            steps = None if method == "dps" and not cfg.quick or method_spec(method).step is None else cfg.n_steps
             rows.append(run.row(m, _rconfig(cfg, method=method, n_steps=steps), task,
                                 {"task": task, "views": views if task == "sv-ct" else None,
                                  "prior": run.prior_name(task)}))

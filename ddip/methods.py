@@ -51,6 +51,11 @@ class MethodSpec:
         return self.dc in ("dds", "ddnm", "mbir")
 
     @property
+    def mixes_noise(self) -> bool:
+        """Its DDIM update mixes fresh and predicted noise as ``noise_mix`` says (DPS has its own update)."""
+        return self.step is not None and self.dc != "dps"
+
+    @property
     def on_dds(self) -> bool:
         """Its data-consistency step is DDS's (the benchmark's ``--cg-iters`` reaches exactly these)."""
         return self.dc == "dds"

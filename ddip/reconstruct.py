@@ -9,7 +9,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import psutil
 import torch
@@ -140,6 +140,16 @@ class ReconstructConfig:
                 raise DdipError(f"{name} applies to the methods with a TV term ({', '.join(names(lambda s: s.tv))}), "
                                 f"not to "
                                 f"{self.method}")
+        # options the method has no use for or sets itself, refused when given away from their defaults
+        unused = ("n_steps", "init", "noise_mix", "max_batch", "precision", "channels_last", "compile") \
+            if spec.step is None else () if spec.mixes_noise else ("noise_mix",)
+        unused += () if spec.takes_init else ("init", "zeta", "loss_cg_iters")  # SCD: noise, every step, 1 CG
+        defaults = {f.name: f.default for f in fields(self)}
+        ignored = [name for name in unused if getattr(self, name) != defaults[name]]
+        if ignored:
+            raise DdipError(f"{', '.join(ignored)}: {self.method} does not use {'it' if len(ignored) == 1 else 'them'} "
+                            f"(it has no such setting or fixes its own); leave {'it' if len(ignored) == 1 else 'them'} "
+                            f"at the default")
         given = [name for name, default in (("k", None), ("n_iters", None), ("lr", None), ("zeta", AdaptConfig.zeta),
                                             ("loss_cg_iters", None), ("lora_rank", LoRAConfig.rank),
                                             ("train_biases", LoRAConfig.train_biases),

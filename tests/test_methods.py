@@ -67,3 +67,30 @@ def test_eta_reaches_every_sampling_step_and_is_refused_where_nothing_samples():
             assert spec.step(ReconstructConfig(name, eta=0.3), task).eta == 0.3
     with pytest.raises(DdipError, match="eta must be in"):
         ReconstructConfig("dds", eta=1.5)
+
+
+def test_every_sampling_option_reaches_the_methods_step_or_is_refused():
+    """n_steps, noise mixing and η either reach the step a method builds or are refused; the options a method fixes
+    itself (SCD: pure-noise init, every step adapted) or has no use for (ADMM-TV: no network) are refused."""
+    from ddip.methods import REGISTRY
+    from ddip.reconstruct import ReconstructConfig
+    from ddip.tasks import TaskConfig
+
+    task = TaskConfig(task="sv-ct", size=64)
+    options = {"n_steps": 7, "noise_mix": "ddim", "eta": 0.3, "init": "noise", "max_batch": 3, "zeta": 5,
+               "precision": "bfloat16", "channels_last": True}
+    for name, spec in REGISTRY.items():
+        for option, value in options.items():
+            try:
+                cfg = ReconstructConfig(name, **{option: value})
+            except DdipError as exc:
+                assert option in str(exc) or option == "zeta" and "adaptation" in str(exc), (name, option, exc)
+                continue
+            step = spec.step(cfg, task) if spec.step is not None else None
+            if option in ("n_steps", "noise_mix", "eta"):
+                assert getattr(step, option) == value, (name, option)
+            elif option == "zeta" or option == "init":
+                assert spec.adapted or option == "init", (name, option)  # used by the adaptation / the solve loop
+                assert spec.takes_init, (name, option)  # SCD refuses both
+            else:  # network settings: used by every method with a network
+                assert spec.step is not None, (name, option)
