@@ -9,6 +9,7 @@ as two copies at once, and times each process from start to exit:
   torch's default thread count (one per core);
 - ``active``: ``OMP_WAIT_POLICY=ACTIVE``, threads that spin while waiting (what torch alone does on this runtime);
 - ``threads1``: ``--threads 1`` with ddip's default wait policy;
+- ``spin``: threads that spin briefly (``GOMP_SPINCOUNT=10000``) and then sleep;
 - ``-x2``: two copies started together.
 
 Writes ``benchmarks/results/threads.json``: per configuration the wall time of each copy and its ratio to the same
@@ -35,9 +36,12 @@ CONFIGS = {
     "passive-x2": ({}, [], 2),
     "active-x2": ({"OMP_WAIT_POLICY": "ACTIVE"}, [], 2),
     "threads1-x2": ({}, ["--threads", "1"], 2),
+    # libgomp spins GOMP_SPINCOUNT iterations before sleeping (PASSIVE: 0, ACTIVE: 3e10): a short spin in between
+    "spin": ({"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "10000"}, [], 1),
+    "spin-x2": ({"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "10000"}, [], 2),
 }
 ALONE = {"passive": "passive", "active": "active", "passive-x2": "passive", "active-x2": "active",
-         "threads1-x2": "passive"}
+         "threads1-x2": "passive", "spin": "spin", "spin-x2": "spin"}
 
 
 def run_copies(env_extra: dict, extra: list[str], copies: int, steps: int, workdir: Path) -> list[float]:
