@@ -284,8 +284,7 @@ class _Run:
                    "time_breakdown_s": res.report.get("time_breakdown_s")}
             with self.rows_path.open("a") as fh:
                 fh.write(json.dumps({"key": key, "row": row}) + "\n")
-            for path in self.checkpoints.glob(f"{key}*.pt"):
-                path.unlink()
+            ckpt.remove()
             self.done[key] = row
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         return dict(row)

@@ -70,8 +70,9 @@ class Checkpointer:
         return payload
 
     def remove(self) -> None:
-        if self.path.exists():
-            self.path.unlink()
+        """Delete this checkpoint and every one beside it that a stage, rank or sample wrote (:meth:`sibling`)."""
+        for path in self.path.parent.glob(f"{self.path.stem}*{self.path.suffix}"):
+            path.unlink()
 
 
 def resumable_solve(step, prior, y, physics, *, generator: torch.Generator, checkpointer: Checkpointer | None,

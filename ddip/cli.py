@@ -286,7 +286,7 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
     with StopRequest() as stop:  # SIGTERM / SIGINT: checkpoint after the current step, then stop
         ckpt = Checkpointer(out / "checkpoint.pt", config, every=args.checkpoint_every, stop=stop)
         if rank == 0 and not args.resume:
-            _remove_checkpoints(ckpt)
+            ckpt.remove()
         elif rank == 0 and not any(out.glob("checkpoint*.pt")):
             print(f"ddip: no checkpoint in {out}; starting from the beginning", file=sys.stderr)
         distributed.any_flag(False)
@@ -298,7 +298,7 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
                            record=m.record, units=args.units, display_window=args.display_window,
                            peak_mb=result.peak_memory_mb, report=result.report, std=result.std,
                            config={**config, "environment": environment()})
-    _remove_checkpoints(ckpt)
+    ckpt.remove()
     _print_metrics(args.method, metrics)
     print(f"results in {out}")
 
@@ -324,11 +324,6 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
                              tv_lam=args.tv_lambda, tv_rho=args.tv_rho,
                              precision=args.precision, channels_last=args.channels_last, compile=args.compile, resize=args.resize,
                              normalise=args.normalise)
-
-
-def _remove_checkpoints(ckpt) -> None:
-    for path in ckpt.path.parent.glob(f"{ckpt.path.stem}*{ckpt.path.suffix}"):
-        path.unlink()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
