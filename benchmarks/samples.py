@@ -105,12 +105,9 @@ def main() -> None:
 
 
 def _figure(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from ddip.io import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    fig, ax = pyplot().subplots(figsize=(4.6, 3.6))
     top = 0.0
     for r in rows:
         x = [b["std"] for b in r["binned"]]
@@ -123,8 +120,7 @@ def _figure(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("mean |error| of their mean")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from ddip.checkpoint import Checkpointer
 from ddip.data import dev_volume_path, prepare_volume, read_volume
 from ddip.devices import resolve_device
 from ddip.errors import DdipError
-from ddip.io import atomic_path, write_json
+from ddip.io import atomic_path, pyplot, save_figure, write_json
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
 from ddip.methods import method_spec, names
@@ -210,10 +210,7 @@ def _markdown(name: str, rows: list[dict]) -> str:
 
 
 def _scaling_plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     for method in ("ddip", "d3ip"):
@@ -227,9 +224,7 @@ def _scaling_plot(rows: list[dict], path: Path) -> None:
     a.set_xlabel("slices N"), a.set_ylabel("s"), a.set_xscale("log", base=2), a.set_yscale("log"), a.legend(fontsize=7)
     b.set_xlabel("slices N"), b.set_ylabel("peak memory (MB)"), b.set_xscale("log", base=2), b.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 class _Run:

@@ -37,12 +37,12 @@ from ddip.data.volumes import MU_WATER_PER_MM, output_affine, parse_slab, spread
 from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError, first_line
 from ddip.evaluation import GATE_IMAGES, GATE_MARGIN_DB, gate_curve
-from ddip.io import write_json, write_nifti, write_png_views
+from ddip.io import magnitude, write_json, write_nifti, write_png_views
 from ddip.metrics import evaluate_volume
 from ddip.priors import ADM_PRESETS, adm_config, convert_adm_checkpoint, default_prior, load_prior
 from ddip.priors.adm import adm_parameters
 from ddip.priors.prior import PRECISIONS
-from ddip.priors.train import PHANTOM_DATA, TrainConfig, train_prior
+from ddip.priors.train import PHANTOM_DATA, TrainConfig, data_channels, train_prior
 from ddip.priors.unet import UNetConfig
 from ddip.methods import names
 from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, preset_settings, reconstruct,
@@ -193,7 +193,7 @@ def display(record: dict, window: str = "soft-tissue", *, shown: torch.Tensor | 
             out["window"] = tuple((v - lo) / (hi - lo) for v in SOFT_TISSUE_HU)
         out["window_name"] = "W400 L40" if window == "soft-tissue" else None
     elif shown is not None:
-        v = (shown.abs() if shown.is_complex() else shown).flatten().float()
+        v = magnitude(shown).flatten().float()
         lo, hi = torch.quantile(v[:: max(1, v.numel() // 1_000_000)], torch.tensor([0.005, 0.995])).tolist()
         out["window"] = (lo, hi if hi > lo else lo + max(abs(lo), 1e-12))
         out["window_name"] = f"{lo:.3g} to {hi:.3g}"
@@ -482,7 +482,7 @@ def cmd_convert_prior(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    channels = 2 if args.data == "ellipses-complex" else 1
+    channels = data_channels(args.data)
     phantoms = args.data in PHANTOM_DATA
     if not phantoms and args.modality is None:
         raise DdipError(f"--data {args.data}: training on a folder of volumes needs --modality ct or mri (the "

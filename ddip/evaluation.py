@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ddip.data.phantoms import random_ellipses
 from ddip.errors import DdipError
-from ddip.io import atomic_path, read_safetensors
+from ddip.io import pyplot, read_safetensors, save_figure
 from ddip.metrics import psnr
 from ddip.physics import add_noise, conjugate_gradient, sparse_view_ct
 from ddip.priors.prior import DiffusionPrior
@@ -114,10 +114,7 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
     data range at every step — guided-diffusion's ``clip_denoised``, which is how ADM samples. Deterministic DDIM
     (η = 0) without clipping drives our small networks to saturated or empty images.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     size = int(prior.net.config.sample_size)
     channels = int(prior.net.config.in_channels)
@@ -141,9 +138,7 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
             img = (x[k].norm(dim=0) if x.shape[1] > 1 else x[k, 0]).cpu()
             ax.imshow(img.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
     return x
 
 
@@ -184,10 +179,7 @@ def gate_curve(run_dir, *, n_images: int = GATE_IMAGES) -> list[dict]:
 
 
 def _plot_curve(rows: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     images = [r["images"] / 1000 for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -200,6 +192,4 @@ def _plot_curve(rows: list[dict], path) -> None:
     ax.set_ylabel(f"PSNR (dB), {rows[-1].get('task', 'sv-ct')}, {rows[-1]['size']} px")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

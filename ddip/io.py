@@ -75,8 +75,7 @@ def _json_default(obj: object) -> object:
 def volume_array(volume: Tensor) -> np.ndarray:
     """``(D, 1, H, W)`` slices (magnitude if complex) -> ``(W, H, D)`` array, undoing the display flip of
     :func:`ddip.data.volumes.prepare_volume` so the NIfTI axes read as the source's (x, y, z)."""
-    v = volume.detach().cpu()
-    v = v.abs() if v.is_complex() else v
+    v = magnitude(volume.detach().cpu())
     v = v[:, 0].flip(1).transpose(1, 2)  # (D, x, y)
     return np.ascontiguousarray(v.permute(1, 2, 0).numpy().astype(np.float32))
 
@@ -112,10 +111,7 @@ def write_png_views(path: str | os.PathLike, volumes: dict[str, Tensor], *, erro
     last row, with a colorbar scaled to its 99.5th percentile; ``maps`` (e.g. the samples' standard deviation) are
     further rows shown the same way.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     notes = notes or {}
     rows = [(title + (f"\n{notes[title]}" if title in notes else ""), _planes(v), "gray", window)
@@ -142,14 +138,33 @@ def write_png_views(path: str | os.PathLike, volumes: dict[str, Tensor], *, erro
                 ax.set_title(name + (f" ({window_name})" if window_name and c == 0 else ""), fontsize=9)
         if cmap == "inferno":
             fig.colorbar(shown, ax=list(axes[r]), fraction=0.025, pad=0.01).ax.tick_params(labelsize=7)
+    save_figure(fig, path, bbox_inches="tight")
+
+
+def magnitude(x: Tensor) -> Tensor:
+    """``|x|`` of a complex tensor; a real one as it is (signs kept)."""
+    return x.abs() if x.is_complex() else x
+
+
+def pyplot():
+    """matplotlib.pyplot drawing off screen (imported here: it costs about 0.5 s and only pictures need it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 100, **kwargs) -> None:
+    """Write a matplotlib figure as a PNG atomically, then close it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(tmp, dpi=dpi, format="png", **kwargs)
+    pyplot().close(fig)
 
 
 def _mag(v: Tensor) -> Tensor:
-    v = v.detach().cpu()
-    return v.abs() if v.is_complex() else v
+    return magnitude(v.detach().cpu())
 
 
 def _planes(volume: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from ddip.adapt.methods import AdaptReport
 from ddip.checkpoint import resumable_solve
 from ddip.devices import resolve_device
 from ddip.errors import DdipError, check_seed
+from ddip.io import magnitude
 from ddip.methods import adaptation_settings, method_spec, names, tv_parameters
 from ddip.physics import Resampled
 from ddip.physics.base import pseudo_inverse
@@ -344,7 +345,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
 
 def plausible_range(x: Tensor, method: str) -> dict:
     """The result's value range in the prior's units, with a warning when it leaves :data:`PLAUSIBLE`."""
-    v = x.abs() if x.is_complex() else x
+    v = magnitude(x)
     lo, hi = float(v.min()), float(v.max())
     inside = PLAUSIBLE[0] <= lo and hi <= PLAUSIBLE[1]
     if not inside:

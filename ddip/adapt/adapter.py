@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ddip.adapt.lora import has_lora_dropout, restore, snapshot, trainable_parameters
 from ddip.errors import DdipError
-from ddip.io import atomic_path
+from ddip.io import atomic_path, magnitude
 from ddip.physics.base import is_complex_image, physics_subset
 from ddip.physics.sharding import Shard
 from ddip.priors.prior import PLAUSIBLE, DiffusionPrior
@@ -90,8 +90,7 @@ def adaptation_loss(step, x0: Tensor, y: Tensor, physics, extent: list | None = 
     with section("data_consistency"):
         x0_dc, _ = step.data_consistency(x0, y, physics, {})
         if extent is not None:
-            v = x0_dc.detach()
-            v = v.abs() if v.is_complex() else v
+            v = magnitude(x0_dc.detach())
             extent.append((float(v.min()), float(v.max())))
         return (physics.A(x0_dc) - y).abs().pow(2).mean()
 

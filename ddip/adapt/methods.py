@@ -43,7 +43,7 @@ class AdaptReport:
 
 
 def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
-         generator: torch.Generator | None = None, adapt_generator: torch.Generator | None = None,
+         generator: torch.Generator, adapt_generator: torch.Generator,
          init: Init = "slerp", max_batch: int = MAX_BATCH, record_trajectory: bool = False, progress: bool = False,
          checkpointer: Checkpointer | None = None, method: str = "d3ip", shard: Shard | None = None
          ) -> tuple[Tensor, AdaptReport]:
@@ -53,7 +53,6 @@ def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Ada
     sharing one LoRA state (:mod:`~ddip.physics.sharding`); every rank passes the whole ``y`` and gets the whole
     volume back. With the same generators the result is the single-process one up to the order of floating-point sums.
     """
-    generator = generator if generator is not None else torch.Generator()
     adapter = VolumeAdapter(prior, step, y, physics, cfg, generator=adapt_generator,
                             record_trajectory=record_trajectory, shard=shard)
     y_run, physics_run = split(shard, y, physics)
@@ -72,7 +71,7 @@ def d3ip_mbir(step, prior, y, physics, cfg: AdaptConfig = AdaptConfig(neighbours
 
 
 def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(k=1), *,
-         generator: torch.Generator | None = None, adapt_generator: torch.Generator | None = None,
+         generator: torch.Generator, adapt_generator: torch.Generator,
          init: Init = "slerp", carry_over: bool = False, start_state: dict | None = None, max_batch: int = MAX_BATCH,
          record_trajectory: bool = False, checkpointer: Checkpointer | None = None, method: str = "ddip",
          progress: bool = False) -> tuple[Tensor, AdaptReport]:
@@ -82,7 +81,6 @@ def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptCo
     A checkpoint holds the finished slices, the volume's initial state and the current slice's sampling state.
     """
     cfg = dataclasses.replace(cfg, k=1, neighbours=False)
-    generator = generator if generator is not None else torch.Generator()
     fresh = snapshot(prior.net) if start_state is None else start_state
     resume = checkpointer.load() if checkpointer is not None else None
     if resume is not None:
@@ -143,14 +141,13 @@ def scd(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Adap
 
 
 def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
-              finetune: AdaptConfig | None = None, generator: torch.Generator | None = None,
-              adapt_generator: torch.Generator | None = None, init: Init = "slerp", max_batch: int = MAX_BATCH,
+              finetune: AdaptConfig | None = None, generator: torch.Generator, adapt_generator: torch.Generator,
+              init: Init = "slerp", max_batch: int = MAX_BATCH,
               checkpointer: Checkpointer | None = None, progress: bool = False) -> tuple[Tensor, AdaptReport]:
     """D3IP (meta), App. B: Reptile D3IP (α 1.0 → 0.5) gives θ_vol; then DDIP on every slice started from θ_vol.
 
     Each stage checkpoints beside ``checkpointer`` (``.stage1`` / ``.stage2``); θ_vol is kept once stage 1 ends.
     """
-    generator = generator if generator is not None else torch.Generator()
     meta_cfg = dataclasses.replace(cfg, reptile=cfg.reptile or (1.0, 0.5))
     done = checkpointer.sibling("theta_vol").load() if checkpointer is not None else None
     if done is None:
@@ -160,14 +157,13 @@ def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig 
         theta_vol = snapshot(prior.net)
         if checkpointer is not None:
             checkpointer.sibling("theta_vol").save({"theta_vol": theta_vol, "generator": generator.get_state(),
-                                                    "adapt_generator": _gen_state(adapt_generator),
+                                                    "adapt_generator": adapt_generator.get_state(),
                                                     "passes_forward": stage1.passes_forward,
                                                     "passes_adapt": stage1.passes_adapt})
     else:
         theta_vol = done["theta_vol"]
         generator.set_state(done["generator"])
-        if adapt_generator is not None and done["adapt_generator"] is not None:
-            adapt_generator.set_state(done["adapt_generator"])
+        adapt_generator.set_state(done["adapt_generator"])
         stage1 = AdaptReport("d3ip-meta", passes_forward=int(done["passes_forward"]),
                              passes_adapt=int(done["passes_adapt"]))
     x, stage2 = ddip_slicewise(step, prior, y, physics, finetune or dataclasses.replace(cfg, k=1), generator=generator,
@@ -179,10 +175,6 @@ def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig 
                          losses=stage1.losses + stage2.losses, theta_vol=theta_vol,
                          rollbacks=stage1.rollbacks + stage2.rollbacks)
     return x, report
-
-
-def _gen_state(generator: torch.Generator | None):
-    return None if generator is None else generator.get_state()
 
 
 __all__ = ["AdaptReport", "d3ip", "d3ip_meta", "d3ip_mbir", "ddip_slicewise", "scd"]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddip.errors import DdipError
+from ddip.io import magnitude
 
 log = logging.getLogger("ddip.data")
 
@@ -320,7 +321,7 @@ def to_source_units(volume: Tensor, record: dict) -> tuple[Tensor, str]:
     unchanged when the record holds no scaling (``"source"`` for imported measurements, which ``reconstruct``
     returns in their own scale; ``"window"`` otherwise)."""
     scaling = record.get("scaling") or {}
-    v = volume.abs() if volume.is_complex() else volume
+    v = magnitude(volume)
     if scaling.get("kind") == "hu_window":
         lo, hi = scaling["window_hu"]
         return lo + v * (hi - lo), "HU"

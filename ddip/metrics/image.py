@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddip.errors import DdipError
+from ddip.io import magnitude
 
 
 def _as_slices(x: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
@@ -20,8 +21,7 @@ def _as_slices(x: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
         raise DdipError(f"metrics: reconstruction shape {tuple(x.shape)} differs from reference {tuple(ref.shape)}")
     if x.ndim < 2:
         raise DdipError(f"metrics: expected images (..., H, W), got shape {tuple(x.shape)}")
-    x = x.abs() if x.is_complex() else x
-    ref = ref.abs() if ref.is_complex() else ref
+    x, ref = magnitude(x), magnitude(ref)
     h, w = x.shape[-2:]
     return x.detach().reshape(-1, h, w).to(torch.float64), ref.detach().reshape(-1, h, w).to(torch.float64)
 

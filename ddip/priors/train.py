@@ -48,6 +48,11 @@ from ddip.signals import StopRequest
 PHANTOM_DATA = ("ellipses", "ellipses-complex")  # made on the fly; "volumes" is a folder of the user's
 
 
+def data_channels(data: str) -> int:
+    """Image channels of a training data kind: 2 (real, imaginary) for complex phantoms, else 1."""
+    return 2 if data == "ellipses-complex" else 1
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of ``ddip train-prior`` (saved as ``config.json``; a resumed run must match them)."""
@@ -90,7 +95,7 @@ class TrainConfig:
             raise DdipError(f"train-prior: need max_hours > 0, checkpoint_minutes >= 0, snapshot_every >= 0 (0: none) "
                             f"and log_every >= 1, got {self.max_hours}, {self.checkpoint_minutes}, "
                             f"{self.snapshot_every} and {self.log_every}")
-        channels = 2 if self.data == "ellipses-complex" else 1
+        channels = data_channels(self.data)
         if self.rng not in ("cpu", "device"):
             raise DdipError(f"train-prior: unknown rng {self.rng!r}; choose cpu or device")
         if self.data not in (*PHANTOM_DATA, "volumes"):

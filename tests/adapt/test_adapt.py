@@ -179,9 +179,9 @@ def test_d3ip_costs_one_lora_state_and_ddip_one_per_slice(problem):
     x, op, y = problem
     prior = _prior()
     cfg = AdaptConfig(n_iters=2, k=3, zeta=None)
-    _, r3 = d3ip(DDS(n_steps=4), prior, y, op, cfg, generator=torch.Generator().manual_seed(0))
-    _, r1 = ddip_slicewise(DDS(n_steps=4), prior, y, op, dataclasses.replace(cfg, k=1),
-                 generator=torch.Generator().manual_seed(0))
+    gens = dict(generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(1))
+    _, r3 = d3ip(DDS(n_steps=4), prior, y, op, cfg, **gens)
+    _, r1 = ddip_slicewise(DDS(n_steps=4), prior, y, op, dataclasses.replace(cfg, k=1), **gens)
     n = y.shape[0]
     assert r3.passes_adapt == 4 * 2 * 3  # T_a · L · K
     assert r1.passes_adapt == n * 4 * 2  # N · T_a · L
