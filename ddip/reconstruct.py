@@ -30,7 +30,7 @@ from ddip.priors.prior import PLAUSIBLE, NetworkSpeed
 from ddip.solvers import admm_tv_reconstruct
 from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES, DataConsistencyStep
 from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
-from ddip.tasks import Measurement, TaskConfig
+from ddip.tasks import Measurement
 from ddip.timing import Timings
 
 log = logging.getLogger("ddip.reconstruct")

@@ -283,7 +283,7 @@ def test_adaptation_settings_given_to_a_method_that_does_not_adapt_are_refused(c
 
 
 def test_pictures_show_ct_in_a_soft_tissue_window_with_true_proportions():
-    from ddip.cli import display
+    from ddip.outputs import display
 
     record = {"scaling": {"kind": "hu_window", "window_hu": [-1024.0, 2048.0]}, "spacing_mm": [0.7, 0.7, 2.5],
               "slice_axis": 2, "pixel_spacing_mm": {"rows": 1.25, "cols": 1.25}}

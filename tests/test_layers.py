@@ -19,7 +19,7 @@ LAYERS = [
     ("ddip.solvers",),  # the sampling loop and its steps
     ("ddip.checkpoint",),  # resumable solves
     ("ddip.adapt",),  # LoRA and the adaptation hook
-    ("ddip.evaluation", "ddip.methods", "ddip.reconstruct"),  # the prior's gate; the method registry; one entry point
+    ("ddip.evaluation", "ddip.methods", "ddip.reconstruct", "ddip.outputs"),  # gate; registry; entry point; what a run writes
     ("ddip.benchmark",),
     ("ddip.cli", "ddip.__main__"),
 ]

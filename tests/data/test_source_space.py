@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddip.cli import main, write_result
+from ddip.cli import main
+from ddip.outputs import write_result
 from ddip.data import prepare_volume, random_ellipses, read_volume
 from ddip.data.volumes import output_affine
 from ddip.tasks import load_measurement
