@@ -30,7 +30,7 @@ from ddip.priors.prior import PLAUSIBLE, NetworkSpeed
 from ddip.solvers import admm_tv_reconstruct
 from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES, DataConsistencyStep
 from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
-from ddip.tasks import Measurement
+from ddip.tasks import Measurement, TaskConfig
 from ddip.timing import Timings
 
 log = logging.getLogger("ddip.reconstruct")
@@ -230,23 +230,28 @@ class _PeakMemory:
         return self.peak / 2**20
 
 
-def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: str | torch.device = "cpu",
-                progress: bool = False, checkpointer=None, record_trajectory: bool = False,
-                replay: dict | None = None) -> Result:
-    """Run ``cfg.method`` on measurement ``m``; returns the volume (image layout, on the CPU) and its costs.
+@dataclass
+class _Prepared:
+    """A reconstruction ready to run: the data on the device in the prior's units, the operator on the prior's grid,
+    this process's shard of the slices, and the report so far."""
 
-    With a :class:`~ddip.checkpoint.Checkpointer` the run saves its whole state every few steps and, if the
-    checkpoint already exists, resumes from it to the same result an uninterrupted run gives.
-    ``record_trajectory`` (D3IP, D3IP-mbir) returns the LoRA state after each adapted step in
-    ``Result.trajectory``; ``replay`` (such a trajectory) samples with it instead of adapting (paper App. E).
-    """
+    spec: object  # the method's MethodSpec
+    device: torch.device
+    y: Tensor
+    physics: object
+    prior: object
+    shard: Shard | None
+    factor: float  # the measurements were divided by it (normalise="auto") and the result is multiplied back
+    far: bool  # the data's intensity lies outside INTENSITY_RANGE
+    checkpointer: object
+    report: dict
+
+
+def _prepare(m: Measurement, cfg: ReconstructConfig, prior, device, checkpointer) -> _Prepared:
+    """Check the method against the process group and the prior; move, resample and normalise the data."""
     spec = method_spec(cfg.method)
-    if (record_trajectory or replay is not None) and not spec.replayable:
-        raise DdipError(f"LoRA trajectories are recorded and replayed for {', '.join(names(lambda s: s.replayable))}, "
-                        f"not {cfg.method}")
     device = resolve_device(device)
-    y = m.y.to(device)
-    physics = m.physics
+    y, physics = m.y.to(device), m.physics
     report: dict = {"method": cfg.method, "task": m.config.task, "device": str(device)}
     rank, world = distributed.world()
     shard = None
@@ -282,65 +287,93 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
         log.warning("the data's intensity is %.3g times the prior's range [0, 1] and normalise is off: expect a poor "
                     "reconstruction", scale)
     report.update(intensity_scale=scale, normalised_by=factor)
+    return _Prepared(spec, device, y, physics, prior, shard, factor, far, checkpointer, report)
+
+
+def _run(p: _Prepared, cfg: ReconstructConfig, task: TaskConfig, *, progress: bool, record_trajectory: bool,
+         replay: dict | None) -> tuple[Tensor, dict | None]:
+    """Sample (or, for ADMM-TV, solve): the volume in the prior's units and grid, and the LoRA trajectory if any.
+    Adds the method's counts (network passes, adaptation losses and rollbacks) to ``p.report``."""
+    spec, y, physics, shard = p.spec, p.y, p.physics, p.shard
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    trajectory = None
-    with _PeakMemory(device) as mem, Timings() as timings:
-        t0 = time.perf_counter()
-        if spec.step is None:  # ADMM-TV, the one method without a network
-            x = admm_tv_reconstruct(y, physics, **tv_parameters(cfg, m.config))
-        elif not spec.adapted:
-            step = spec.step(cfg, m.config)
-            y_run, phys_run = split(shard, y, physics)
-            x = resumable_solve(step, prior, y_run, phys_run, generator=generator, checkpointer=checkpointer,
-                                init=cfg.init, max_batch=cfg.max_batch, progress=progress, desc=cfg.method)
-            if shard is not None:
-                x = shard.gather_volume(x)
-            report["network_forward_passes"] = step.n_steps * y.shape[0]
-        else:
-            k, n_iters, lr = adaptation_settings(cfg, m.config, y.shape[0])
-            acfg = AdaptConfig(lr=lr, n_iters=n_iters, k=k, zeta=cfg.zeta, loss_cg_iters=cfg.loss_cg_iters,
-                               range_guard=cfg.range_guard,
-                               chunk=adaptation_chunk(cfg.max_batch, cfg.k or spec.table5[m.config.task][0], world))
-            prior = copy.deepcopy(prior)  # the caller's prior stays free of LoRA layers
-            lora_layers = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
-                                      generator=torch.Generator().manual_seed(cfg.seed + 1))
-            step = spec.step(cfg, m.config)
-            kwargs = dict(generator=generator, adapt_generator=torch.Generator().manual_seed(cfg.seed + 2),
-                          max_batch=cfg.max_batch, checkpointer=checkpointer, progress=progress)
-            if spec.takes_init:
-                kwargs["init"] = cfg.init
-            if shard is not None:
-                kwargs["shard"] = shard
-            if replay is not None:
-                x = resumable_solve(step, prior, y, physics, generator=generator, checkpointer=checkpointer,
-                                    adapter=Replay(prior, replay), init=cfg.init, max_batch=cfg.max_batch,
-                                    progress=progress, desc=f"{cfg.method} (replay)")
-                rep = AdaptReport(cfg.method, passes_forward=step.n_steps * y.shape[0])
-            else:
-                if record_trajectory:
-                    kwargs["record_trajectory"] = True
-                x, rep = spec.adapt(step, prior, y, physics, acfg, **kwargs)
-            trajectory = rep.trajectory or None
-            report.update({"network_forward_passes": rep.passes_forward, "network_adapt_passes": rep.passes_adapt,
-                           "lora_layers": len(lora_layers),
-                           "adapted_parameters": count_parameters(prior.net)["trainable"],
-                           "adapt": dataclasses.asdict(acfg),
-                           "loss_first": rep.losses[0][1] if rep.losses else None,
-                           "loss_last": rep.losses[-1][1] if rep.losses else None,
-                           "adapt_rollbacks": [{"step": i, "t": t, "why": why} for i, t, why in rep.rollbacks]})
+    if spec.step is None:  # ADMM-TV, the one method without a network
+        return admm_tv_reconstruct(y, physics, **tv_parameters(cfg, task)), None
+    step = spec.step(cfg, task)
+    if not spec.adapted:
+        y_run, phys_run = split(shard, y, physics)
+        x = resumable_solve(step, p.prior, y_run, phys_run, generator=generator, checkpointer=p.checkpointer,
+                            init=cfg.init, max_batch=cfg.max_batch, progress=progress, desc=cfg.method)
+        p.report["network_forward_passes"] = step.n_steps * y.shape[0]
+        return (x if shard is None else shard.gather_volume(x)), None
+    k, n_iters, lr = adaptation_settings(cfg, task, y.shape[0])
+    acfg = AdaptConfig(lr=lr, n_iters=n_iters, k=k, zeta=cfg.zeta, loss_cg_iters=cfg.loss_cg_iters,
+                       range_guard=cfg.range_guard,
+                       chunk=adaptation_chunk(cfg.max_batch, cfg.k or spec.table5[task.task][0],
+                                              distributed.world()[1]))
+    prior = copy.deepcopy(p.prior)  # the caller's prior stays free of LoRA layers
+    lora_layers = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
+                              generator=torch.Generator().manual_seed(cfg.seed + 1))
+    if replay is not None:
+        x = resumable_solve(step, prior, y, physics, generator=generator, checkpointer=p.checkpointer,
+                            adapter=Replay(prior, replay), init=cfg.init, max_batch=cfg.max_batch,
+                            progress=progress, desc=f"{cfg.method} (replay)")
+        rep = AdaptReport(cfg.method, passes_forward=step.n_steps * y.shape[0])
+    else:
+        kwargs = dict(generator=generator, adapt_generator=torch.Generator().manual_seed(cfg.seed + 2),
+                      max_batch=cfg.max_batch, checkpointer=p.checkpointer, progress=progress)
+        if spec.takes_init:
+            kwargs["init"] = cfg.init
         if shard is not None:
-            report["communication_bytes"] = dict(shard.traffic)  # what this rank sent into collectives, by kind
-        if hasattr(physics, "to_data_grid"):
-            x = physics.to_data_grid(x)
-        # (data left far from the prior's scale by normalise="off" have been warned about above)
-        report["value_range"] = plausible_range(x, cfg.method) if factor != 1.0 or not far else None
-        if factor != 1.0:
-            x = x * factor
-        wall = time.perf_counter() - t0
+            kwargs["shard"] = shard
+        if record_trajectory:
+            kwargs["record_trajectory"] = True
+        x, rep = spec.adapt(step, prior, y, physics, acfg, **kwargs)
+    p.report.update({"network_forward_passes": rep.passes_forward, "network_adapt_passes": rep.passes_adapt,
+                     "lora_layers": len(lora_layers), "adapted_parameters": count_parameters(prior.net)["trainable"],
+                     "adapt": dataclasses.asdict(acfg),
+                     "loss_first": rep.losses[0][1] if rep.losses else None,
+                     "loss_last": rep.losses[-1][1] if rep.losses else None,
+                     "adapt_rollbacks": [{"step": i, "t": t, "why": why} for i, t, why in rep.rollbacks]})
+    return x, rep.trajectory or None
+
+
+def _finish(p: _Prepared, x: Tensor, method: str) -> Tensor:
+    """The volume on the data's grid and in the data's units, its value range checked."""
+    if p.shard is not None:
+        p.report["communication_bytes"] = dict(p.shard.traffic)  # what this rank sent into collectives, by kind
+    if hasattr(p.physics, "to_data_grid"):
+        x = p.physics.to_data_grid(x)
+    # (data left far from the prior's scale by normalise="off" have been warned about in _prepare)
+    p.report["value_range"] = plausible_range(x, method) if p.factor != 1.0 or not p.far else None
+    if p.factor != 1.0:
+        x = x * p.factor
     if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
-        raise DdipError(f"{cfg.method} produced NaN or Inf values")
-    report["time_breakdown_s"] = timings.as_dict(total=wall)
-    return Result(x.detach().cpu(), wall, mem.mb, report, trajectory=trajectory)
+        raise DdipError(f"{method} produced NaN or Inf values")
+    return x.detach().cpu()
+
+
+def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: str | torch.device = "cpu",
+                progress: bool = False, checkpointer=None, record_trajectory: bool = False,
+                replay: dict | None = None) -> Result:
+    """Run ``cfg.method`` on measurement ``m``; returns the volume (image layout, on the CPU) and its costs.
+
+    With a :class:`~ddip.checkpoint.Checkpointer` the run saves its whole state every few steps and, if the
+    checkpoint already exists, resumes from it to the same result an uninterrupted run gives.
+    ``record_trajectory`` (D3IP, D3IP-mbir) returns the LoRA state after each adapted step in
+    ``Result.trajectory``; ``replay`` (such a trajectory) samples with it instead of adapting (paper App. E).
+    """
+    spec = method_spec(cfg.method)
+    if (record_trajectory or replay is not None) and not spec.replayable:
+        raise DdipError(f"LoRA trajectories are recorded and replayed for {', '.join(names(lambda s: s.replayable))}, "
+                        f"not {cfg.method}")
+    p = _prepare(m, cfg, prior, device, checkpointer)
+    with _PeakMemory(p.device) as mem, Timings() as timings:
+        t0 = time.perf_counter()
+        x, trajectory = _run(p, cfg, m.config, progress=progress, record_trajectory=record_trajectory, replay=replay)
+        x = _finish(p, x, cfg.method)
+        wall = time.perf_counter() - t0
+    p.report["time_breakdown_s"] = timings.as_dict(total=wall)
+    return Result(x, wall, mem.mb, p.report, trajectory=trajectory)
 
 
 def plausible_range(x: Tensor, method: str) -> dict:
