@@ -36,7 +36,7 @@ from ddip.io import atomic_path, pyplot, save_figure, write_json
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
 from ddip.methods import method_spec, names
-from ddip.reconstruct import ReconstructConfig, reconstruct
+from ddip.reconstruct import ReconstructConfig, preset_settings, reconstruct
 from ddip.signals import StopRequest
 from ddip.tasks import TaskConfig, paper_views, simulate
 
@@ -55,7 +55,8 @@ class BenchConfig:
     quick: bool = False
     scaling_steps: int | None = None  # None: n_steps
     table2_settings: tuple[str, ...] = ("sv-ct-60", "sv-ct-paper", "mri3d", "csmri")
-    noise_mix: str = ReconstructConfig.noise_mix
+    noise_mix: str | None = None  # None: the preset's, else each step's own
+    preset: str | None = None  # named sampling settings (ddip.reconstruct.PRESETS) under the options given
     scaling_sizes: tuple[int, ...] = (8, 16, 32, 64)
     methods: tuple[str, ...] = names()  # table 2's methods (a subset for a costly size)
     # CG steps of DDS's data consistency, in DDS and the adapted methods on it (None: DDS's default; the paper's: 5);
@@ -71,8 +72,10 @@ class BenchConfig:
         unknown = [m for m in self.methods if m not in names()]
         if unknown or not self.methods:
             raise DdipError(f"benchmark: unknown or no method(s) {unknown}; choose from {', '.join(names())}")
-        ReconstructConfig(method="d3ip", cg_iters=self.cg_iters, lr=self.lr,  # a bad value fails before any run
-                          precision=self.precision)
+        # a bad value fails before any run
+        ReconstructConfig(**{"method": "d3ip", **preset_settings(self.preset, "d3ip"), "cg_iters": self.cg_iters,
+                             "lr": self.lr, "precision": self.precision,
+                             "noise_mix": self.noise_mix})
         resolve_device(self.device)
         counts = {"n_slices": self.n_slices, "dps_slices": self.dps_slices, "size": self.size // 8,
                   "n_steps": 1 if self.n_steps is None else self.n_steps,
@@ -93,6 +96,7 @@ class BenchConfig:
             return {"prior": c.prior, "size": c.size, "n_slices": c.n_slices, "steps": c.n_steps,
                     "dps_slices": c.dps_slices, "scaling_steps": c.scaling_steps,
                     "scaling_sizes": ",".join(map(str, c.scaling_sizes)), "noise_mix": c.noise_mix,
+                    "preset": c.preset,
                     "table2": ",".join(c.table2_settings), "methods": ",".join(c.methods),
                     "cg_iters": c.cg_iters, "lr": c.lr, "device": c.device, "precision": c.precision,
                     "channels_last": c.channels_last, "compile": c.compile}
@@ -118,13 +122,16 @@ def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
     """A reconstruction's settings with the benchmark's seed, noise mixing and, where they apply, its CG steps and
     learning rate."""
     spec = method_spec(settings["method"])
+    for key, value in preset_settings(cfg.preset, settings["method"]).items():
+        if settings.get(key) is None:
+            settings[key] = value
     if cfg.cg_iters is not None and spec.on_dds:
         settings["cg_iters"] = cfg.cg_iters
     if cfg.lr is not None and spec.adapted:
         settings["lr"] = cfg.lr
     if spec.step is not None:  # a method with a network
         settings.update(precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
-    if spec.mixes_noise:
+    if spec.mixes_noise and cfg.noise_mix is not None:
         settings["noise_mix"] = cfg.noise_mix
     return ReconstructConfig(seed=cfg.seed, **settings)
 

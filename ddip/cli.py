@@ -49,7 +49,7 @@ from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructCo
                              reconstruct_samples)
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import DDNM, DDS, DiffusionMBIR
-from ddip.solvers.base import INITS, NOISE_MIXES, DataConsistencyStep
+from ddip.solvers.base import INITS, NOISE_MIXES
 from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
 from ddip.tasks import (
     TASKS,
@@ -318,7 +318,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
     given = {"prior": args.prior, "size": args.size, "n_slices": args.n_slices, "n_steps": args.steps,
              "dps_slices": args.dps_slices, "scaling_steps": args.scaling_steps,
              "scaling_sizes": args.scaling_sizes,
-             "noise_mix": args.noise_mix, "table2_settings": split(args.table2), "methods": split(args.methods),
+             "noise_mix": args.noise_mix, "preset": args.preset, "table2_settings": split(args.table2), "methods": split(args.methods),
              "cg_iters": args.cg_iters, "lr": args.lr, "device": args.device, "precision": args.precision,
              "channels_last": args.channels_last, "compile": args.compile}
     given = {k: v for k, v in given.items() if v is not None}
@@ -446,12 +446,13 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
-def _add_noise_mix(p: argparse.ArgumentParser, default: str | None = ReconstructConfig.noise_mix) -> None:
-    p.add_argument("--noise-mix", default=default, choices=NOISE_MIXES,
-                   help="DDIM noise mixing: code (default), the authors' variance-preserving "
-                        "eta*z + sqrt(1-eta^2)*eps, "
-                        "with which the paper's tables were made; paper, Eq. 7 as printed, eta*z + (1-eta)*eps; "
-                        "ddim, true DDIM")
+def _add_noise_mix(p: argparse.ArgumentParser, preset: bool = True) -> None:
+    shown = ("the preset's, else " if preset else "") + f"the method's own: DDS {DDS.noise_mix}, MBIR " \
+        f"{DiffusionMBIR.noise_mix}"
+    p.add_argument("--noise-mix", choices=NOISE_MIXES,
+                   help="DDIM noise mixing: paper, Eq. 7 as printed, eta*z + (1-eta)*eps (chosen by measurement, "
+                        "docs/results.md); code, the authors' variance-preserving eta*z + sqrt(1-eta^2)*eps, with "
+                        f"which the paper's tables were made (--preset paper); ddim, true DDIM (default: {shown})")
 
 
 def _add_display(p: argparse.ArgumentParser) -> None:
@@ -534,13 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=r.init, choices=INITS,
                    help="x_T': slerp between two noises across the slices with A^dagger y (paper Eq. 16), "
                         "independent noise per slice (the authors' code), or pure noise")
-    _add_noise_mix(p, default=None)  # None: the preset's, else ReconstructConfig's
+    _add_noise_mix(p)
     p.add_argument("--preset", choices=tuple(PRESETS),
                    help="named sampling settings under the flags given: paper = 50 steps, eta 0.85, the code's noise "
-                        f"mixing and {PAPER_CG_ITERS} CG steps for DDS and the adapted methods on it, the code's mixing "
-                        "for the others (the settings of the paper's tables)")
+                        f"mixing and {PAPER_CG_ITERS} CG steps for DDS and the adapted methods on it, eta 0.85 and the "
+                        "code's mixing for DDNM and MBIR (the settings of the paper's tables)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: "
-                                             f"{DataConsistencyStep.eta}; DPS 1)")
+                                             f"the method's own, DDS {DDS.eta}, MBIR {DiffusionMBIR.eta}, DPS 1)")
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
     p.add_argument("--iters", type=int, help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5; CS-MRI 1e-4, tuned for 50 "
@@ -586,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=DEMO_SAMPLES,
                    help=f"posterior samples of DDS and D3IP, whose mean is shown with D3IP's std (default "
                         f"{DEMO_SAMPLES}; 1: single samples)")
-    _add_noise_mix(p)
+    _add_noise_mix(p, preset=False)
     _add_speed(p)
     _add_display(p)
     p.add_argument("--overwrite", action="store_true")
@@ -608,7 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            f"{','.join(map(str, b.scaling_sizes))})")
     p.add_argument("--table2", help="table 2 settings: sv-ct-60 (60 views), sv-ct-paper (60·size/256 views), mri3d, "
                                     "csmri (default: all)")
-    p.add_argument("--noise-mix", choices=NOISE_MIXES, help=f"DDIM noise mixing (default {b.noise_mix})")
+    _add_noise_mix(p)
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="named sampling settings under the flags given (see reconstruct --help); paper reproduces "
+                        "the tables of docs/results.md made before 2026-12-04")
     p.add_argument("--tables", help="comma-separated subset of table2,table1,table3,table4,scaling")
     p.add_argument("--resume", action="store_true",
                    help="keep the rows already measured in --out and continue a stopped reconstruction from its "

@@ -135,7 +135,9 @@ def adaptation_settings(cfg, task: TaskConfig, n_slices: int) -> tuple[int, int,
 # -- steps -----------------------------------------------------------------------------------------------------------
 def _sampler_settings(cfg) -> dict:
     """The DDIM-loop settings every CG sampler takes from a config (None: the step's own default)."""
-    out = {"noise_mix": cfg.noise_mix}
+    out = {}
+    if cfg.noise_mix is not None:
+        out["noise_mix"] = cfg.noise_mix
     if cfg.n_steps is not None:
         out["n_steps"] = cfg.n_steps
     if cfg.eta is not None:

@@ -28,7 +28,7 @@ from ddip.physics.base import pseudo_inverse
 from ddip.physics.sharding import Shard, split
 from ddip.priors.prior import PLAUSIBLE, NetworkSpeed
 from ddip.solvers import admm_tv_reconstruct
-from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES, DataConsistencyStep
+from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES
 from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
 from ddip.tasks import Measurement, TaskConfig
 from ddip.timing import Timings
@@ -65,8 +65,8 @@ def adaptation_chunk(max_batch: int, k: int, world: int = 1) -> int:
 
 # Named sets of sampling settings (``--preset``). "paper": the paper's sampling (App. A) — 50 DDIM steps, η 0.85 with
 # the authors' code's noise mixing (with which the paper's tables were made) and M = 5 CG steps — for DDS and the
-# adapted methods on it; every other diffusion method takes the code's mixing and keeps its own defaults (DDNM's 30
-# CG steps, MBIR's 5 × 5, DPS's 1000 steps), which are the paper's.
+# adapted methods on it; DDNM and MBIR take η and the mixing and keep their own CG counts (30, 5 × 5), DPS all its
+# own (1000 DDPM steps): those are the paper's.
 PRESETS: dict[str, dict] = {"paper": {"n_steps": 50, "eta": 0.85, "noise_mix": "code", "cg_iters": PAPER_CG_ITERS}}
 
 
@@ -79,7 +79,10 @@ def preset_settings(name: str | None, method: str) -> dict:
     spec = method_spec(method)
     if spec.step is None:
         return {}
-    return dict(PRESETS[name]) if spec.on_dds else {"noise_mix": PRESETS[name]["noise_mix"]}
+    if not spec.mixes_noise:  # DPS: its own DDPM update, the paper's
+        return {}
+    paper = PRESETS[name]
+    return dict(paper) if spec.on_dds else {"noise_mix": paper["noise_mix"], "eta": paper["eta"]}
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,8 @@ class ReconstructConfig:
     samples: int = 1  # posterior samples (seeds seed, seed + 1, ...): the result is their mean (reconstruct_samples)
     max_batch: int = MAX_BATCH  # network inputs per forward pass
     init: str = "slerp"
-    noise_mix: str = DataConsistencyStep.noise_mix
-    eta: float | None = None  # DDIM stochasticity η of the sampling step (None: the step's own, DDS 0.85, DPS 1)
+    noise_mix: str | None = None  # DDIM noise mixing (None: the step's own, DDS "paper", DDNM/MBIR "code")
+    eta: float | None = None  # DDIM stochasticity η of the sampling step (None: the step's own, DDS 0.2, MBIR 0.85)
     k: int | None = None  # K: adaptation slices per optimiser step (None: Table 5)
     n_iters: int | None = None  # L: optimiser steps per adapted timestep (None: Table 5)
     lr: float | None = None
@@ -125,7 +128,7 @@ class ReconstructConfig:
         spec = method_spec(self.method)  # an unknown name is an error listing the registered ones
         if self.init not in INITS:
             raise DdipError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
-        if self.noise_mix not in NOISE_MIXES:
+        if self.noise_mix not in (None, *NOISE_MIXES):
             raise DdipError(f"unknown noise_mix {self.noise_mix!r}; choose one of {', '.join(NOISE_MIXES)}")
         if self.dc_variant not in (None, *DC_VARIANTS):
             raise DdipError(f"unknown dc_variant {self.dc_variant!r}; choose one of {', '.join(DC_VARIANTS)}")
@@ -299,6 +302,7 @@ def _run(p: _Prepared, cfg: ReconstructConfig, task: TaskConfig, *, progress: bo
     if spec.step is None:  # ADMM-TV, the one method without a network
         return admm_tv_reconstruct(y, physics, **tv_parameters(cfg, task)), None
     step = spec.step(cfg, task)
+    p.report["sampler"] = {name: getattr(step, name, None) for name in ("n_steps", "eta", "noise_mix", "cg_iters")}
     if not spec.adapted:
         y_run, phys_run = split(shard, y, physics)
         x = resumable_solve(step, p.prior, y_run, phys_run, generator=generator, checkpointer=p.checkpointer,

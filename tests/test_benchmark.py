@@ -54,6 +54,24 @@ def test_cg_steps_and_learning_rate_reach_only_the_methods_they_apply_to():
             BenchConfig(**bad)
 
 
+def test_the_paper_preset_gives_every_method_the_papers_sampling_under_the_options_given():
+    from ddip.reconstruct import ReconstructConfig
+    from ddip.solvers.dds import PAPER_CG_ITERS
+
+    paper = BenchConfig(preset="paper")
+    assert paper.command() == "ddip benchmark --preset paper"
+    dds, ddnm, dps, tv = (_rconfig(paper, method=m) for m in ("dds", "ddnm", "dps", "admm-tv"))
+    assert (dds.eta, dds.noise_mix, dds.cg_iters, dds.n_steps) == (0.85, "code", PAPER_CG_ITERS, 50)
+    assert (ddnm.eta, ddnm.noise_mix, ddnm.cg_iters) == (0.85, "code", None)  # its own 30 CG steps
+    assert dps == _rconfig(BenchConfig(), method="dps") and tv == _rconfig(BenchConfig(), method="admm-tv")
+    mine = _rconfig(BenchConfig(preset="paper", cg_iters=20, noise_mix="paper"), method="d3ip", n_steps=10)
+    assert (mine.cg_iters, mine.noise_mix, mine.n_steps, mine.eta) == (20, "paper", 10, 0.85)  # options given win
+    plain = _rconfig(BenchConfig(), method="dds")
+    assert (plain.eta, plain.noise_mix) == (None, ReconstructConfig.noise_mix)  # the step's own defaults
+    with pytest.raises(DdipError, match="unknown preset"):
+        BenchConfig(preset="fast")
+
+
 def test_table2_runs_only_the_chosen_methods(tiny_prior, tmp_path):
     cfg = BenchConfig(prior=tiny_prior, n_slices=2, n_steps=2, dps_slices=1, quick=True,
                       table2_settings=("mri3d",), methods=("dds", "admm-tv"))

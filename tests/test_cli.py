@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ddip.cli import main
+from ddip.solvers import DDS
 
 METRIC_KEYS = {"psnr", "ssim", "lpips", "psnr_volume", "wall_time_s", "peak_memory_mb", "method", "per_slice"}
 
@@ -57,8 +58,9 @@ def test_demo_compares_dds_and_d3ip(tiny_prior, tmp_path, capsys):
     assert "D3IP - DDS" in printed and "ranking by PSNR: " in printed and "mean of 2 samples" in printed
     assert sorted(summary["ranking"]) == ["admm-tv", "d3ip", "dds"] and summary["samples"] == 2
     assert (out / "d3ip" / "std.nii.gz").is_file() and not (out / "admm-tv" / "std.nii.gz").exists()
-    for method in ("dds", "d3ip"):  # both methods sample with the demo's noise mixing, recorded with the result
-        assert json.loads((out / method / "config.json").read_text())["noise_mix"] == "code"
+    for method in ("dds", "d3ip"):  # both sample with DDS's step, its settings recorded with the result
+        sampler = json.loads((out / method / "metrics.json").read_text())["report"]["sampler"]
+        assert sampler == {"n_steps": 4, "eta": DDS.eta, "noise_mix": DDS.noise_mix, "cg_iters": DDS.cg_iters}
 
 
 def test_reconstruct_config_names_a_bad_option():
@@ -458,8 +460,9 @@ def test_the_paper_preset_sets_the_papers_sampling_under_the_flags_given():
     assert (paper.n_steps, paper.eta, paper.noise_mix, paper.cg_iters) == (50, 0.85, "code", PAPER_CG_ITERS)
     mine = cfg("--method", "dds", "--preset", "paper", "--eta", "0.2", "--noise-mix", "paper", "--steps", "20")
     assert (mine.n_steps, mine.eta, mine.noise_mix, mine.cg_iters) == (20, 0.2, "paper", PAPER_CG_ITERS)
-    ddnm = cfg("--method", "ddnm", "--preset", "paper")  # its own 30 CG steps are the paper's; the code's mixing
-    assert (ddnm.cg_iters, ddnm.eta, ddnm.noise_mix) == (None, None, "code")
+    ddnm = cfg("--method", "ddnm", "--preset", "paper")  # its own 30 CG steps are the paper's; eta and the mixing
+    assert (ddnm.cg_iters, ddnm.eta, ddnm.noise_mix) == (None, 0.85, "code")
+    assert cfg("--method", "dps", "--preset", "paper") == cfg("--method", "dps")  # all its own
     assert cfg("--method", "admm-tv", "--preset", "paper") == cfg("--method", "admm-tv")  # nothing to set
     plain = cfg("--method", "dds")
     assert (plain.n_steps, plain.eta, plain.cg_iters) == (None, None, None)

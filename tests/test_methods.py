@@ -29,7 +29,7 @@ def test_a_method_added_through_the_registry_alone_runs_through_reconstruct_and_
     m, prior = open_measurement(ct_measurement), load_prior(tiny_prior)
     x = reconstruct(m, ReconstructConfig(method="toy-ddim", n_steps=3), prior).volume
     expected = reconstruct(m, ReconstructConfig(method="dds", n_steps=3), prior).volume
-    assert x.shape == expected.shape and not torch.equal(x, expected)  # its own step ran (η = 0, not 0.85)
+    assert x.shape == expected.shape and not torch.equal(x, expected)  # its own step ran (η = 0, not DDS's)
     out = tmp_path / "r"
     assert main(["reconstruct", str(ct_measurement), "--method", "toy-ddim", "--prior", tiny_prior, "--steps", "3",
                  "--quiet", "--out", str(out)]) == 0

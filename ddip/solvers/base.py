@@ -164,8 +164,8 @@ class DataConsistencyStep:
     through it) and may carry state across timesteps (:meth:`init_state`).
     """
 
-    eta: float = 0.85
-    noise_mix: NoiseMix = "code"  # the authors' variance-preserving mixing; "paper" is Eq. 7 as printed
+    eta: float = 0.85  # the paper's, with the authors' code's variance-preserving mixing (DDS overrides both)
+    noise_mix: NoiseMix = "code"
     n_steps: int = 50
 
     def init_state(self, x_image: Tensor) -> dict:
