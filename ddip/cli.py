@@ -73,14 +73,13 @@ DEMO_K, DEMO_ITERS = 3, 7
 DEMO_SAMPLES = 4
 
 
-# Which method to use: the README's table (measured on 8 slices, 64 px, 2 CPU cores; commands in docs/results.md).
-METHOD_ADVICE = """which method (measured on 8 slices, 64 px, 2 CPU cores; commands in docs/results.md):
-  CT, 15 views   admm-tv (30.78 dB); of the diffusion methods dds --samples 4 (one sample 26.75,
-                 the mean of 4 29.35 dB; d3ip 27.62, mean of 4 28.77 dB)
-  CT, 60 views   admm-tv (44.61 dB), then d3ip-mbir (40.03; dds 36.63)
-  3D MRI x8      admm-tv, mbir, d3ip-mbir tie (27.82 / 27.80 / 27.79 dB)
-  CS-MRI x4      d3ip-meta (23.13 dB) or d3ip (22.89); admm-tv 21.00
-cost: dds, ddnm, mbir about 10 s a sample; d3ip and d3ip-mbir 1.5-5 min; ddip, scd, d3ip-meta 5-7 min;
+# Which method to use: the README's table (measured on 8 slices, 64 px, one CPU thread; commands in docs/results.md).
+METHOD_ADVICE = """which method (measured on 8 slices, 64 px, one CPU thread; commands in docs/results.md):
+  CT, 15 views   dds --samples 4 (31.78 dB; one sample 30.65); admm-tv 30.78; d3ip, mean of 4, 30.65
+  CT, 60 views   admm-tv (44.61 dB), then ddnm (40.02; dds 39.54)
+  3D MRI x8      ddnm (28.88 dB) or dds (28.35); admm-tv 27.82, mbir 27.80
+  CS-MRI x4      dds (24.04 dB); admm-tv 21.00
+cost (one thread): dds, ddnm, mbir 45-65 s; d3ip and d3ip-mbir 5-13 min; ddip, scd, d3ip-meta longer;
 dps 1000 steps per slice. The adapted methods gain more where the prior is closer to the data."""
 
 
