@@ -46,7 +46,7 @@ from ddip.priors.train import PHANTOM_DATA, TrainConfig, data_channels, train_pr
 from ddip.priors.unet import UNetConfig
 from ddip.methods import names
 from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, preset_settings,
-                             reconstruct_samples)
+                             reconstruct_samples, resolved_settings)
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import DDNM, DDS, DiffusionMBIR
 from ddip.solvers.base import INITS, NOISE_MIXES
@@ -203,6 +203,7 @@ def _reconstruct(args: argparse.Namespace, rank: int) -> None:
     config = {"command": "reconstruct", "measurement": str(args.measurement), "prior": args.prior,
               "device": args.device, **asdict(cfg), "task": asdict(m.config), "volume_record": m.record}
     config["world_size"] = distributed.world()[1]
+    config["resolved"] = resolved_settings(cfg, m.config, m.y.shape[0])
     config["options"] = replay_options(args)
     with StopRequest() as stop:  # SIGTERM / SIGINT: checkpoint after the current step, then stop
         ckpt = Checkpointer(out / "checkpoint.pt", config, every=args.checkpoint_every, stop=stop)

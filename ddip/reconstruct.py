@@ -233,6 +233,21 @@ class _PeakMemory:
         return self.peak / 2**20
 
 
+def resolved_settings(cfg: ReconstructConfig, task: TaskConfig, n_slices: int) -> dict:
+    """What a run of ``cfg`` on ``task`` actually uses where ``cfg`` leaves the choice to the method (``None``): the
+    sampling step's settings, the adaptation's K, L and learning rate, the TV weights — recorded with every result."""
+    spec = method_spec(cfg.method)
+    out: dict = {}
+    if spec.step is not None:
+        step = spec.step(cfg, task)
+        out["sampler"] = {name: getattr(step, name, None) for name in ("n_steps", "eta", "noise_mix", "cg_iters")}
+    if spec.adapted:
+        out["adaptation"] = dict(zip(("k", "n_iters", "lr"), adaptation_settings(cfg, task, n_slices)))
+    if spec.tv:
+        out["tv"] = tv_parameters(cfg, task)
+    return out
+
+
 @dataclass
 class _Prepared:
     """A reconstruction ready to run: the data on the device in the prior's units, the operator on the prior's grid,
@@ -302,7 +317,6 @@ def _run(p: _Prepared, cfg: ReconstructConfig, task: TaskConfig, *, progress: bo
     if spec.step is None:  # ADMM-TV, the one method without a network
         return admm_tv_reconstruct(y, physics, **tv_parameters(cfg, task)), None
     step = spec.step(cfg, task)
-    p.report["sampler"] = {name: getattr(step, name, None) for name in ("n_steps", "eta", "noise_mix", "cg_iters")}
     if not spec.adapted:
         y_run, phys_run = split(shard, y, physics)
         x = resumable_solve(step, p.prior, y_run, phys_run, generator=generator, checkpointer=p.checkpointer,
@@ -371,6 +385,7 @@ def reconstruct(m: Measurement, cfg: ReconstructConfig, prior=None, *, device: s
         raise DdipError(f"LoRA trajectories are recorded and replayed for {', '.join(names(lambda s: s.replayable))}, "
                         f"not {cfg.method}")
     p = _prepare(m, cfg, prior, device, checkpointer)
+    p.report["resolved"] = resolved_settings(cfg, m.config, m.y.shape[0])
     with _PeakMemory(p.device) as mem, Timings() as timings:
         t0 = time.perf_counter()
         x, trajectory = _run(p, cfg, m.config, progress=progress, record_trajectory=record_trajectory, replay=replay)

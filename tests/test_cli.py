@@ -59,7 +59,7 @@ def test_demo_compares_dds_and_d3ip(tiny_prior, tmp_path, capsys):
     assert sorted(summary["ranking"]) == ["admm-tv", "d3ip", "dds"] and summary["samples"] == 2
     assert (out / "d3ip" / "std.nii.gz").is_file() and not (out / "admm-tv" / "std.nii.gz").exists()
     for method in ("dds", "d3ip"):  # both sample with DDS's step, its settings recorded with the result
-        sampler = json.loads((out / method / "metrics.json").read_text())["report"]["sampler"]
+        sampler = json.loads((out / method / "metrics.json").read_text())["report"]["resolved"]["sampler"]
         assert sampler == {"n_steps": 4, "eta": DDS.eta, "noise_mix": DDS.noise_mix, "cg_iters": DDS.cg_iters}
 
 
@@ -383,6 +383,8 @@ def test_k_is_reported_as_the_slices_it_can_draw(tmp_path, tiny_prior):
     assert main(["reconstruct", str(out), "--method", "d3ip", "--prior", tiny_prior, "--steps", "2", "--iters", "1",
                  "--quiet", "--out", str(tmp_path / "r")]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["report"]["adapt"]["k"] == 4  # Table 5: 6
+    resolved = json.loads((tmp_path / "r" / "config.json").read_text())["resolved"]["adaptation"]
+    assert resolved == {"k": 4, "n_iters": 1, "lr": 1e-3}  # the K, L and Table 5's rate that ran, not null
 
 
 def test_the_nifti_says_mm_and_its_units_and_a_volume_given_to_reconstruct_is_sent_to_simulate(ct_measurement,
@@ -407,6 +409,8 @@ def test_a_runs_config_json_replays_it_and_every_option_survives_the_round_trip(
                  "--seed", "4", "--cg-iters", "3", "--quiet", "--out", str(first)]) == 0
     recorded = json.loads((first / "config.json").read_text())
     assert recorded["options"]["cg-iters"] == 3 and recorded["options"]["prior"] == tiny_prior
+    from ddip.solvers import DDS  # what the method chose where the options left it (None) is recorded too
+    assert recorded["resolved"] == {"sampler": {"n_steps": 3, "eta": DDS.eta, "noise_mix": DDS.noise_mix, "cg_iters": 3}}
     assert main(["reconstruct", str(ct_measurement), "--config", str(first / "config.json"), "--quiet",
                  "--out", str(again)]) == 0
     assert np.array_equal(nib.load(first / "reconstruction.nii.gz").get_fdata(),
