@@ -30,14 +30,15 @@ def test_shipped_prior_passes_its_quality_gate(name):
     assert report["passed"], report
 
 
-@pytest.mark.xfail(strict=False, reason="DDS trails ADMM-TV in distribution with the shipped 3.6 M-parameter prior: "
-                   "the denoiser is the limit (docs/diagnosis.md section 3)")
+@pytest.mark.xfail(strict=False, reason="with the default sampler DDS leads ADMM-TV in distribution by 0.27 dB "
+                   "(30.39 / 30.12; 0.52 at 100 steps), not by 1 dB: the 3.6 M-parameter denoiser is the limit "
+                   "(docs/diagnosis.md section 3)")
 def test_dds_beats_fbp_and_admm_tv_in_distribution(prior):
     g = torch.Generator().manual_seed(GATE_SEED - 1)
     x = random_ellipses(8, 64, generator=g)
     op = sparse_view_ct(64, 15)
     y = add_noise(op.A(x), 0.01, generator=g)
-    dds = float(psnr(solve(DDS(noise_mix="paper"), prior, y, op, generator=g).clamp(0, 1), x).mean())
+    dds = float(psnr(solve(DDS(), prior, y, op, generator=g).clamp(0, 1), x).mean())
     fbp = float(psnr(op.fbp(y).clamp(0, 1), x).mean())
     tv = float(psnr(admm_tv_reconstruct(y, op, lam=0.02, rho=1.0).clamp(0, 1), x).mean())
     assert dds > fbp + 3 and dds > tv + 1
