@@ -69,10 +69,35 @@ class Checkpointer:
         check_same_settings(json.loads(payload["settings"]), json.loads(self.settings), str(self.path))
         return payload
 
+    def nested(self, extra: dict, resume: dict | None) -> "NestedCheckpointer":
+        """A checkpointer for one inner solve of a method that loops over solves (DDIP's slices): its payload is saved
+        inside this checkpoint beside ``extra`` (the outer loop's state), and ``resume`` is what it resumes from."""
+        return NestedCheckpointer(self, extra, resume)
+
     def remove(self) -> None:
         """Delete this checkpoint and every one beside it that a stage, rank or sample wrote (:meth:`sibling`)."""
         for path in self.path.parent.glob(f"{self.path.stem}*{self.path.suffix}"):
             path.unlink()
+
+
+class NestedCheckpointer:
+    """:meth:`Checkpointer.nested`: an inner solve's checkpoints, saved as ``{**extra, "inner": payload}``."""
+
+    def __init__(self, outer: Checkpointer, extra: dict, resume: dict | None):
+        self.outer, self.extra, self.resume = outer, extra, resume
+        self.path, self.stop, self.every = outer.path, outer.stop, outer.every
+
+    def due(self, i: int) -> bool:
+        return self.outer.due(i)
+
+    def stop_requested(self) -> bool:
+        return self.outer.stop_requested()
+
+    def save(self, payload: dict) -> None:
+        self.outer.save({**self.extra, "inner": payload})
+
+    def load(self) -> dict | None:
+        return self.resume
 
 
 def resumable_solve(step, prior, y, physics, *, generator: torch.Generator, checkpointer: Checkpointer | None,

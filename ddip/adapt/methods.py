@@ -97,8 +97,8 @@ def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptCo
         phys_i = physics_subset(physics, slice(i, i + 1))
         adapter = VolumeAdapter(prior, step, y[i : i + 1], phys_i, cfg, generator=adapt_generator,
                                 record_trajectory=record_trajectory)
-        inner = None if checkpointer is None else _SliceCheckpointer(
-            checkpointer, {"slice": i, "done": torch.cat(slices) if slices else torch.zeros(0), "x_T": x_T},
+        inner = None if checkpointer is None else checkpointer.nested(
+            {"slice": i, "done": torch.cat(slices) if slices else torch.zeros(0), "x_T": x_T},
             resume["inner"] if resume is not None and i == first else None)
         slices.append(resumable_solve(step, prior, y[i : i + 1], phys_i, generator=generator, checkpointer=inner,
                                       adapter=adapter, x_T=x_T[i : i + 1], max_batch=max_batch, progress=progress,
@@ -111,26 +111,6 @@ def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptCo
             report.trajectory[i] = adapter.trajectory
     out = torch.cat(slices)
     return out, report
-
-
-class _SliceCheckpointer:
-    """The checkpointer of one slice's solve inside DDIP: its payload is nested in the volume's checkpoint."""
-
-    def __init__(self, outer: Checkpointer, extra: dict, resume: dict | None):
-        self.outer, self.extra, self.resume, self.every = outer, extra, resume, outer.every
-        self.path, self.stop = outer.path, outer.stop
-
-    def due(self, i: int) -> bool:
-        return self.outer.due(i)
-
-    def stop_requested(self) -> bool:
-        return self.outer.stop_requested()
-
-    def save(self, payload: dict) -> None:
-        self.outer.save({**self.extra, "inner": payload})
-
-    def load(self) -> dict | None:
-        return self.resume
 
 
 def scd(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(k=1), **kwargs):
