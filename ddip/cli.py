@@ -75,9 +75,9 @@ DEMO_SAMPLES = 4
 
 # Which method to use: the README's table (measured on 8 slices, 64 px, one CPU thread; commands in docs/results.md).
 METHOD_ADVICE = """which method (measured on 8 slices, 64 px, one CPU thread; commands in docs/results.md):
-  CT, 15 views   dds --samples 4 (31.78 dB; one sample 30.65); admm-tv 30.78; d3ip, mean of 4, 30.65
+  CT, 15 views   dds --samples 4 (31.78 dB; one sample 30.65) or mbir (31.93, one sample); admm-tv 30.78
   CT, 60 views   admm-tv (44.61 dB), then ddnm (40.02; dds 39.54)
-  3D MRI x8      ddnm (28.88 dB) or dds (28.35); admm-tv 27.82, mbir 27.80
+  3D MRI x8      ddnm (28.88 dB) or dds (28.35); admm-tv 27.82
   CS-MRI x4      dds (24.04 dB); admm-tv 21.00
 cost (one thread): dds, ddnm, mbir 45-65 s; d3ip and d3ip-mbir 5-13 min; ddip, scd, d3ip-meta longer;
 dps 1000 steps per slice. The adapted methods gain more where the prior is closer to the data."""
@@ -238,7 +238,8 @@ def environment() -> dict:
 
 def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     """The reconstruction settings of parsed ``ddip reconstruct`` arguments (validated by ReconstructConfig)."""
-    given = {"n_steps": args.steps, "noise_mix": args.noise_mix, "eta": args.eta, "cg_iters": args.cg_iters}
+    given = {"n_steps": args.steps, "noise_mix": args.noise_mix, "eta": args.eta, "cg_iters": args.cg_iters,
+             "carry_admm_state": None if args.carry_admm_state is None else args.carry_admm_state == "on"}
     sampling = {**preset_settings(args.preset, args.method), **{k: v for k, v in given.items() if v is not None}}
     return ReconstructConfig(method=args.method, seed=args.seed, samples=args.samples, max_batch=args.max_batch,
                              init=args.init, k=args.k, n_iters=args.iters, lr=args.lr, **sampling,
@@ -539,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=tuple(PRESETS),
                    help="named sampling settings under the flags given: paper = 50 steps, eta 0.85, the code's noise "
                         f"mixing and {PAPER_CG_ITERS} CG steps for DDS and the adapted methods on it, eta 0.85 and the "
-                        "code's mixing for DDNM and MBIR (the settings of the paper's tables)")
+                        "code's mixing for DDNM and MBIR, MBIR's ADMM state kept (the settings of the paper's tables)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: "
                                              f"the method's own, DDS {DDS.eta}, MBIR {DiffusionMBIR.eta}, DPS 1)")
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
@@ -552,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapted methods: undo an adaptation step whose data-consistent estimate leaves the prior's "
                         "range (data the operator does not describe exactly make adaptation run away; not in the "
                         "paper)")
+    p.add_argument("--carry-admm-state", choices=("on", "off"),
+                   help="mbir, d3ip-mbir: keep ADMM's z, u across timesteps, as the paper does (default: off, started "
+                        "afresh each step; on with --preset paper)")
     p.add_argument("--dc-variant", choices=DC_VARIANTS,
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")

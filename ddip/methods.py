@@ -158,7 +158,8 @@ def ddnm_step(cfg, task: TaskConfig) -> DDNM:
 
 
 def mbir_step(cfg, task: TaskConfig) -> DiffusionMBIR:
-    return DiffusionMBIR(**tv_parameters(cfg, task), **_sampler_settings(cfg))
+    carry = {} if cfg.carry_admm_state is None else {"carry_state": cfg.carry_admm_state}
+    return DiffusionMBIR(**tv_parameters(cfg, task), **_sampler_settings(cfg), **carry)
 
 
 def dps_step(cfg, task: TaskConfig) -> DPS:

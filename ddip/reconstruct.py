@@ -65,8 +65,8 @@ def adaptation_chunk(max_batch: int, k: int, world: int = 1) -> int:
 
 # Named sets of sampling settings (``--preset``). "paper": the paper's sampling (App. A) — 50 DDIM steps, η 0.85 with
 # the authors' code's noise mixing (with which the paper's tables were made) and M = 5 CG steps — for DDS and the
-# adapted methods on it; DDNM and MBIR take η and the mixing and keep their own CG counts (30, 5 × 5), DPS all its
-# own (1000 DDPM steps): those are the paper's.
+# adapted methods on it; DDNM and MBIR take η and the mixing and keep their own CG counts (30, 5 × 5), MBIR keeps its
+# ADMM state across timesteps; DPS keeps all its own (1000 DDPM steps): those are the paper's.
 PRESETS: dict[str, dict] = {"paper": {"n_steps": 50, "eta": 0.85, "noise_mix": "code", "cg_iters": PAPER_CG_ITERS}}
 
 
@@ -82,7 +82,10 @@ def preset_settings(name: str | None, method: str) -> dict:
     if not spec.mixes_noise:  # DPS: its own DDPM update, the paper's
         return {}
     paper = PRESETS[name]
-    return dict(paper) if spec.on_dds else {"noise_mix": paper["noise_mix"], "eta": paper["eta"]}
+    if spec.on_dds:
+        return dict(paper)
+    return {"noise_mix": paper["noise_mix"], "eta": paper["eta"], **({"carry_admm_state": True} if spec.dc == "mbir"
+                                                                     else {})}
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class ReconstructConfig:
     # task's tuned values (ADMM_TV, mbir_parameters), which suit data in the prior's [0, 1] range
     tv_lam: float | None = None
     tv_rho: float | None = None
+    carry_admm_state: bool | None = None  # MBIR steps: keep ADMM's z, u across timesteps (None: the step's own, no)
     precision: str = NetworkSpeed.precision  # the network's arithmetic (ddip.priors.prior.PRECISIONS)
     channels_last: bool = NetworkSpeed.channels_last  # NHWC network (GPU tensor cores; docs/gpu.md)
     compile: bool = NetworkSpeed.compile  # torch.compile the network (docs/gpu.md)
@@ -144,6 +148,9 @@ class ReconstructConfig:
                 raise DdipError(f"{name} applies to the methods with a TV term ({', '.join(names(lambda s: s.tv))}), "
                                 f"not to "
                                 f"{self.method}")
+        if self.carry_admm_state is not None and spec.dc != "mbir":
+            raise DdipError(f"carry_admm_state applies to the methods on DiffusionMBIR's step "
+                            f"({', '.join(names(lambda s: s.dc == 'mbir'))}), not to {self.method}")
         # options the method has no use for or sets itself, refused when given away from their defaults
         unused = ("n_steps", "init", "noise_mix", "max_batch", "precision", "channels_last", "compile") \
             if spec.step is None else () if spec.mixes_noise else ("noise_mix",)

@@ -63,6 +63,8 @@ def test_the_paper_preset_gives_every_method_the_papers_sampling_under_the_optio
     dds, ddnm, dps, tv = (_rconfig(paper, method=m) for m in ("dds", "ddnm", "dps", "admm-tv"))
     assert (dds.eta, dds.noise_mix, dds.cg_iters, dds.n_steps) == (0.85, "code", PAPER_CG_ITERS, 50)
     assert (ddnm.eta, ddnm.noise_mix, ddnm.cg_iters) == (0.85, "code", None)  # its own 30 CG steps
+    mbir = _rconfig(paper, method="d3ip-mbir")
+    assert (mbir.eta, mbir.noise_mix, mbir.carry_admm_state) == (0.85, "code", True)  # ADMM's z, u kept
     assert dps == _rconfig(BenchConfig(), method="dps") and tv == _rconfig(BenchConfig(), method="admm-tv")
     mine = _rconfig(BenchConfig(preset="paper", cg_iters=20, noise_mix="paper"), method="d3ip", n_steps=10)
     assert (mine.cg_iters, mine.noise_mix, mine.n_steps, mine.eta) == (20, "paper", 10, 0.85)  # options given win

@@ -423,7 +423,8 @@ def test_a_runs_config_json_replays_it_and_every_option_survives_the_round_trip(
             "ddim", "--eta", "0.3", "--k", "2", "--iters", "3", "--lr", "2e-3", "--zeta", "0", "--dc-variant", "normal",
             "--cg-iters", "4", "--tv-lambda", "0.02", "--tv-rho", "0.4", "--precision", "bfloat16",
             "--channels-last", "--compile", "--resize", "--normalise", "off", "--units", "window",
-            "--display-window", "full", "--checkpoint-every", "9", "--range-guard", "off", "--preset", "paper"]
+            "--display-window", "full", "--checkpoint-every", "9", "--range-guard", "off", "--preset", "paper",
+            "--carry-admm-state", "on"]
     args = parser.parse_args(argv)
     replayable = {a.dest for a in parser._actions if a.option_strings} - NOT_REPLAYED - {"help"}
     assert set(replay_options(args)) == {d.replace("_", "-") for d in replayable}
@@ -467,6 +468,9 @@ def test_the_paper_preset_sets_the_papers_sampling_under_the_flags_given():
     ddnm = cfg("--method", "ddnm", "--preset", "paper")  # its own 30 CG steps are the paper's; eta and the mixing
     assert (ddnm.cg_iters, ddnm.eta, ddnm.noise_mix) == (None, 0.85, "code")
     assert cfg("--method", "dps", "--preset", "paper") == cfg("--method", "dps")  # all its own
+    mbir = cfg("--method", "d3ip-mbir", "--preset", "paper")  # the paper keeps ADMM's z, u across timesteps
+    assert (mbir.eta, mbir.noise_mix, mbir.carry_admm_state) == (0.85, "code", True)
+    assert cfg("--method", "mbir", "--carry-admm-state", "off").carry_admm_state is False
     assert cfg("--method", "admm-tv", "--preset", "paper") == cfg("--method", "admm-tv")  # nothing to set
     plain = cfg("--method", "dds")
     assert (plain.n_steps, plain.eta, plain.cg_iters) == (None, None, None)

@@ -78,7 +78,7 @@ def test_every_sampling_option_reaches_the_methods_step_or_is_refused():
 
     task = TaskConfig(task="sv-ct", size=64)
     options = {"n_steps": 7, "noise_mix": "ddim", "eta": 0.3, "init": "noise", "max_batch": 3, "zeta": 5,
-               "precision": "bfloat16", "channels_last": True}
+               "precision": "bfloat16", "channels_last": True, "carry_admm_state": True}
     for name, spec in REGISTRY.items():
         for option, value in options.items():
             try:
@@ -89,6 +89,8 @@ def test_every_sampling_option_reaches_the_methods_step_or_is_refused():
             step = spec.step(cfg, task) if spec.step is not None else None
             if option in ("n_steps", "noise_mix", "eta"):
                 assert getattr(step, option) == value, (name, option)
+            elif option == "carry_admm_state":
+                assert step.carry_state is True, name  # only the methods on DiffusionMBIR's step take it
             elif option == "zeta" or option == "init":
                 assert spec.adapted or option == "init", (name, option)  # used by the adaptation / the solve loop
                 assert spec.takes_init, (name, option)  # SCD refuses both

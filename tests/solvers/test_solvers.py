@@ -125,6 +125,24 @@ def test_mbir_tv_along_z_lowers_inter_slice_differences():
     assert dz(mbir) < 0.5 * dz(dds)
 
 
+def test_mbir_starts_its_admm_state_afresh_each_step_unless_told_to_carry_it():
+    from ddip.solvers.tv import admm_tv
+
+    op = sparse_view_ct(16, 6)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 1, 16, 16, generator=g)
+    y = add_noise(op.A(torch.rand(4, 1, 16, 16, generator=g)), 0.05, generator=g)
+    kw = dict(rho=1.0, lam=0.1)
+    fresh, carry = DiffusionMBIR(**kw), DiffusionMBIR(**kw, carry_state=True)
+    _, kept = carry.data_consistency(x0, y, op, carry.init_state(x0))
+    assert kept["z"] is not None and kept["u"] is not None
+    x_fresh, state = fresh.data_consistency(x0, y, op, kept)  # a carried state offered is not used
+    x_alone, _, _ = admm_tv(x0, y, op, dims=(0,), n_admm=fresh.n_admm, cg_iters=fresh.cg_iters, **kw)
+    assert torch.equal(x_fresh, x_alone) and state is kept
+    x_carried, _ = carry.data_consistency(x0, y, op, kept)
+    assert not torch.allclose(x_carried, x_alone)  # the carried z, u change the solve
+
+
 @pytest.mark.parametrize("name", STEPS)
 def test_contract_steps_accept_an_operator_the_library_does_not_define(name, foreign_operator):
     op = foreign_operator
