@@ -14,10 +14,10 @@ from ddip.solvers.tv import admm_tv
 class DiffusionMBIR(DataConsistencyStep):
     """Per step: ``n_admm`` = 5 ADMM iterations × ``cg_iters`` = 5 CG on ½‖y − Ax‖² + λ‖D_z x‖₁, started at x̂₀.
 
-    ``z`` and ``u`` persist across timesteps (initialised to zero once). ``rho`` and ``lam`` depend on the scale of
-    the operator: the authors' CT values (ρ = 0.5, λ = 0.01) are tied to their back-projector scaled by π/(2·views);
-    with our exact adjoint the equivalent values are divided by that factor
-    (:func:`~ddip.methods.mbir_ct_parameters`).
+    ``z`` and ``u`` start at zero at every timestep, or, with ``carry_state`` (the paper's), persist across them.
+    ``rho`` and ``lam`` depend on the scale of the operator: the authors' CT values (ρ = 0.5, λ = 0.01) are tied to
+    their back-projector scaled by π/(2·views); with our exact adjoint the equivalent values are divided by that
+    factor (:func:`~ddip.methods.mbir_ct_parameters`).
     """
 
     rho: float = 0.5
