@@ -75,7 +75,7 @@ DEMO_SAMPLES = 4
 
 # Which method to use: the README's table (measured on 8 slices, 64 px, one CPU thread; commands in docs/results.md).
 METHOD_ADVICE = """which method (measured on 8 slices, 64 px, one CPU thread; commands in docs/results.md):
-  CT, 15 views   dds --samples 4 (31.78 dB; one sample 30.65) or mbir (31.93, one sample); admm-tv 30.78
+  CT, 15 views   dds --samples 4 (31.78 dB; one sample 30.65) or mbir (31.96, one sample); admm-tv 30.78
   CT, 60 views   admm-tv (44.61 dB), then ddnm (40.02; dds 39.54)
   3D MRI x8      ddnm (28.88 dB) or dds (28.35); admm-tv 27.82
   CS-MRI x4      dds (24.04 dB); admm-tv 21.00
