@@ -80,7 +80,7 @@ METHOD_ADVICE = """which method (measured on 8 slices, 64 px, one CPU thread; co
   3D MRI x8      ddnm (28.88 dB) or dds (28.35); admm-tv 27.82
   CS-MRI x4      dds (24.04 dB); admm-tv 21.00
 cost (one thread): dds, ddnm, mbir 45-65 s; d3ip and d3ip-mbir 5-13 min; ddip, scd, d3ip-meta longer;
-dps 1000 steps per slice. The adapted methods gain more where the prior is closer to the data."""
+dps 1000 steps per slice. With today's sampler d3ip and d3ip-mbir do not beat dds and mbir on these data."""
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
@@ -319,7 +319,8 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
     given = {"prior": args.prior, "size": args.size, "n_slices": args.n_slices, "n_steps": args.steps,
              "dps_slices": args.dps_slices, "scaling_steps": args.scaling_steps,
              "scaling_sizes": args.scaling_sizes,
-             "noise_mix": args.noise_mix, "preset": args.preset, "table2_settings": split(args.table2), "methods": split(args.methods),
+             "noise_mix": args.noise_mix, "preset": args.preset, "table2_settings": split(args.table2),
+             "methods": split(args.methods),
              "cg_iters": args.cg_iters, "lr": args.lr, "device": args.device, "precision": args.precision,
              "channels_last": args.channels_last, "compile": args.compile}
     given = {k: v for k, v in given.items() if v is not None}
