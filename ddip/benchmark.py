@@ -36,7 +36,7 @@ from ddip.io import atomic_path, pyplot, save_figure, write_json
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
 from ddip.methods import method_spec, names
-from ddip.reconstruct import ReconstructConfig, preset_settings, reconstruct
+from ddip.reconstruct import ReconstructConfig, reconstruct, with_preset
 from ddip.signals import StopRequest
 from ddip.tasks import TaskConfig, paper_views, simulate
 
@@ -73,9 +73,9 @@ class BenchConfig:
         if unknown or not self.methods:
             raise DdipError(f"benchmark: unknown or no method(s) {unknown}; choose from {', '.join(names())}")
         # a bad value fails before any run
-        ReconstructConfig(**{"method": "d3ip", **preset_settings(self.preset, "d3ip"), "cg_iters": self.cg_iters,
-                             "lr": self.lr, "precision": self.precision,
-                             "noise_mix": self.noise_mix})
+        ReconstructConfig(**with_preset(self.preset, "d3ip", {"method": "d3ip", "cg_iters": self.cg_iters,
+                                                              "lr": self.lr, "precision": self.precision,
+                                                              "noise_mix": self.noise_mix}))
         resolve_device(self.device)
         counts = {"n_slices": self.n_slices, "dps_slices": self.dps_slices, "size": self.size // 8,
                   "n_steps": 1 if self.n_steps is None else self.n_steps,
@@ -122,9 +122,7 @@ def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
     """A reconstruction's settings with the benchmark's seed, noise mixing and, where they apply, its CG steps and
     learning rate."""
     spec = method_spec(settings["method"])
-    for key, value in preset_settings(cfg.preset, settings["method"]).items():
-        if settings.get(key) is None:
-            settings[key] = value
+    settings = with_preset(cfg.preset, settings["method"], settings)
     if cfg.cg_iters is not None and spec.on_dds:
         settings["cg_iters"] = cfg.cg_iters
     if cfg.lr is not None and spec.adapted:

@@ -45,11 +45,11 @@ from ddip.priors.prior import PRECISIONS
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, data_channels, train_prior
 from ddip.priors.unet import UNetConfig
 from ddip.methods import names
-from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, preset_settings,
-                             reconstruct_samples, resolved_settings)
+from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, reconstruct_samples,
+                             resolved_settings, with_preset)
 from ddip.signals import Interrupted, StopRequest
 from ddip.solvers import DDNM, DDS, DiffusionMBIR
-from ddip.solvers.base import INITS, NOISE_MIXES
+from ddip.solvers.base import INITS, NOISE_MIXES, DataConsistencyStep
 from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
 from ddip.tasks import (
     TASKS,
@@ -240,7 +240,7 @@ def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     """The reconstruction settings of parsed ``ddip reconstruct`` arguments (validated by ReconstructConfig)."""
     given = {"n_steps": args.steps, "noise_mix": args.noise_mix, "eta": args.eta, "cg_iters": args.cg_iters,
              "carry_admm_state": None if args.carry_admm_state is None else args.carry_admm_state == "on"}
-    sampling = {**preset_settings(args.preset, args.method), **{k: v for k, v in given.items() if v is not None}}
+    sampling = with_preset(args.preset, args.method, given)
     return ReconstructConfig(method=args.method, seed=args.seed, samples=args.samples, max_batch=args.max_batch,
                              init=args.init, k=args.k, n_iters=args.iters, lr=args.lr, **sampling,
                              zeta=args.zeta, range_guard=args.range_guard == "on", dc_variant=args.dc_variant,
@@ -449,8 +449,7 @@ def _optional_int(text: str) -> int | None:
 
 
 def _add_noise_mix(p: argparse.ArgumentParser, preset: bool = True) -> None:
-    shown = ("the preset's, else " if preset else "") + f"the method's own: DDS {DDS.noise_mix}, MBIR " \
-        f"{DiffusionMBIR.noise_mix}"
+    shown = ("the preset's, else " if preset else "") + f"{DataConsistencyStep.noise_mix}; DPS its own"
     p.add_argument("--noise-mix", choices=NOISE_MIXES,
                    help="DDIM noise mixing: paper, Eq. 7 as printed, eta*z + (1-eta)*eps (chosen by measurement, "
                         "docs/results.md); code, the authors' variance-preserving eta*z + sqrt(1-eta^2)*eps, with "
@@ -543,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"mixing and {PAPER_CG_ITERS} CG steps for DDS and the adapted methods on it, eta 0.85 and the "
                         "code's mixing for DDNM and MBIR, MBIR's ADMM state kept (the settings of the paper's tables)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: "
-                                             f"the method's own, DDS {DDS.eta}, MBIR {DiffusionMBIR.eta}, DPS 1)")
+                                             f"{DataConsistencyStep.eta}; DPS 1)")
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
     p.add_argument("--iters", type=int, help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5; CS-MRI 1e-4, tuned for 50 "

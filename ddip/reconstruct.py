@@ -77,15 +77,19 @@ def preset_settings(name: str | None, method: str) -> dict:
     if name not in PRESETS:
         raise DdipError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     spec = method_spec(method)
-    if spec.step is None:
-        return {}
-    if not spec.mixes_noise:  # DPS: its own DDPM update, the paper's
+    if not spec.mixes_noise:  # ADMM-TV: no sampler; DPS: its own DDPM update, the paper's
         return {}
     paper = PRESETS[name]
     if spec.on_dds:
         return dict(paper)
     return {"noise_mix": paper["noise_mix"], "eta": paper["eta"], **({"carry_admm_state": True} if spec.dc == "mbir"
                                                                      else {})}
+
+
+def with_preset(name: str | None, method: str, settings: dict) -> dict:
+    """``settings`` (ReconstructConfig fields) with preset ``name``'s values where they are missing or None."""
+    preset = preset_settings(name, method)
+    return {**settings, **{key: value for key, value in preset.items() if settings.get(key) is None}}
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,8 @@ class ReconstructConfig:
     samples: int = 1  # posterior samples (seeds seed, seed + 1, ...): the result is their mean (reconstruct_samples)
     max_batch: int = MAX_BATCH  # network inputs per forward pass
     init: str = "slerp"
-    noise_mix: str | None = None  # DDIM noise mixing (None: the step's own, DDS "paper", DDNM/MBIR "code")
-    eta: float | None = None  # DDIM stochasticity η of the sampling step (None: the step's own, DDS 0.2, MBIR 0.85)
+    noise_mix: str | None = None  # DDIM noise mixing (None: the step's own, DataConsistencyStep's; DPS its own)
+    eta: float | None = None  # DDIM stochasticity η of the sampling step (None: the step's own; DPS 1)
     k: int | None = None  # K: adaptation slices per optimiser step (None: Table 5)
     n_iters: int | None = None  # L: optimiser steps per adapted timestep (None: Table 5)
     lr: float | None = None

@@ -10,7 +10,7 @@ from torch import Tensor
 from ddip.physics.base import normal_of
 from ddip.physics.cg import Reduce, conjugate_gradient
 from ddip.physics.sharding import shard_of
-from ddip.solvers.base import DataConsistencyStep, NoiseMix
+from ddip.solvers.base import DataConsistencyStep
 
 DC_VARIANTS = ("proximal", "normal")
 PAPER_CG_ITERS = 5  # the paper's M (App. A): DDS(cg_iters=PAPER_CG_ITERS) is its sampler exactly
@@ -45,11 +45,6 @@ class DDS(DataConsistencyStep):
 
     gamma: float = 5.0
     cg_iters: int = 20
-    # Eq. 7 as printed at η 0.2, not the authors' code's mixing at 0.85: chosen by measurement over η × mixing × steps
-    # on chest CT, MNI T1 and fresh phantoms, +3.2 dB at the same cost (docs/results.md, "Sampler settings chosen by
-    # measurement"); the paper's tables keep theirs under ``--preset paper``.
-    eta: float = 0.2
-    noise_mix: NoiseMix = "paper"
     variant: Literal["proximal", "normal"] = "proximal"
     cg_reduce: Reduce = "volume"
 

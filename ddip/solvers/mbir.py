@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ddip.solvers.base import DataConsistencyStep, NoiseMix
+from ddip.solvers.base import DataConsistencyStep
 from ddip.solvers.tv import admm_tv
 
 
@@ -24,13 +24,11 @@ class DiffusionMBIR(DataConsistencyStep):
     lam: float = 0.01
     n_admm: int = 5
     cg_iters: int = 5
-    # Chosen by measurement (docs/results.md, "Sampler settings chosen by measurement"): Eq. 7's mixing at η 0.2 as for
-    # DDS, with z and u started afresh at every timestep. The paper keeps them across timesteps (``carry_state``, in
-    # ``--preset paper`` with the authors' mixing at 0.85); with Eq. 7 at 0.2 that collapses on 3D MRI (7.5 dB: the
-    # dual carried over from one near-deterministic step to the next runs away), while fresh ones give 28.2 dB there
-    # and the same as kept ones on CT.
-    eta: float = 0.2
-    noise_mix: NoiseMix = "paper"
+    # z and u start afresh at every timestep, chosen by measurement (docs/results.md, "Sampler settings chosen by
+    # measurement"). The paper keeps them across timesteps (``carry_state``, in ``--preset paper`` with the authors'
+    # mixing at 0.85); with the default Eq. 7 at η 0.2 that collapses on 3D MRI (7.5 dB: the dual carried over from
+    # one near-deterministic step to the next runs away), while fresh ones give 28.2 dB there and the same as kept
+    # ones on CT.
     carry_state: bool = False
 
     def init_state(self, x_image: Tensor) -> dict:
