@@ -36,7 +36,7 @@ from ddip.io import atomic_path, pyplot, save_figure, write_json
 from ddip.metrics import evaluate_volume
 from ddip.priors import default_prior, load_prior
 from ddip.methods import method_spec, names
-from ddip.reconstruct import ReconstructConfig, reconstruct, with_preset
+from ddip.reconstruct import RESOLVED_FIELDS, ReconstructConfig, reconstruct, resolved_settings, with_preset
 from ddip.signals import StopRequest
 from ddip.tasks import TaskConfig, paper_views, simulate
 
@@ -232,6 +232,11 @@ def _scaling_plot(rows: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
+def _non_default(config) -> dict:
+    """The fields of a config dataclass that differ from their defaults (every field without one)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if getattr(config, f.name) != f.default}
+
+
 class _Run:
     """One benchmark run: the prior of each task, loaded once (``cfg.prior`` for every task, or the shipped default
     per task), and the rows measured so far.
@@ -261,12 +266,21 @@ class _Run:
             self._loaded[name] = load_prior(name)
         return self._loaded[name]
 
+    def settings(self, m, rcfg: ReconstructConfig, task: str, label: dict) -> dict:
+        """What determines a row, and so its key: the settings that ran (``resolved_settings``) and the options given
+        away from their defaults. A config field added later with a default that keeps the old behaviour leaves the
+        keys of the rows and checkpoints already made unchanged, so a run of hours survives an upgrade."""
+        prior = None if method_spec(rcfg.method).step is None else self.prior_name(task)
+        given = {k: v for k, v in _non_default(rcfg).items() if k not in RESOLVED_FIELDS}
+        return {"label": label, "reconstruct": given, "resolved": resolved_settings(rcfg, m.config, m.y.shape[0]),
+                "task": _non_default(m.config), "slices": int(m.y.shape[0]), "prior": prior,
+                "device": self.cfg.device}
+
     def row(self, m, rcfg: ReconstructConfig, task: str, label: dict) -> dict:
         """``rcfg`` run on ``m`` (or the row kept from an earlier run with ``resume``), its metrics and costs."""
-        prior = None if method_spec(rcfg.method).step is None else self.prior_name(task)
-        settings = {"label": label, "reconstruct": dataclasses.asdict(rcfg), "task": dataclasses.asdict(m.config),
-                    "slices": int(m.y.shape[0]), "prior": prior, "device": self.cfg.device}
+        settings = self.settings(m, rcfg, task, label)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        prior = settings["prior"]
         if key in self.done:
             row = self.done[key]
         else:
@@ -283,7 +297,7 @@ class _Run:
                    "network_share": network_share(res.report.get("time_breakdown_s")),
                    "time_breakdown_s": res.report.get("time_breakdown_s")}
             with self.rows_path.open("a") as fh:
-                fh.write(json.dumps({"key": key, "row": row}) + "\n")
+                fh.write(json.dumps({"key": key, "row": row, "settings": settings}, default=str) + "\n")
             ckpt.remove()
             self.done[key] = row
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)

@@ -244,6 +244,11 @@ class _PeakMemory:
         return self.peak / 2**20
 
 
+# the ReconstructConfig fields whose effect resolved_settings records (the value that ran, whoever chose it)
+RESOLVED_FIELDS = ("n_steps", "eta", "noise_mix", "cg_iters", "carry_admm_state", "k", "n_iters", "lr", "tv_lam",
+                   "tv_rho")
+
+
 def resolved_settings(cfg: ReconstructConfig, task: TaskConfig, n_slices: int) -> dict:
     """What a run of ``cfg`` on ``task`` actually uses where ``cfg`` leaves the choice to the method (``None``): the
     sampling step's settings, the adaptation's K, L and learning rate, the TV weights — recorded with every result."""
@@ -252,6 +257,8 @@ def resolved_settings(cfg: ReconstructConfig, task: TaskConfig, n_slices: int) -
     if spec.step is not None:
         step = spec.step(cfg, task)
         out["sampler"] = {name: getattr(step, name, None) for name in ("n_steps", "eta", "noise_mix", "cg_iters")}
+        if hasattr(step, "carry_state"):  # MBIR's steps: ADMM's z, u kept across timesteps or not
+            out["sampler"]["carry_state"] = step.carry_state
     if spec.adapted:
         out["adaptation"] = dict(zip(("k", "n_iters", "lr"), adaptation_settings(cfg, task, n_slices)))
     if spec.tv:

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from ddip.benchmark import BenchConfig, _rconfig, run_benchmark
 from ddip.errors import DdipError
@@ -133,3 +134,24 @@ def test_a_stopped_benchmark_resumes_keeping_finished_rows_and_the_checkpoint_of
     assert len(benchmark._Run(cfg, tmp_path / "run", "-quick", resume=True).done) == 3
     assert not benchmark._Run(cfg, tmp_path / "run", "-quick", resume=False).done  # without --resume: afresh
     assert not (tmp_path / "run" / "rows-quick.jsonl").exists()
+
+
+def test_a_row_is_keyed_on_what_ran_not_on_how_the_config_spelled_it(tiny_prior, tmp_path):
+    """A setting given at the value the method would choose anyway, or a config field left at its default, keeps the
+    key (so rows and checkpoints survive new optional fields); a setting that changes what runs changes it."""
+    import ddip.benchmark as benchmark
+    from ddip.reconstruct import ReconstructConfig
+    from ddip.solvers import DDS
+    from ddip.tasks import TaskConfig, simulate
+
+    run = benchmark._Run(BenchConfig(prior=tiny_prior), tmp_path, "", resume=False)
+    gt = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    m = simulate(gt, TaskConfig(task="sv-ct", size=16, views=4))
+
+    def key(**options):
+        settings = run.settings(m, ReconstructConfig(method="dds", n_steps=3, **options), "sv-ct", {"task": "sv-ct"})
+        return json.dumps(settings, sort_keys=True, default=str)
+
+    assert key() == key(eta=DDS.eta, noise_mix=DDS.noise_mix, cg_iters=DDS.cg_iters)
+    assert key() != key(eta=0.5) and key() != key(seed=1)
+    assert "carry_admm_state" not in key() and '"eta": ' + str(DDS.eta) in key()
