@@ -91,19 +91,16 @@ class BenchConfig:
         return cls(**{**QUICK, **given, "quick": True})
 
     def command(self) -> str:
-        """The ``ddip benchmark`` command line that gives this configuration."""
-        def flags(c: BenchConfig) -> dict:
-            return {"prior": c.prior, "size": c.size, "n_slices": c.n_slices, "steps": c.n_steps,
-                    "dps_slices": c.dps_slices, "scaling_steps": c.scaling_steps,
-                    "scaling_sizes": ",".join(map(str, c.scaling_sizes)), "noise_mix": c.noise_mix,
-                    "preset": c.preset,
-                    "table2": ",".join(c.table2_settings), "methods": ",".join(c.methods),
-                    "cg_iters": c.cg_iters, "lr": c.lr, "device": c.device, "precision": c.precision,
-                    "channels_last": c.channels_last, "compile": c.compile}
-
-        mine, defaults = flags(self), flags(BenchConfig.quick_config() if self.quick else BenchConfig())
-        return "ddip benchmark" + (" --quick" if self.quick else "") + "".join(
-            f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in mine.items() if v != defaults[k])
+        """The ``ddip benchmark`` command line that gives this configuration (each flag is named after its field)."""
+        base = BenchConfig.quick_config() if self.quick else BenchConfig()
+        flags = ""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("quick", "seed") or value == getattr(base, f.name):  # --quick leads; the seed has no flag
+                continue
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            flags += f" --{f.name.replace('_', '-')}" + ("" if value is True else f" {text}")
+        return "ddip benchmark" + (" --quick" if self.quick else "") + flags
 
 
 def _volume(task: str, cfg: BenchConfig, n_slices: int):

@@ -48,7 +48,7 @@ from ddip.methods import names
 from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, reconstruct_samples,
                              resolved_settings, with_preset)
 from ddip.signals import Interrupted, StopRequest
-from ddip.solvers import DDNM, DDS, DiffusionMBIR
+from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR
 from ddip.solvers.base import INITS, NOISE_MIXES, DataConsistencyStep
 from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
 from ddip.tasks import (
@@ -236,17 +236,18 @@ def environment() -> dict:
             "ddip": __version__, "machine": platform.machine()}
 
 
+def config_fields(cls, args: argparse.Namespace, *, none_is_a_value: tuple[str, ...] = ()) -> dict:
+    """The fields of the config dataclass ``cls`` that parsed options give: every flag is named after its field
+    (``--n-steps`` sets ``n_steps``; older short names stay as aliases). An option left at None was not given and
+    leaves the field to ``cls``, except the fields in ``none_is_a_value`` (``--zeta none``)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if hasattr(args, f.name) and (getattr(args, f.name) is not None or f.name in none_is_a_value)}
+
+
 def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     """The reconstruction settings of parsed ``ddip reconstruct`` arguments (validated by ReconstructConfig)."""
-    given = {"n_steps": args.steps, "noise_mix": args.noise_mix, "eta": args.eta, "cg_iters": args.cg_iters,
-             "carry_admm_state": None if args.carry_admm_state is None else args.carry_admm_state == "on"}
-    sampling = with_preset(args.preset, args.method, given)
-    return ReconstructConfig(method=args.method, seed=args.seed, samples=args.samples, max_batch=args.max_batch,
-                             init=args.init, k=args.k, n_iters=args.iters, lr=args.lr, **sampling,
-                             zeta=args.zeta, range_guard=args.range_guard == "on", dc_variant=args.dc_variant,
-                             tv_lam=args.tv_lambda, tv_rho=args.tv_rho,
-                             precision=args.precision, channels_last=args.channels_last, compile=args.compile, resize=args.resize,
-                             normalise=args.normalise)
+    given = config_fields(ReconstructConfig, args, none_is_a_value=("zeta",))
+    return ReconstructConfig(**with_preset(args.preset, args.method, given))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -259,12 +260,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     prior = load_prior(args.prior)
     results = {}
     for method in ("admm-tv", "dds", "d3ip"):
-        speed = {} if method == "admm-tv" else dict(n_steps=args.steps, noise_mix=args.noise_mix,
+        speed = {} if method == "admm-tv" else dict(n_steps=args.n_steps, noise_mix=args.noise_mix,
                                                     cg_iters=args.cg_iters, precision=args.precision,
                                                     channels_last=args.channels_last, compile=args.compile)
         cfg = ReconstructConfig(method=method, seed=args.seed, **speed,
                                 **({"samples": args.samples} if method != "admm-tv" else {}),
-                                **({"k": args.k, "n_iters": args.iters} if method == "d3ip" else {}))
+                                **({"k": args.k, "n_iters": args.n_iters} if method == "d3ip" else {}))
         res = reconstruct_samples(m, cfg, prior, progress=not args.quiet)
         config = {"command": "demo", "prior": args.prior, **asdict(cfg), "task": asdict(m.config),
                   "volume_record": record}
@@ -315,15 +316,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 def bench_config(args: argparse.Namespace) -> BenchConfig:
     """The benchmark's settings: the options given, the rest from BenchConfig (or ``--quick``'s sizes)."""
-    split = lambda text: None if text is None else tuple(text.split(","))  # noqa: E731
-    given = {"prior": args.prior, "size": args.size, "n_slices": args.n_slices, "n_steps": args.steps,
-             "dps_slices": args.dps_slices, "scaling_steps": args.scaling_steps,
-             "scaling_sizes": args.scaling_sizes,
-             "noise_mix": args.noise_mix, "preset": args.preset, "table2_settings": split(args.table2),
-             "methods": split(args.methods),
-             "cg_iters": args.cg_iters, "lr": args.lr, "device": args.device, "precision": args.precision,
-             "channels_last": args.channels_last, "compile": args.compile}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = config_fields(BenchConfig, args)
     return BenchConfig.quick_config(**given) if args.quick else BenchConfig(**given)
 
 
@@ -413,16 +406,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                         "intensity window its slices are scaled with)")
     if phantoms and args.modality is not None:
         raise DdipError("--modality applies to --data FOLDER; phantoms have their own range")
-    unet = UNetConfig(image_size=args.size, model_channels=args.channels, channel_mult=args.mult,
-                      num_res_blocks=args.res_blocks, attention_resolutions=args.attn,
-                      num_head_channels=args.head_channels, in_channels=channels, out_channels=channels)
-    cfg = TrainConfig(out=args.out, unet=unet, batch_size=args.batch, lr=args.lr, ema_decay=args.ema,
-                      max_images=args.max_images, max_hours=args.max_hours, bf16=args.bf16, seed=args.seed,
-                      checkpoint_minutes=args.checkpoint_minutes, snapshot_every=args.snapshot_every,
-                      init_weights=args.init_weights, data=args.data if phantoms else "volumes",
-                      volumes=None if phantoms else args.data, modality=args.modality, warmup_steps=args.warmup_steps,
-                      crop_sizes=args.crop,
-                      device=args.device, rng=args.rng, channels_last=args.channels_last, compile=args.compile)
+    unet = UNetConfig(**{**config_fields(UNetConfig, args), "in_channels": channels, "out_channels": channels})
+    cfg = TrainConfig(**{**config_fields(TrainConfig, args), "unet": unet,
+                         "data": args.data if phantoms else "volumes", "volumes": None if phantoms else args.data})
 
     with distributed.process_group():  # under torchrun: DistributedDataParallel, one phantom stream per rank
         rank = distributed.world()[0]
@@ -438,6 +424,18 @@ def cmd_train(args: argparse.Namespace) -> None:
 # -- parsers ---------------------------------------------------------------------------------------------------------
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
+
+
+def _strs(text: str) -> tuple[str, ...]:
+    return tuple(v for v in text.split(",") if v)
+
+
+def _on_off(text: str) -> bool:
+    """A switch given as on/off (a run's config.json records it as true/false)."""
+    value = {"on": True, "true": True, "off": False, "false": False}.get(str(text).lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"give on or off, got {text!r}")
+    return value
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -526,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "task and size; ellipses-complex-64 for csmri where it ships)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, help="network evaluations (default 50; DPS 1000)")
+    p.add_argument("--n-steps", "--steps", dest="n_steps", type=int,
+                   help=f"network evaluations (default {DataConsistencyStep.n_steps}; DPS {DPS.n_steps})")
     p.add_argument("--seed", type=int, default=r.seed)
     p.add_argument("--samples", type=int, default=r.samples,
                    help="posterior samples (seeds SEED, SEED+1, ...): their mean is the result, their standard "
@@ -542,25 +541,26 @@ def build_parser() -> argparse.ArgumentParser:
                         f"mixing and {PAPER_CG_ITERS} CG steps for DDS and the adapted methods on it, eta 0.85 and the "
                         "code's mixing for DDNM and MBIR, MBIR's ADMM state kept (the settings of the paper's tables)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: "
-                                             f"{DataConsistencyStep.eta}; DPS 1)")
+                                             f"{DataConsistencyStep.eta}; DPS {DPS.eta:g})")
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
-    p.add_argument("--iters", type=int, help="adaptation optimiser steps per timestep (default: Table 5)")
+    p.add_argument("--n-iters", "--iters", dest="n_iters", type=int,
+                   help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5; CS-MRI 1e-4, tuned for 50 "
                                            "steps: with 10 steps 1e-3 is better)")
     p.add_argument("--zeta", type=_optional_int, default=r.zeta,
-                   help="adapt only for t in [zeta, T' - zeta] (paper: 40); 'none' adapts at every step")
-    p.add_argument("--range-guard", choices=("on", "off"), default="on" if r.range_guard else "off",
+                   help="adapt only for t in [zeta, T' - zeta]; 'none' adapts at every step")
+    p.add_argument("--range-guard", type=_on_off, metavar="{on,off}", default=r.range_guard,
                    help="adapted methods: undo an adaptation step whose data-consistent estimate leaves the prior's "
                         "range (data the operator does not describe exactly make adaptation run away; not in the "
                         "paper)")
-    p.add_argument("--carry-admm-state", choices=("on", "off"),
+    p.add_argument("--carry-admm-state", type=_on_off, metavar="{on,off}",
                    help="mbir, d3ip-mbir: keep ADMM's z, u across timesteps, as the paper does (default: off, started "
                         "afresh each step; on with --preset paper)")
     p.add_argument("--dc-variant", choices=DC_VARIANTS,
                    help="CG data consistency: proximal (I + gamma A^H A) or normal equations A^H A (default: the "
                         "method's own, DDS proximal and DDNM normal; the authors' MRI code runs DDNM proximal)")
     _add_cg_iters(p)
-    p.add_argument("--tv-lambda", type=float,
+    p.add_argument("--tv-lam", "--tv-lambda", dest="tv_lam", type=float,
                    help="TV weight of admm-tv, mbir and d3ip-mbir (default: tuned per task for data in [0, 1])")
     p.add_argument("--tv-rho", type=float, help="ADMM penalty of admm-tv, mbir and d3ip-mbir (default: per task)")
     _add_speed(p)
@@ -582,10 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", default=DEMO_PRIOR)
     p.add_argument("--n-slices", type=int, default=8, help="central slices of the bundled 32-slice slab")
     p.add_argument("--views", type=int, help="CT views (default 15: the paper's undersampling at 64 px)")
-    p.add_argument("--steps", type=int, help="network evaluations (default 50)")
+    p.add_argument("--n-steps", "--steps", dest="n_steps", type=int,
+                   help=f"network evaluations (default {DataConsistencyStep.n_steps})")
     p.add_argument("--k", type=int, default=DEMO_K, help=f"D3IP slices per adaptation step (default {DEMO_K})")
     _add_cg_iters(p)
-    p.add_argument("--iters", type=int, default=DEMO_ITERS,
+    p.add_argument("--n-iters", "--iters", dest="n_iters", type=int, default=DEMO_ITERS,
                    help=f"D3IP optimiser steps per timestep (default {DEMO_ITERS})")
     p.add_argument("--seed", type=int, default=r.seed)
     p.add_argument("--samples", type=int, default=DEMO_SAMPLES,
@@ -606,12 +607,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", help="one prior for every task (default: the shipped prior of each task and size)")
     p.add_argument("--size", type=int, help=f"image size (default {b.size})")
     p.add_argument("--n-slices", type=int, help=f"slices N of each test volume (default {b.n_slices})")
-    p.add_argument("--steps", type=int, help="network evaluations of every method but DPS (default: the paper's 50)")
+    p.add_argument("--n-steps", "--steps", dest="n_steps", type=int,
+                   help=f"network evaluations of every method but DPS (default {DataConsistencyStep.n_steps})")
     p.add_argument("--dps-slices", type=int, help=f"slices DPS runs on, 1000 evaluations each (default {b.dps_slices})")
     p.add_argument("--scaling-steps", type=int, help="network evaluations in the cost-scaling runs (default: --steps)")
     p.add_argument("--scaling-sizes", type=_ints, help="slice counts N of the cost-scaling runs (default "
                                            f"{','.join(map(str, b.scaling_sizes))})")
-    p.add_argument("--table2", help="table 2 settings: sv-ct-60 (60 views), sv-ct-paper (60·size/256 views), mri3d, "
+    p.add_argument("--table2-settings", "--table2", dest="table2_settings", type=_strs, help="table 2 settings: sv-ct-60 (60 views), sv-ct-paper (60·size/256 views), mri3d, "
                                     "csmri (default: all)")
     _add_noise_mix(p)
     p.add_argument("--preset", choices=tuple(PRESETS),
@@ -621,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="keep the rows already measured in --out and continue a stopped reconstruction from its "
                         "checkpoint (without it the benchmark starts afresh)")
-    p.add_argument("--methods", help="table 2's methods, comma-separated (default: all)")
+    p.add_argument("--methods", type=_strs, help="table 2's methods, comma-separated (default: all)")
     p.add_argument("--cg-iters", type=int,
                    help=f"CG steps of DDS's data consistency in DDS and the adapted methods on it (default "
                         f"{DDS.cg_iters}; the paper's: {PAPER_CG_ITERS}); DDNM and MBIR keep their own")
@@ -691,21 +693,27 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train (or resume, if OUT holds a checkpoint) an ADM-style prior on ELLIPSES or on "
                                    "the slices of a folder of volumes.")
     p.add_argument("--out", required=True, help="run folder (checkpoint, EMA weights, config, loss log)")
-    p.add_argument("--size", type=int, default=u.image_size, help="image size in pixels")
-    p.add_argument("--channels", type=int, default=u.model_channels, help="base channel count (multiple of 32)")
-    p.add_argument("--mult", type=_ints, default=u.channel_mult, help="channel multipliers per level, e.g. 1,2,2,4")
-    p.add_argument("--res-blocks", type=int, default=u.num_res_blocks, help="residual blocks per level")
-    p.add_argument("--attn", type=_ints, default=u.attention_resolutions, help="feature-map sizes with attention")
-    p.add_argument("--head-channels", type=int, default=u.num_head_channels)
-    p.add_argument("--batch", type=int, default=t.batch_size)
+    p.add_argument("--image-size", "--size", dest="image_size", type=int, default=u.image_size,
+                   help="image size in pixels")
+    p.add_argument("--model-channels", "--channels", dest="model_channels", type=int, default=u.model_channels,
+                   help="base channel count (multiple of 32)")
+    p.add_argument("--channel-mult", "--mult", dest="channel_mult", type=_ints, default=u.channel_mult,
+                   help="channel multipliers per level, e.g. 1,2,2,4")
+    p.add_argument("--num-res-blocks", "--res-blocks", dest="num_res_blocks", type=int, default=u.num_res_blocks,
+                   help="residual blocks per level")
+    p.add_argument("--attention-resolutions", "--attn", dest="attention_resolutions", type=_ints,
+                   default=u.attention_resolutions, help="feature-map sizes with attention")
+    p.add_argument("--num-head-channels", "--head-channels", dest="num_head_channels", type=int,
+                   default=u.num_head_channels)
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=t.batch_size)
     p.add_argument("--lr", type=float, default=t.lr)
-    p.add_argument("--ema", type=float, default=t.ema_decay)
+    p.add_argument("--ema-decay", "--ema", dest="ema_decay", type=float, default=t.ema_decay)
     p.add_argument("--max-images", type=int, default=t.max_images)
     p.add_argument("--max-hours", type=float, default=t.max_hours, help="stop (after a checkpoint) after this long")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster; weights stay fp32)")
-    p.add_argument("--crop", type=_ints, default=t.crop_sizes,
+    p.add_argument("--crop-sizes", "--crop", dest="crop_sizes", type=_ints, default=t.crop_sizes,
                    help="train on random crops of these sizes of --size images, one size per step, e.g. 64,128,256 "
-                        "(--batch is the smallest crop's; larger ones get fewer, at equal pixels); default: whole "
+                        "(--batch-size is the smallest crop's; larger ones get fewer, at equal pixels); default: whole "
                         "images")
     p.add_argument("--warmup-steps", type=int, default=t.warmup_steps,
                    help="linear learning-rate warm-up over this many steps")
@@ -764,6 +772,9 @@ def config_arguments(subparser: argparse.ArgumentParser, path: str) -> list[str]
     (it names its ``command`` and holds ``options``) gives that run's options.
     """
     actions = {a.dest: a for a in subparser._actions if a.option_strings}
+    # a flag's other names (an older config.json's "steps" for --n-steps)
+    actions.update({flag[2:].replace("-", "_"): a for a in subparser._actions for flag in a.option_strings
+                    if flag.startswith("--") and flag[2:].replace("-", "_") not in actions})
     command = subparser.prog.split()[-1]
     values = _load_config_file(path)
     if isinstance(values.get("options"), dict) and "command" in values:
@@ -783,7 +794,7 @@ def config_arguments(subparser: argparse.ArgumentParser, path: str) -> list[str]
             continue
         if value is None:
             continue
-        if isinstance(value, bool) or isinstance(value, dict):
+        if isinstance(value, bool) and action.type is not _on_off or isinstance(value, dict):
             raise DdipError(f"{path}: option {key!r} takes a value, got {value!r}")
         text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         try:

@@ -28,7 +28,7 @@ def test_benchmark_writes_tables_markdown_and_plot(tiny_prior, tmp_path):
 
 def test_the_recorded_command_reproduces_the_configuration():
     assert BenchConfig(n_slices=8, n_steps=20, scaling_steps=10).command() == \
-        "ddip benchmark --n-slices 8 --steps 20 --scaling-steps 10"
+        "ddip benchmark --n-slices 8 --n-steps 20 --scaling-steps 10"
     assert BenchConfig().command() == "ddip benchmark"
     assert BenchConfig(size=128, methods=("dds", "d3ip")).command() == "ddip benchmark --size 128 --methods dds,d3ip"
     assert BenchConfig(cg_iters=5, lr=1e-3).command() == "ddip benchmark --cg-iters 5 --lr 0.001"

@@ -222,7 +222,7 @@ def test_benchmark_quick_keeps_what_is_given_explicitly():
     cfg = bench_config(parse(["--quick", "--table2", "mri3d", "--methods", "dds,d3ip", "--n-slices", "2"]))
     assert cfg.quick and cfg.table2_settings == ("mri3d",) and cfg.methods == ("dds", "d3ip")
     assert cfg.n_slices == 2 and cfg.n_steps == QUICK["n_steps"]
-    assert cfg.command() == "ddip benchmark --quick --n-slices 2 --table2 mri3d --methods dds,d3ip"
+    assert cfg.command() == "ddip benchmark --quick --n-slices 2 --table2-settings mri3d --methods dds,d3ip"
 
 
 @pytest.mark.parametrize("device,message", [("bogus", "unknown device 'bogus'"), ("gpu", "unknown device 'gpu'"),
@@ -451,7 +451,50 @@ def test_every_options_help_states_its_default_from_the_config_classes(capsys):
     with pytest.raises(SystemExit):
         main(["train-prior", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"--batch BATCH default: {TrainConfig.batch_size}" in text and f"default: {TrainConfig.lr}" in text
+    assert f"--batch-size BATCH_SIZE, --batch BATCH_SIZE default: {TrainConfig.batch_size}" in text
+    assert f"default: {TrainConfig.lr}" in text
+
+
+def test_every_flag_that_sets_a_config_field_is_named_after_it_and_fills_it():
+    """Flag -> field is one rule (``--n-steps`` sets ``n_steps``, older short names stay as aliases), so the config
+    builders are generic; what a command takes beside its config is listed here, and nothing else."""
+    import dataclasses
+
+    from ddip.benchmark import BenchConfig
+    from ddip.cli import build_parser, config_fields
+    from ddip.priors.train import TrainConfig
+    from ddip.priors.unet import UNetConfig
+    from ddip.reconstruct import ReconstructConfig
+
+    common = {"help", "log_level", "config", "threads"}
+    besides = {"reconstruct": {"measurement", "display_window", "units", "prior", "device", "out", "preset",
+                               "overwrite", "resume", "checkpoint_every", "quiet"},
+               "benchmark": {"out", "resume", "tables"},
+               "train-prior": {"data"}}
+    configs = {"reconstruct": (ReconstructConfig,), "benchmark": (BenchConfig,), "train-prior": (TrainConfig, UNetConfig)}
+    for name, classes in configs.items():
+        parser = build_parser().subcommands[name]
+        fields = {f.name for cls in classes for f in dataclasses.fields(cls)}
+        for action in parser._actions:
+            if action.dest in fields:
+                assert action.option_strings[0] == "--" + action.dest.replace("_", "-") or not action.option_strings
+            else:
+                assert action.dest in common | besides[name], (name, action.dest)
+    args = build_parser().parse_args(["reconstruct", "m", "--out", "o", "--method", "d3ip", "--steps", "7",
+                                      "--iters", "2", "--zeta", "none", "--range-guard", "off"])
+    given = config_fields(ReconstructConfig, args, none_is_a_value=("zeta",))
+    assert given["n_steps"] == 7 and given["n_iters"] == 2 and given["zeta"] is None and given["range_guard"] is False
+    assert "eta" not in given  # not given: left to the config
+
+
+def test_an_older_runs_config_json_with_the_short_flag_names_still_replays(tmp_path):
+    from ddip.cli import build_parser, config_arguments
+
+    parser = build_parser().subcommands["reconstruct"]
+    (tmp_path / "old.json").write_text(json.dumps({"command": "reconstruct", "options": {
+        "steps": 3, "iters": 2, "tv-lambda": 0.1, "range-guard": "off", "method": "d3ip-mbir"}}))
+    args = parser.parse_args(["m", "--out", "o", *config_arguments(parser, str(tmp_path / "old.json"))])
+    assert (args.n_steps, args.n_iters, args.tv_lam, args.range_guard) == (3, 2, 0.1, False)
 
 
 def test_the_paper_preset_sets_the_papers_sampling_under_the_flags_given():
