@@ -96,3 +96,30 @@ def test_every_sampling_option_reaches_the_methods_step_or_is_refused():
                 assert spec.takes_init, (name, option)  # SCD refuses both
             else:  # network settings: used by every method with a network
                 assert spec.step is not None, (name, option)
+
+
+def test_every_setting_a_method_resolves_is_used_or_refused_and_recorded_as_it_ran():
+    """Each setting whose value ``resolved_settings`` records (steps, η, mixing, CG, ADMM state, K, L, lr, TV) either
+    changes what a method runs, as recorded, or is refused: none is silently ignored by any registered method."""
+    import json
+
+    from ddip.methods import REGISTRY
+    from ddip.reconstruct import RESOLVED_FIELDS, ReconstructConfig, resolved_settings
+    from ddip.tasks import TaskConfig
+
+    task = TaskConfig(task="sv-ct", size=64)
+    values = {"n_steps": 7, "eta": 0.3, "noise_mix": "ddim", "cg_iters": 3, "carry_admm_state": True, "k": 2,
+              "n_iters": 2, "lr": 3e-4, "tv_lam": 0.05, "tv_rho": 0.7}
+    assert set(values) == set(RESOLVED_FIELDS)
+    for name in REGISTRY:
+        base = resolved_settings(ReconstructConfig(name), task, 8)
+        assert json.loads(json.dumps(base, allow_nan=False)) == base  # valid JSON: no None hidden as NaN/Infinity
+        for option, value in values.items():
+            try:
+                cfg = ReconstructConfig(name, **{option: value})
+            except DdipError as exc:
+                assert option in str(exc) or "adaptation" in str(exc), (name, option, exc)
+                continue
+            resolved = resolved_settings(cfg, task, 8)
+            assert resolved != base and value in [v for part in resolved.values() for v in part.values()], \
+                (name, option)
