@@ -45,6 +45,8 @@ from ddip.priors.prior import PRECISIONS
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, data_channels, train_prior
 from ddip.priors.unet import UNetConfig
 from ddip.methods import names
+from ddip.adapt import AdaptConfig
+from ddip.adapt.adapter import PAPER_ZETA
 from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, reconstruct_samples,
                              resolved_settings, with_preset)
 from ddip.signals import Interrupted, StopRequest
@@ -236,17 +238,16 @@ def environment() -> dict:
             "ddip": __version__, "machine": platform.machine()}
 
 
-def config_fields(cls, args: argparse.Namespace, *, none_is_a_value: tuple[str, ...] = ()) -> dict:
+def config_fields(cls, args: argparse.Namespace) -> dict:
     """The fields of the config dataclass ``cls`` that parsed options give: every flag is named after its field
     (``--n-steps`` sets ``n_steps``; older short names stay as aliases). An option left at None was not given and
-    leaves the field to ``cls``, except the fields in ``none_is_a_value`` (``--zeta none``)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if hasattr(args, f.name) and (getattr(args, f.name) is not None or f.name in none_is_a_value)}
+    leaves the field to ``cls``."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def reconstruct_config(args: argparse.Namespace) -> ReconstructConfig:
     """The reconstruction settings of parsed ``ddip reconstruct`` arguments (validated by ReconstructConfig)."""
-    given = config_fields(ReconstructConfig, args, none_is_a_value=("zeta",))
+    given = config_fields(ReconstructConfig, args)
     return ReconstructConfig(**with_preset(args.preset, args.method, given))
 
 
@@ -430,6 +431,11 @@ def _strs(text: str) -> tuple[str, ...]:
     return tuple(v for v in text.split(",") if v)
 
 
+def _zeta(text: str) -> int:
+    """The adaptation window ζ: an integer >= 0; 'none' (no window) is 0, adapting at every step."""
+    return 0 if text.lower() == "none" else int(text)
+
+
 def _on_off(text: str) -> bool:
     """A switch given as on/off (a run's config.json records it as true/false)."""
     value = {"on": True, "true": True, "off": False, "false": False}.get(str(text).lower())
@@ -440,10 +446,6 @@ def _on_off(text: str) -> bool:
 
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v)
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() == "none" else int(text)
 
 
 def _add_noise_mix(p: argparse.ArgumentParser, preset: bool = True) -> None:
@@ -547,8 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5; CS-MRI 1e-4, tuned for 50 "
                                            "steps: with 10 steps 1e-3 is better)")
-    p.add_argument("--zeta", type=_optional_int, default=r.zeta,
-                   help="adapt only for t in [zeta, T' - zeta]; 'none' adapts at every step")
+    p.add_argument("--zeta", type=_zeta,
+                   help=f"adapt only for t in [zeta, T' - zeta]; 0 (or none) adapts at every step (default "
+                        f"{AdaptConfig.zeta}, chosen by measurement; the paper's {PAPER_ZETA} with --preset paper)")
     p.add_argument("--range-guard", type=_on_off, metavar="{on,off}", default=r.range_guard,
                    help="adapted methods: undo an adaptation step whose data-consistent estimate leaves the prior's "
                         "range (data the operator does not describe exactly make adaptation run away; not in the "

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from ddip.adapt import d3ip, d3ip_mbir, d3ip_meta, ddip_slicewise, scd
+from ddip.adapt import AdaptConfig, d3ip, d3ip_mbir, d3ip_meta, ddip_slicewise, scd
 from ddip.errors import DdipError
 from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR
 from ddip.tasks import TaskConfig
@@ -124,12 +124,14 @@ def tv_parameters(cfg, task: TaskConfig) -> dict[str, float]:
     return {"lam": cfg.tv_lam or tuned["lam"], "rho": cfg.tv_rho or tuned["rho"]}
 
 
-def adaptation_settings(cfg, task: TaskConfig, n_slices: int) -> tuple[int, int, float]:
-    """(K, L, learning rate) of an adapted method: Table 5's, the task's tuned rate, the config's overrides; K at
-    most the volume's slices (they are drawn from them)."""
-    k, n_iters, lr = method_spec(cfg.method).table5[task.task]
+def adaptation_settings(cfg, task: TaskConfig, n_slices: int) -> dict:
+    """K, L, learning rate and window ζ of an adapted method: Table 5's, the task's tuned rate, AdaptConfig's ζ (SCD:
+    0, every step), the config's overrides; K at most the volume's slices (they are drawn from them)."""
+    spec = method_spec(cfg.method)
+    k, n_iters, lr = spec.table5[task.task]
     lr = LR_TUNED.get(task.task, lr)
-    return min(cfg.k or k, n_slices), cfg.n_iters or n_iters, cfg.lr or lr
+    zeta = 0 if not spec.takes_init else AdaptConfig.zeta if cfg.zeta is None else cfg.zeta  # SCD: every step
+    return {"k": min(cfg.k or k, n_slices), "n_iters": cfg.n_iters or n_iters, "lr": cfg.lr or lr, "zeta": zeta}
 
 
 # -- steps -----------------------------------------------------------------------------------------------------------

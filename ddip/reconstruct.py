@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ddip import distributed
 from ddip.adapt import AdaptConfig, LoRAConfig, Replay, count_parameters, inject_lora
+from ddip.adapt.adapter import PAPER_ZETA
 from ddip.adapt.methods import AdaptReport
 from ddip.checkpoint import resumable_solve
 from ddip.devices import resolve_device
@@ -80,10 +81,11 @@ def preset_settings(name: str | None, method: str) -> dict:
     if not spec.mixes_noise:  # ADMM-TV: no sampler; DPS: its own DDPM update, the paper's
         return {}
     paper = PRESETS[name]
-    if spec.on_dds:
-        return dict(paper)
-    return {"noise_mix": paper["noise_mix"], "eta": paper["eta"], **({"carry_admm_state": True} if spec.dc == "mbir"
-                                                                     else {})}
+    if spec.on_dds:  # DDS and the adapted methods on it (which adapt in the paper's window, SCD at every step)
+        return {**paper, **({"zeta": PAPER_ZETA} if spec.adapted and spec.takes_init else {})}
+    return {"noise_mix": paper["noise_mix"], "eta": paper["eta"],
+            **({"carry_admm_state": True} if spec.dc == "mbir" else {}),
+            **({"zeta": PAPER_ZETA} if spec.adapted and spec.takes_init else {})}
 
 
 def with_preset(name: str | None, method: str, settings: dict) -> dict:
@@ -112,7 +114,7 @@ class ReconstructConfig:
     lr: float | None = None
     lora_rank: int = LoRAConfig.rank
     train_biases: bool = LoRAConfig.train_biases
-    zeta: int | None = AdaptConfig.zeta  # adaptation window [ζ, T' − ζ]; None adapts at every step
+    zeta: int | None = None  # adaptation window [ζ, T' − ζ], 0 adapts at every step (None: AdaptConfig's)
     range_guard: bool = AdaptConfig.range_guard  # undo adaptation steps that take the estimate out of range
     loss_cg_iters: int | None = None
     dc_variant: str | None = None  # CG data consistency: None = the method's own (DDS proximal, DDNM normal)
@@ -165,7 +167,7 @@ class ReconstructConfig:
             raise DdipError(f"{', '.join(ignored)}: {self.method} does not use {'it' if len(ignored) == 1 else 'them'} "
                             f"(it has no such setting or fixes its own); leave {'it' if len(ignored) == 1 else 'them'} "
                             f"at the default")
-        given = [name for name, default in (("k", None), ("n_iters", None), ("lr", None), ("zeta", AdaptConfig.zeta),
+        given = [name for name, default in (("k", None), ("n_iters", None), ("lr", None), ("zeta", None),
                                             ("loss_cg_iters", None), ("lora_rank", LoRAConfig.rank),
                                             ("train_biases", LoRAConfig.train_biases),
                                             ("range_guard", AdaptConfig.range_guard))
@@ -197,8 +199,8 @@ class ReconstructConfig:
                 raise DdipError(f"eta sets the sampling step, which {self.method} does not take")
             if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
                 raise DdipError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {self.eta!r}")
-        if self.zeta is not None and (isinstance(self.zeta, bool) or self.zeta < 0):
-            raise DdipError(f"zeta must be >= 0 (or None: adapt at every step), got {self.zeta}")
+        if self.zeta is not None and (isinstance(self.zeta, bool) or not isinstance(self.zeta, int) or self.zeta < 0):
+            raise DdipError(f"zeta must be an integer >= 0 (0: adapt at every step), got {self.zeta!r}")
 
 
 @dataclass
@@ -245,8 +247,8 @@ class _PeakMemory:
 
 
 # the ReconstructConfig fields whose effect resolved_settings records (the value that ran, whoever chose it)
-RESOLVED_FIELDS = ("n_steps", "eta", "noise_mix", "cg_iters", "carry_admm_state", "k", "n_iters", "lr", "tv_lam",
-                   "tv_rho")
+RESOLVED_FIELDS = ("n_steps", "eta", "noise_mix", "cg_iters", "carry_admm_state", "k", "n_iters", "lr", "zeta",
+                   "tv_lam", "tv_rho")
 
 
 def resolved_settings(cfg: ReconstructConfig, task: TaskConfig, n_slices: int) -> dict:
@@ -260,7 +262,7 @@ def resolved_settings(cfg: ReconstructConfig, task: TaskConfig, n_slices: int) -
         if hasattr(step, "carry_state"):  # MBIR's steps: ADMM's z, u kept across timesteps or not
             out["sampler"]["carry_state"] = step.carry_state
     if spec.adapted:
-        out["adaptation"] = dict(zip(("k", "n_iters", "lr"), adaptation_settings(cfg, task, n_slices)))
+        out["adaptation"] = adaptation_settings(cfg, task, n_slices)
     if spec.tv:
         out["tv"] = tv_parameters(cfg, task)
     return out
@@ -341,8 +343,7 @@ def _run(p: _Prepared, cfg: ReconstructConfig, task: TaskConfig, *, progress: bo
                             init=cfg.init, max_batch=cfg.max_batch, progress=progress, desc=cfg.method)
         p.report["network_forward_passes"] = step.n_steps * y.shape[0]
         return (x if shard is None else shard.gather_volume(x)), None
-    k, n_iters, lr = adaptation_settings(cfg, task, y.shape[0])
-    acfg = AdaptConfig(lr=lr, n_iters=n_iters, k=k, zeta=cfg.zeta, loss_cg_iters=cfg.loss_cg_iters,
+    acfg = AdaptConfig(**adaptation_settings(cfg, task, y.shape[0]), loss_cg_iters=cfg.loss_cg_iters,
                        range_guard=cfg.range_guard,
                        chunk=adaptation_chunk(cfg.max_batch, cfg.k or spec.table5[task.task][0],
                                               distributed.world()[1]))

@@ -69,6 +69,9 @@ def test_the_paper_preset_gives_every_method_the_papers_sampling_under_the_optio
     assert dps == _rconfig(BenchConfig(), method="dps") and tv == _rconfig(BenchConfig(), method="admm-tv")
     mine = _rconfig(BenchConfig(preset="paper", cg_iters=20, noise_mix="paper"), method="d3ip", n_steps=10)
     assert (mine.cg_iters, mine.noise_mix, mine.n_steps, mine.eta) == (20, "paper", 10, 0.85)  # options given win
+    from ddip.adapt.adapter import PAPER_ZETA  # the paper's adaptation window; SCD adapts at every step
+    assert mine.zeta == PAPER_ZETA and _rconfig(paper, method="d3ip-mbir").zeta == PAPER_ZETA
+    assert _rconfig(paper, method="scd").zeta is None and _rconfig(BenchConfig(), method="d3ip").zeta is None
     plain = _rconfig(BenchConfig(), method="dds")
     assert (plain.eta, plain.noise_mix) == (None, ReconstructConfig.noise_mix)  # the step's own defaults
     with pytest.raises(DdipError, match="unknown preset"):

@@ -19,7 +19,7 @@ METRIC_KEYS = {"psnr", "ssim", "lpips", "psnr_volume", "wall_time_s", "peak_memo
 def test_reconstruct_writes_volume_views_config_and_metrics(method, ct_measurement, tiny_prior, tmp_path):
     out = tmp_path / method
     args = ["reconstruct", str(ct_measurement), "--method", method, "--prior", tiny_prior, "--out", str(out), "--quiet"]
-    extra = {"admm-tv": [], "dds": ["--steps", "4"], "d3ip": ["--steps", "4", "--iters", "1", "--k", "2"]}[method]
+    extra = {"admm-tv": [], "dds": ["--steps", "4"], "d3ip": ["--steps", "4", "--iters", "1", "--k", "2", "--zeta", "0"]}[method]
     assert main(args + extra) == 0
     assert {"reconstruction.nii.gz", "views.png", "config.json", "metrics.json"} <= {p.name for p in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
@@ -384,7 +384,8 @@ def test_k_is_reported_as_the_slices_it_can_draw(tmp_path, tiny_prior):
                  "--quiet", "--out", str(tmp_path / "r")]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["report"]["adapt"]["k"] == 4  # Table 5: 6
     resolved = json.loads((tmp_path / "r" / "config.json").read_text())["resolved"]["adaptation"]
-    assert resolved == {"k": 4, "n_iters": 1, "lr": 1e-3}  # the K, L and Table 5's rate that ran, not null
+    from ddip.adapt import AdaptConfig  # the K, L, Table 5's rate and the window that ran, not null
+    assert resolved == {"k": 4, "n_iters": 1, "lr": 1e-3, "zeta": AdaptConfig.zeta}
 
 
 def test_the_nifti_says_mm_and_its_units_and_a_volume_given_to_reconstruct_is_sent_to_simulate(ct_measurement,
@@ -482,8 +483,8 @@ def test_every_flag_that_sets_a_config_field_is_named_after_it_and_fills_it():
                 assert action.dest in common | besides[name], (name, action.dest)
     args = build_parser().parse_args(["reconstruct", "m", "--out", "o", "--method", "d3ip", "--steps", "7",
                                       "--iters", "2", "--zeta", "none", "--range-guard", "off"])
-    given = config_fields(ReconstructConfig, args, none_is_a_value=("zeta",))
-    assert given["n_steps"] == 7 and given["n_iters"] == 2 and given["zeta"] is None and given["range_guard"] is False
+    given = config_fields(ReconstructConfig, args)
+    assert given["n_steps"] == 7 and given["n_iters"] == 2 and given["zeta"] == 0 and given["range_guard"] is False
     assert "eta" not in given  # not given: left to the config
 
 

@@ -36,7 +36,7 @@ def test_non_finite_adaptation_loss_rolls_back_and_halves_the_learning_rate(monk
         return loss * float("nan") if calls["n"] == 1 else loss
 
     monkeypatch.setattr(adapter_module, "adaptation_loss", flaky)
-    adapter = VolumeAdapter(prior, DDS(), y, op, AdaptConfig(n_iters=3, k=2, lr=1e-3, zeta=None))
+    adapter = VolumeAdapter(prior, DDS(), y, op, AdaptConfig(n_iters=3, k=2, lr=1e-3, zeta=0))
     before = snapshot(prior.net)
     adapter(0, 500, torch.randn(2, 1, 16, 16), {})
     assert adapter._optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
@@ -67,7 +67,7 @@ def test_an_estimate_leaving_the_range_undoes_the_step_that_led_there_and_halves
         inject_lora(prior.net, generator=torch.Generator().manual_seed(0))
         op = sparse_view_ct(16, 4)
         y = op.A(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)))
-        adapter = VolumeAdapter(prior, DDS(), y, op, AdaptConfig(n_iters=4, k=2, lr=1e-3, zeta=None,
+        adapter = VolumeAdapter(prior, DDS(), y, op, AdaptConfig(n_iters=4, k=2, lr=1e-3, zeta=0,
                                                                  range_guard=guard))
         states = []
         real_step = torch.optim.AdamW.step

@@ -115,7 +115,7 @@ def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptCo
 
 def scd(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(k=1), **kwargs):
     """SCD as the paper re-implements it: DDIP with 1 CG step in the loss, every step adapted, pure-noise init."""
-    cfg = dataclasses.replace(cfg, loss_cg_iters=1, zeta=None)
+    cfg = dataclasses.replace(cfg, loss_cg_iters=1, zeta=0)
     kwargs.setdefault("init", "noise")
     return ddip_slicewise(step, prior, y, physics, cfg, method="scd", **kwargs)
 

@@ -90,7 +90,7 @@ def test_adaptation_changes_only_the_chosen_parameters_and_lowers_the_loss(probl
     step = DDS()
     with torch.no_grad():
         first = float(adaptation_loss(step, network_estimate(prior, x_t, t, y, op), y, op))
-    adapter = VolumeAdapter(prior, step, y, op, AdaptConfig(n_iters=30, k=8, lr=1e-3, zeta=None),
+    adapter = VolumeAdapter(prior, step, y, op, AdaptConfig(n_iters=30, k=8, lr=1e-3, zeta=0),
                             generator=g)
     adapter(0, t, x_t, {})
     with torch.no_grad():
@@ -113,7 +113,9 @@ def test_adaptation_window_is_zeta_to_t_start_minus_zeta(problem):
     assert len(report.losses) == 2 * len(adapted_t)
     assert report.passes_adapt == 2 * 2 * len(adapted_t) and report.passes_forward == 10 * 8
     # the paper's window: ζ = 40 on 50 steps is [40, 940]; on 10 steps [40, 860], so t = 900 is not adapted
-    paper = AdaptConfig()
+    from ddip.adapt.adapter import PAPER_ZETA
+
+    paper = AdaptConfig(zeta=PAPER_ZETA)
     grid50 = prior.schedule.timesteps(50).tolist()
     assert [t for t in grid50 if paper.adapts_at(t, grid50[0])] == list(range(940, 39, -20))
     assert not paper.adapts_at(900, 900) and paper.adapts_at(860, 900)
@@ -150,7 +152,7 @@ def test_merging_folds_lora_into_the_base_weights(problem):
     prior.net.eval()
     with torch.no_grad():
         base = prior.net(x_in, t).sample
-    d3ip(DDS(n_steps=4), prior, y, op, AdaptConfig(n_iters=3, k=2, zeta=None),
+    d3ip(DDS(n_steps=4), prior, y, op, AdaptConfig(n_iters=3, k=2, zeta=0),
          generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         unmerged = prior.net(x_in, t).sample
@@ -178,7 +180,7 @@ def test_every_method_runs_with_its_own_settings(method, problem):
 def test_d3ip_costs_one_lora_state_and_ddip_one_per_slice(problem):
     x, op, y = problem
     prior = _prior()
-    cfg = AdaptConfig(n_iters=2, k=3, zeta=None)
+    cfg = AdaptConfig(n_iters=2, k=3, zeta=0)
     gens = dict(generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(1))
     _, r3 = d3ip(DDS(n_steps=4), prior, y, op, cfg, **gens)
     _, r1 = ddip_slicewise(DDS(n_steps=4), prior, y, op, dataclasses.replace(cfg, k=1), **gens)
@@ -207,7 +209,7 @@ def test_reconstruct_reports_where_the_time_goes(ct_measurement, tiny_prior):
     from ddip.tasks import load_measurement
 
     res = reconstruct(load_measurement(ct_measurement), ReconstructConfig(method="d3ip", n_steps=4, n_iters=1,
-                                                                          k=2), load_prior(tiny_prior))
+                                                                          k=2, zeta=0), load_prior(tiny_prior))
     parts = res.report["time_breakdown_s"]
     assert {"network_forward", "network_backward", "data_consistency", "data_consistency_backward",
             "other"} <= set(parts)
@@ -297,7 +299,7 @@ def test_ddip_starts_every_slice_from_the_fresh_lora_state_unless_carried_over(p
     x, op, y = problem
     prior = _prior()
     fresh = snapshot(prior.net)
-    ddip_slicewise(DDS(n_steps=4), prior, y[:3], op, AdaptConfig(n_iters=1, zeta=None), carry_over=carry_over,
+    ddip_slicewise(DDS(n_steps=4), prior, y[:3], op, AdaptConfig(n_iters=1, zeta=0), carry_over=carry_over,
                    generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(1))
     assert len(spy.starts) == 3 and _same(spy.starts[0], fresh)
     assert all(_same(s, fresh) != carry_over for s in spy.starts[1:])
@@ -306,7 +308,7 @@ def test_ddip_starts_every_slice_from_the_fresh_lora_state_unless_carried_over(p
 def test_d3ip_mbir_draws_contiguous_slices_and_d3ip_random_ones(problem, spy):
     x, op, y = problem
     kwargs = dict(generator=torch.Generator().manual_seed(0), adapt_generator=torch.Generator().manual_seed(1))
-    cfg = AdaptConfig(n_iters=3, k=3, zeta=None)
+    cfg = AdaptConfig(n_iters=3, k=3, zeta=0)
     d3ip_mbir(DiffusionMBIR(n_steps=4, rho=1.0, lam=0.01), _prior(), y, op, cfg, **kwargs)
     assert len(spy.draws) == 4 * 3 and all(d == list(range(d[0], d[0] + 3)) for d in spy.draws)
     spy.draws.clear()
@@ -316,7 +318,7 @@ def test_d3ip_mbir_draws_contiguous_slices_and_d3ip_random_ones(problem, spy):
 
 def test_d3ip_meta_decays_alpha_from_one_to_a_half_and_fine_tunes_every_slice_from_theta_vol(problem, spy):
     x, op, y = problem
-    _, report = d3ip_meta(DDS(n_steps=6), _prior(), y[:3], op, AdaptConfig(n_iters=1, k=2, zeta=None),
+    _, report = d3ip_meta(DDS(n_steps=6), _prior(), y[:3], op, AdaptConfig(n_iters=1, k=2, zeta=0),
                           generator=torch.Generator().manual_seed(0),
                           adapt_generator=torch.Generator().manual_seed(1))
     assert spy.alphas[0] == 1.0 and spy.alphas[-1] == pytest.approx(0.5) and len(spy.alphas) == 6

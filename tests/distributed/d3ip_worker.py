@@ -34,7 +34,7 @@ def main(out: str) -> None:
         inject_lora(p.net, LoRAConfig(), generator=torch.Generator().manual_seed(1))
         return p
 
-    cfg = AdaptConfig(lr=1e-3, n_iters=2, k=4, chunk=2, zeta=None)  # 2 chunks: one per rank
+    cfg = AdaptConfig(lr=1e-3, n_iters=2, k=4, chunk=2, zeta=0)  # 2 chunks: one per rank
     for name, fn, step in (("d3ip", d3ip, DDS(n_steps=6)),
                            ("d3ip_mbir", d3ip_mbir, DiffusionMBIR(n_steps=6, rho=0.5, lam=0.01))):
         p = prior()
