@@ -82,7 +82,7 @@ METHOD_ADVICE = """which method (measured on 8 slices, 64 px, one CPU thread; co
   3D MRI x8      ddnm (28.88 dB) or dds (28.35); admm-tv 27.82
   CS-MRI x4      dds (24.04 dB); admm-tv 21.00
 cost (one thread): dds, ddnm, mbir 45-65 s; d3ip and d3ip-mbir 4-6 min; ddip, scd, d3ip-meta longer;
-dps 1000 steps per slice. d3ip and d3ip-mbir come within noise of dds and mbir here (+-0.4 dB), not above."""
+dps 1000 steps per slice. d3ip and d3ip-mbir come within noise of dds and mbir here (+-0.5 dB), not above."""
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
