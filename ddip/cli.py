@@ -711,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=t.batch_size)
     p.add_argument("--lr", type=float, default=t.lr)
     p.add_argument("--ema-decay", "--ema", dest="ema_decay", type=float, default=t.ema_decay)
+    p.add_argument("--min-snr-gamma", type=float,
+                   help="weight the loss by min(SNR, gamma)/SNR (Min-SNR-gamma, Hang et al. 2023; 5 in the paper) "
+                        "(default: the plain epsilon loss the shipped priors were trained with)")
     p.add_argument("--max-images", type=int, default=t.max_images)
     p.add_argument("--max-hours", type=float, default=t.max_hours, help="stop (after a checkpoint) after this long")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster; weights stay fp32)")

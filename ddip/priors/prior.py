@@ -143,13 +143,23 @@ class DiffusionPrior(nn.Module):
         ab = float(self.schedule.at(t))
         return (x_t - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
 
-    def loss(self, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def loss(self, x0: Tensor, *, generator: torch.Generator | None = None,
+             min_snr_gamma: float | None = None) -> Tensor:
         """DDPM ε-MSE per sample ``(B,)`` with ``t ~ U{0, …, T−1}`` and ``ε ~ N(0, I)`` drawn from ``generator``
-        (on its device; the CPU without one)."""
+        (on its device; the CPU without one).
+
+        ``min_snr_gamma`` = γ weights each sample by min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1 − ᾱ_t): Min-SNR-γ
+        (Hang et al. 2023) in its form for ε-prediction, which lowers the weight of the nearly clean timesteps whose
+        gradients conflict with the rest; None is the plain ε-MSE.
+        """
         where = None if generator is None else generator.device  # draws on the generator's device
         t = torch.randint(0, self.schedule.T, (x0.shape[0],), generator=generator, device=where)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=where)
         noise, t = noise.to(x0.device), t.to(x0.device)
         ab = _per_sample(self.schedule.at(t), x0)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        return (self.eps(x_t, t).float() - noise.float()).pow(2).flatten(1).mean(1)
+        mse = (self.eps(x_t, t).float() - noise.float()).pow(2).flatten(1).mean(1)
+        if min_snr_gamma is None:
+            return mse
+        snr = (ab / (1 - ab)).flatten().float()
+        return mse * snr.clamp(max=min_snr_gamma) / snr

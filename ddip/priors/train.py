@@ -62,6 +62,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     ema_decay: float = 0.999
+    min_snr_gamma: float | None = None  # Min-SNR-γ loss weight (DiffusionPrior.loss); None: plain ε-MSE (shipped priors)
     max_images: int = 1_000_000
     max_hours: float = float("inf")
     bf16: bool = False
@@ -89,6 +90,8 @@ class TrainConfig:
         if self.batch_size < 1 or not self.lr > 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
             raise DdipError("train-prior: need batch_size >= 1, lr > 0, 0 <= ema_decay < 1 and max_images >= 1")
         check_seed(self.seed, "train-prior")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise DdipError(f"train-prior: min_snr_gamma must be > 0 (Min-SNR uses 5), got {self.min_snr_gamma}")
         if self.warmup_steps < 0:
             raise DdipError(f"train-prior: warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.max_hours > 0 or not self.checkpoint_minutes >= 0 or self.snapshot_every < 0 or self.log_every < 1:
@@ -298,7 +301,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
             else:
                 x0 = make(batch, cfg.unet.image_size, generator=data_rng, device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = prior.loss(x0, generator=noise_rng).mean()
+                loss = prior.loss(x0, generator=noise_rng, min_snr_gamma=cfg.min_snr_gamma).mean()
             if cfg.warmup_steps:
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)

@@ -226,3 +226,21 @@ def test_crop_training_resumes_exactly_and_refuses_impossible_crops(tmp_path):
     for bad in ((64,), (7,), (0,)):
         with pytest.raises(DdipError, match="crop sizes"):
             TrainConfig(out=str(tmp_path / "x"), unet=CROP_NET, crop_sizes=bad)
+
+
+def test_min_snr_weighting_scales_each_samples_loss_by_min_snr_gamma_over_snr():
+    """Min-SNR-γ for ε-prediction: the same draws as the plain loss, each weighted by min(SNR_t, γ)/SNR_t — below 1
+    only where the image is nearly clean (SNR_t > γ), exactly 1 where it is noisy."""
+    prior = DiffusionPrior(build_unet(TINY, seed=0))
+    x0 = torch.rand(64, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain = prior.loss(x0, generator=torch.Generator().manual_seed(0))
+        weighted = prior.loss(x0, generator=torch.Generator().manual_seed(0), min_snr_gamma=5.0)
+    t = torch.randint(0, prior.schedule.T, (64,), generator=torch.Generator().manual_seed(0))  # the loss's first draw
+    ab = prior.schedule.at(t).double()
+    snr = ab / (1 - ab)
+    weight = (snr.clamp(max=5.0) / snr).float()
+    assert torch.allclose(weighted, plain * weight, rtol=1e-5)
+    assert bool((weight[snr > 5] < 1).all()) and bool((weight[snr <= 5] == 1).all()) and bool((snr > 5).any())
+    with pytest.raises(DdipError, match="min_snr_gamma"):
+        TrainConfig(out="x", min_snr_gamma=0.0)
