@@ -322,7 +322,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
-    rows = gate_curve(args.run, n_images=args.n_images)
+    rows = gate_curve(args.run, n_images=args.n_images, ema_decay=args.ema_decay)
     if not rows:
         print(f"{args.run}: no weights to evaluate (ema.safetensors without images_seen, no snapshots)")
     for r in rows:
@@ -640,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate the quality gate on every snapshot of a training run")
     p.add_argument("run", help="a train-prior run folder")
     p.add_argument("--n-images", type=int, default=GATE_IMAGES, help="in-distribution phantoms per evaluation")
+    p.add_argument("--ema-decay", type=float,
+                   help="evaluate the snapshots of this extra EMA rate of the run (train-prior --extra-ema-decays) "
+                        "instead of its main EMA")
     p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("import", parents=[common],
@@ -711,6 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=t.batch_size)
     p.add_argument("--lr", type=float, default=t.lr)
     p.add_argument("--ema-decay", "--ema", dest="ema_decay", type=float, default=t.ema_decay)
+    p.add_argument("--extra-ema-decays", type=_floats, default=t.extra_ema_decays,
+                   help="more EMA rates kept beside --ema-decay, each snapshotted, to choose the EMA length after "
+                        "training (ddip prior-gate RUN --ema-decay D); default: none")
     p.add_argument("--min-snr-gamma", type=float,
                    help="weight the loss by min(SNR, gamma)/SNR (Min-SNR-gamma, Hang et al. 2023; 5 in the paper) "
                         "(default: the plain epsilon loss the shipped priors were trained with)")

@@ -142,26 +142,31 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
     return x
 
 
-def gate_curve(run_dir, *, n_images: int = GATE_IMAGES) -> list[dict]:
+def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_decay: float | None = None) -> list[dict]:
     """Evaluate the gate on every EMA snapshot of a training run, and on its last EMA weights (``ema.safetensors``),
     not yet evaluated; returns all rows, sorted.
 
     Rows are appended to ``RUN/gate_curve.jsonl`` (one JSON object per snapshot, with ``images`` seen) and the curve
-    is drawn to ``RUN/gate_curve.png``.
+    is drawn to ``RUN/gate_curve.png``. ``ema_decay`` evaluates instead the snapshots of one of the run's extra EMA
+    rates (``TrainConfig.extra_ema_decays``), to ``RUN/gate_curve-ema<decay>.jsonl`` / ``.png``.
     """
     run = Path(run_dir)
     if not (run / "ema.safetensors").is_file():
         raise DdipError(f"{run}: not a train-prior run folder (no ema.safetensors)")
+    tag = "" if ema_decay is None else f"{ema_decay:g}"
+    if tag and not (run / f"ema{tag}.safetensors").is_file():
+        raise DdipError(f"{run}: the run kept no EMA at rate {tag} (train-prior --extra-ema-decays)")
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise DdipError(f"the gate needs n_images >= 1 phantoms, got {n_images!r}")
-    log = run / "gate_curve.jsonl"
+    log = run / f"gate_curve{'-ema' + tag if tag else ''}.jsonl"
     sampler = {"method": "dds", "n_steps": GATE_STEPS, "eta": GATE_ETA}  # rows of another gate sampler are redone
     rows = {r["images"]: r for r in map(json.loads, log.read_text().splitlines()) if r.get("sampler") == sampler} \
         if log.exists() else {}
-    weights = {int(path.stem.split("_")[1]): path for path in sorted((run / "snapshots").glob("ema_*.safetensors"))}
-    latest = read_safetensors(run / "ema.safetensors", "prior")[1].get("images_seen")
+    weights = {int(path.stem.split("_")[1]): path
+               for path in sorted((run / "snapshots").glob(f"ema{tag}_*.safetensors"))}
+    latest = read_safetensors(run / f"ema{tag}.safetensors", "prior")[1].get("images_seen")
     if latest is not None:  # the run's last EMA weights, also when it made no snapshot at that count
-        weights.setdefault(int(json.loads(latest)), run / "ema.safetensors")
+        weights.setdefault(int(json.loads(latest)), run / f"ema{tag}.safetensors")
     prior = None
     for images, path in sorted(weights.items()):
         if images in rows:
@@ -174,7 +179,7 @@ def gate_curve(run_dir, *, n_images: int = GATE_IMAGES) -> list[dict]:
             fh.write(json.dumps(row) + "\n")
     ordered = [rows[k] for k in sorted(rows)]
     if ordered:
-        _plot_curve(ordered, run / "gate_curve.png")
+        _plot_curve(ordered, log.with_suffix(".png"))
     return ordered
 
 

@@ -62,6 +62,9 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     ema_decay: float = 0.999
+    # more EMA rates kept beside ema_decay, to choose the EMA length after training from their snapshots (EDM2, Karras
+    # et al. 2024): ``snapshots/ema<decay>_<images>.safetensors`` and ``ema<decay>.safetensors``; none by default
+    extra_ema_decays: tuple[float, ...] = ()
     min_snr_gamma: float | None = None  # Min-SNR-γ loss weight (DiffusionPrior.loss); None: plain ε-MSE (shipped priors)
     max_images: int = 1_000_000
     max_hours: float = float("inf")
@@ -90,6 +93,10 @@ class TrainConfig:
         if self.batch_size < 1 or not self.lr > 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
             raise DdipError("train-prior: need batch_size >= 1, lr > 0, 0 <= ema_decay < 1 and max_images >= 1")
         check_seed(self.seed, "train-prior")
+        if any(not 0 <= d < 1 for d in self.extra_ema_decays) or len(set(self.extra_ema_decays)) < len(
+                self.extra_ema_decays) or self.ema_decay in self.extra_ema_decays:
+            raise DdipError(f"train-prior: extra_ema_decays must be distinct values in [0, 1) other than ema_decay, "
+                            f"got {self.extra_ema_decays}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise DdipError(f"train-prior: min_snr_gamma must be > 0 (Min-SNR uses 5), got {self.min_snr_gamma}")
         if self.warmup_steps < 0:
@@ -124,9 +131,8 @@ class TrainConfig:
         return max(1, round(self.batch_size * (self.crop_sizes[0] / crop) ** 2))
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}  # as JSON reads them back
         d["unet"] = self.unet.to_dict()
-        d["crop_sizes"] = list(self.crop_sizes)
         return d
 
 
@@ -148,6 +154,13 @@ _OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapsho
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def _on(device: torch.device, state: dict, channels_last: bool) -> dict:
+    """A checkpoint's EMA tensors on ``device``, in the parameters' layout (a checkpoint stores contiguous ones)."""
+    state = {k: v.to(device) for k, v in state.items()}
+    return {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in state.items()} \
+        if channels_last else state
 
 
 def _save_weights(path: Path, state_dict: dict, metadata: dict) -> None:
@@ -233,9 +246,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
             raise DdipError(f"{ckpt_path}: the run was trained by {saved_world} process(es); resume it with "
                             f"{saved_world}, not {n_ranks} (each rank's phantom stream is in the checkpoint)")
         net.load_state_dict(state["model"])
-        ema = {k: v.to(device) for k, v in state["ema"].items()}
-        if cfg.channels_last:  # the EMA's layout follows the parameters' (a checkpoint stores contiguous tensors)
-            ema = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in ema.items()}
+        ema = _on(device, state["ema"], cfg.channels_last)
+        extra = {d: _on(device, state["extra_ema"][f"{d:g}"], cfg.channels_last) for d in cfg.extra_ema_decays}
         opt.load_state_dict(state["optimizer"])
         data_rng.set_state(state["data_rng"] if n_ranks == 1 else state["data_rng"][rank])
         noise_rng.set_state(state["noise_rng"] if n_ranks == 1 else state["noise_rng"][rank])
@@ -246,6 +258,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
         except Exception as exc:
             raise DdipError(f"{cfg.init_weights}: cannot warm-start this network from it ({exc})") from exc
         ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if not ckpt_path.exists():
+        extra = {d: {k: v.detach().clone() for k, v in ema.items()} for d in cfg.extra_ema_decays}
     ema_float = [k for k, v in ema.items() if v.dtype.is_floating_point]
     ema_other = [k for k in ema if k not in ema_float]  # integer buffers: copied, not averaged
     params = net.state_dict()
@@ -263,8 +277,11 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
         _save_checkpoint(ckpt_path, {"model": net.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
                                      "data_rng": rngs[0][0] if n_ranks == 1 else [r[0] for r in rngs],
                                      "noise_rng": rngs[0][1] if n_ranks == 1 else [r[1] for r in rngs],
-                                     "step": step, "images": images, "world_size": n_ranks})
+                                     "step": step, "images": images, "world_size": n_ranks,
+                                     "extra_ema": {f"{d:g}": e for d, e in extra.items()}})
         save_prior(out / "ema.safetensors", ema, cfg.unet, images_seen=images)
+        for d, e in extra.items():
+            save_prior(out / f"ema{d:g}.safetensors", e, cfg.unet, images_seen=images, ema_decay=d)
 
     log_path = out / "loss_log.csv"
     if rank == 0 and not log_path.exists():
@@ -312,11 +329,12 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
             step += 1
             images += batch * n_ranks
             step_images.append(batch * n_ranks)
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
-            with torch.no_grad():  # ema ← decay·ema + (1 − decay)·θ, all tensors in one call
-                torch._foreach_lerp_([ema[k] for k in ema_float], [params[k] for k in ema_float], 1 - decay)
-                for k in ema_other:
-                    ema[k].copy_(params[k])
+            for target, rate in ((ema, cfg.ema_decay), *((e, d) for d, e in extra.items())):
+                decay = min(rate, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
+                with torch.no_grad():  # ema ← decay·ema + (1 − decay)·θ, all tensors in one call
+                    torch._foreach_lerp_([target[k] for k in ema_float], [params[k] for k in ema_float], 1 - decay)
+                    for k in ema_other:
+                        target[k].copy_(params[k])
             losses.append(loss)
             bar.update(batch * n_ranks)
             if step % cfg.log_every == 0:
@@ -333,6 +351,9 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
             crossed = images // max(cfg.snapshot_every, 1) > (images - batch * n_ranks) // max(cfg.snapshot_every, 1)
             if rank == 0 and cfg.snapshot_every and crossed:
                 _save_weights(out / "snapshots" / f"ema_{images:09d}.safetensors", ema, {"images_seen": images})
+                for d, e in extra.items():
+                    _save_weights(out / "snapshots" / f"ema{d:g}_{images:09d}.safetensors", e,
+                                  {"images_seen": images, "ema_decay": d})
         bar.close()
     checkpoint()
     return {"step": step, "images": images, "out": str(out), "finished": images >= cfg.max_images,

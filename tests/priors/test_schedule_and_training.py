@@ -77,6 +77,27 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
         train_prior(TrainConfig(out=str(tmp_path / "resumed"), **{**common, "lr": 5e-4}), progress=False)
 
 
+def test_extra_ema_rates_are_kept_snapshotted_and_resumed_exactly(tmp_path):
+    """Each extra EMA rate is its own average of the same weights (here 0.5 against 0.999), snapshotted beside the
+    main EMA, and an interrupted run resumes it to the same tensors as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    common = dict(unet=TINY, batch_size=4, max_images=4 * 12, snapshot_every=16, log_every=4,
+                  extra_ema_decays=(0.5,))
+    train_prior(TrainConfig(out=str(tmp_path / "straight"), **common), progress=False)
+    train_prior(TrainConfig(out=str(tmp_path / "resumed"), **{**common, "max_images": 4 * 5}), progress=False)
+    train_prior(TrainConfig(out=str(tmp_path / "resumed"), **common), progress=False)
+    a, b = (load_file(str(tmp_path / run / "ema0.5.safetensors")) for run in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    main = load_file(str(tmp_path / "straight" / "ema.safetensors"))
+    assert any(not torch.equal(a[k], main[k]) for k in a if a[k].is_floating_point())
+    snaps = sorted(p.name for p in (tmp_path / "straight" / "snapshots").iterdir())
+    assert snaps == ["ema0.5_000000016.safetensors", "ema0.5_000000032.safetensors", "ema0.5_000000048.safetensors",
+                     "ema_000000016.safetensors", "ema_000000032.safetensors", "ema_000000048.safetensors"]
+    with pytest.raises(DdipError, match="extra_ema_decays"):
+        TrainConfig(out="x", extra_ema_decays=(0.999,))  # the main rate again
+
+
 def test_unet_is_configured_adm_style():
     net = build_unet(UNetConfig(image_size=32, model_channels=32, channel_mult=(1, 2, 2), attention_resolutions=(16,)))
     cfg = net.config
