@@ -44,7 +44,7 @@ from ddip.priors.adm import adm_parameters
 from ddip.priors.prior import PRECISIONS
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, data_channels, train_prior
 from ddip.priors.unet import UNetConfig
-from ddip.methods import names
+from ddip.methods import LR_TUNED, names
 from ddip.adapt import AdaptConfig
 from ddip.adapt.adapter import PAPER_ZETA
 from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, reconstruct_samples,
@@ -547,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="adaptation slices per step (default: paper Table 5)")
     p.add_argument("--n-iters", "--iters", dest="n_iters", type=int,
                    help="adaptation optimiser steps per timestep (default: Table 5)")
-    p.add_argument("--lr", type=float, help="adaptation learning rate (default: Table 5; CS-MRI 1e-4, tuned for 50 "
-                                           "steps: with 10 steps 1e-3 is better)")
+    p.add_argument("--lr", type=float, help=f"adaptation learning rate (default: Table 5; CS-MRI "
+                                            f"{LR_TUNED['csmri']:g}, tuned for 50 steps: with 10 steps 1e-3 is better)")
     p.add_argument("--zeta", type=_zeta,
                    help=f"adapt only for t in [zeta, T' - zeta]; 0 (or none) adapts at every step (default "
                         f"{AdaptConfig.zeta}, chosen by measurement; the paper's {PAPER_ZETA} with --preset paper)")
@@ -584,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--prior", default=DEMO_PRIOR)
     p.add_argument("--n-slices", type=int, default=8, help="central slices of the bundled 32-slice slab")
-    p.add_argument("--views", type=int, help="CT views (default 15: the paper's undersampling at 64 px)")
+    p.add_argument("--views", type=int,
+                   help=f"CT views (default {paper_views(64)}: the paper's undersampling at 64 px)")
     p.add_argument("--n-steps", "--steps", dest="n_steps", type=int,
                    help=f"network evaluations (default {DataConsistencyStep.n_steps})")
     p.add_argument("--k", type=int, default=DEMO_K, help=f"D3IP slices per adaptation step (default {DEMO_K})")
@@ -630,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cg-iters", type=int,
                    help=f"CG steps of DDS's data consistency in DDS and the adapted methods on it (default "
                         f"{DDS.cg_iters}; the paper's: {PAPER_CG_ITERS}); DDNM and MBIR keep their own")
-    p.add_argument("--lr", type=float, help="the adapted methods' learning rate (default: Table 5, CS-MRI 1e-4)")
+    p.add_argument("--lr", type=float,
+                   help=f"the adapted methods' learning rate (default: Table 5, CS-MRI {LR_TUNED['csmri']:g})")
     p.add_argument("--device", default=b.device, help=DEVICE_HELP)
     _add_speed(p)
     p.add_argument("--out", default="out/benchmark", help="output folder (default out/benchmark)")
