@@ -142,6 +142,8 @@ def _sampler_settings(cfg) -> dict:
         out["noise_mix"] = cfg.noise_mix
     if cfg.n_steps is not None:
         out["n_steps"] = cfg.n_steps
+    if cfg.t_start is not None:
+        out["t_start"] = cfg.t_start
     if cfg.eta is not None:
         out["eta"] = cfg.eta
     if cfg.dc_variant is not None:

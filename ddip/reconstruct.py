@@ -103,6 +103,7 @@ class ReconstructConfig:
 
     method: str
     n_steps: int | None = None  # network evaluations (the step's own: 50; DPS 1000)
+    t_start: int | None = None  # T', the sampling grid's first timestep (None: the full grid, 980 at 50 steps)
     seed: int = 0
     samples: int = 1  # posterior samples (seeds seed, seed + 1, ...): the result is their mean (reconstruct_samples)
     max_batch: int = MAX_BATCH  # network inputs per forward pass
@@ -158,8 +159,8 @@ class ReconstructConfig:
             raise DdipError(f"carry_admm_state applies to the methods on DiffusionMBIR's step "
                             f"({', '.join(names(lambda s: s.dc == 'mbir'))}), not to {self.method}")
         # options the method has no use for or sets itself, refused when given away from their defaults
-        unused = ("n_steps", "init", "noise_mix", "max_batch", "precision", "channels_last", "compile") \
-            if spec.step is None else () if spec.mixes_noise else ("noise_mix",)
+        unused = ("n_steps", "t_start", "init", "noise_mix", "max_batch", "precision", "channels_last", "compile") \
+            if spec.step is None else () if spec.mixes_noise else ("noise_mix", "t_start")
         unused += () if spec.takes_init else ("init", "zeta", "loss_cg_iters")  # SCD: noise, every step, 1 CG
         defaults = {f.name: f.default for f in fields(self)}
         ignored = [name for name in unused if getattr(self, name) != defaults[name]]
@@ -199,6 +200,9 @@ class ReconstructConfig:
                 raise DdipError(f"eta sets the sampling step, which {self.method} does not take")
             if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
                 raise DdipError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {self.eta!r}")
+        if self.t_start is not None and (isinstance(self.t_start, bool) or not isinstance(self.t_start, int)
+                                         or not 1 <= self.t_start <= 999):
+            raise DdipError(f"t_start must be an integer timestep in [1, 999], got {self.t_start!r}")
         if self.zeta is not None and (isinstance(self.zeta, bool) or not isinstance(self.zeta, int) or self.zeta < 0):
             raise DdipError(f"zeta must be an integer >= 0 (0: adapt at every step), got {self.zeta!r}")
 
@@ -247,7 +251,7 @@ class _PeakMemory:
 
 
 # the ReconstructConfig fields whose effect resolved_settings records (the value that ran, whoever chose it)
-RESOLVED_FIELDS = ("n_steps", "eta", "noise_mix", "cg_iters", "carry_admm_state", "k", "n_iters", "lr", "zeta",
+RESOLVED_FIELDS = ("n_steps", "t_start", "eta", "noise_mix", "cg_iters", "carry_admm_state", "k", "n_iters", "lr", "zeta",
                    "tv_lam", "tv_rho")
 
 
@@ -261,6 +265,8 @@ def resolved_settings(cfg: ReconstructConfig, task: TaskConfig, n_slices: int) -
         out["sampler"] = {name: getattr(step, name, None) for name in ("n_steps", "eta", "noise_mix", "cg_iters")}
         if hasattr(step, "carry_state"):  # MBIR's steps: ADMM's z, u kept across timesteps or not
             out["sampler"]["carry_state"] = step.carry_state
+        if getattr(step, "t_start", None) is not None:  # recorded when given, so that earlier runs keep their keys
+            out["sampler"]["t_start"] = step.t_start
     if spec.adapted:
         out["adaptation"] = adaptation_settings(cfg, task, n_slices)
     if spec.tv:

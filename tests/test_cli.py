@@ -420,7 +420,7 @@ def test_a_runs_config_json_replays_it_and_every_option_survives_the_round_trip(
     # every reconstruct option, away from its default, comes back as parsed
     parser = build_parser().subcommands["reconstruct"]
     argv = ["m.safetensors", "--out", "o", "--method", "d3ip-mbir", "--prior", "p.safetensors", "--device", "cpu",
-            "--steps", "7", "--seed", "3", "--samples", "2", "--max-batch", "5", "--init", "noise", "--noise-mix",
+            "--steps", "7", "--t-start", "600", "--seed", "3", "--samples", "2", "--max-batch", "5", "--init", "noise", "--noise-mix",
             "ddim", "--eta", "0.3", "--k", "2", "--iters", "3", "--lr", "2e-3", "--zeta", "0", "--dc-variant", "normal",
             "--cg-iters", "4", "--tv-lambda", "0.02", "--tv-rho", "0.4", "--precision", "bfloat16",
             "--channels-last", "--compile", "--resize", "--normalise", "off", "--units", "window",

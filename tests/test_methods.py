@@ -108,7 +108,7 @@ def test_every_setting_a_method_resolves_is_used_or_refused_and_recorded_as_it_r
     from ddip.tasks import TaskConfig
 
     task = TaskConfig(task="sv-ct", size=64)
-    values = {"n_steps": 7, "eta": 0.3, "noise_mix": "ddim", "cg_iters": 3, "carry_admm_state": True, "k": 2,
+    values = {"n_steps": 7, "t_start": 600, "eta": 0.3, "noise_mix": "ddim", "cg_iters": 3, "carry_admm_state": True, "k": 2,
               "n_iters": 2, "lr": 3e-4, "zeta": 17, "tv_lam": 0.05, "tv_rho": 0.7}
     assert set(values) == set(RESOLVED_FIELDS)
     for name in REGISTRY:

@@ -27,7 +27,7 @@ from ddip.io import atomic_path, magnitude
 from ddip.physics.base import is_complex_image, physics_subset
 from ddip.physics.sharding import Shard
 from ddip.priors.prior import PLAUSIBLE, DiffusionPrior
-from ddip.solvers.base import predict_eps, to_image
+from ddip.solvers.base import predict_eps, sampling_grid, to_image
 from ddip.timing import section
 
 log = logging.getLogger("ddip.adapt")
@@ -155,7 +155,7 @@ class VolumeAdapter:
 
     def __post_init__(self) -> None:
         if self.timesteps is None:
-            self.timesteps = self.prior.schedule.timesteps(self.step.n_steps).tolist()
+            self.timesteps = sampling_grid(self.prior, self.step)
         self._t_start = self.timesteps[0]
         self.n_total_adapted = sum(self.cfg.adapts_at(t, self._t_start) for t in self.timesteps)
         if not self.n_total_adapted:

@@ -26,7 +26,7 @@ from ddip.checkpoint import Checkpointer, resumable_solve
 from ddip.physics.base import physics_subset
 from ddip.physics.sharding import Shard, split
 from ddip.priors.prior import DiffusionPrior
-from ddip.solvers.base import MAX_BATCH, Init, initialise
+from ddip.solvers.base import MAX_BATCH, Init, initialise, sampling_grid
 
 
 @dataclass
@@ -87,7 +87,7 @@ def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptCo
         x_T, first = resume["x_T"].to(y.device), int(resume["slice"])
         slices = list(resume["done"].to(y.device).split(1)) if resume["done"].numel() else []
     else:
-        x_T = initialise(prior, y, physics, prior.schedule.timesteps(step.n_steps)[0].item(), mode=init,
+        x_T = initialise(prior, y, physics, sampling_grid(prior, step)[0], mode=init,
                          generator=generator)
         first, slices = 0, []
     report = AdaptReport(method)

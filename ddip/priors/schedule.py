@@ -36,9 +36,13 @@ class VPSchedule:
         return padded[t + 1]
 
     def timesteps(self, n_steps: int = 50, t_start: int | None = None) -> Tensor:
-        """Descending sampling grid ``t_start, t_start − Δ, …, 0`` with ``Δ = T // n_steps`` (default 980 … 0)."""
+        """Descending sampling grid of ``n_steps`` timesteps ending at 0, ``Δ`` apart: from ``Δ·(n_steps − 1)`` with
+        ``Δ = T // n_steps`` (980 … 0 at 50 steps), or with ``t_start`` (T') ``Δ = t_start // (n_steps − 1)``, the
+        largest spacing whose grid starts at or below T'."""
         if not 1 <= n_steps <= self.T:
             raise DdipError(f"n_steps must be in [1, {self.T}], got {n_steps}")
-        skip = self.T // n_steps
-        start = skip * (n_steps - 1) if t_start is None else int(t_start)
-        return torch.arange(start, -1, -skip, dtype=torch.long)
+        if t_start is not None and not (isinstance(t_start, int) and n_steps - 1 <= t_start < self.T):
+            raise DdipError(f"t_start must be an integer in [n_steps − 1, {self.T - 1}] = [{n_steps - 1}, {self.T - 1}], "
+                            f"got {t_start!r}")
+        skip = self.T // n_steps if t_start is None else max(1, t_start // max(n_steps - 1, 1))
+        return torch.arange(skip * (n_steps - 1), -1, -skip, dtype=torch.long)

@@ -171,6 +171,7 @@ class DataConsistencyStep:
     eta: float = 0.2
     noise_mix: NoiseMix = "paper"
     n_steps: int = 50
+    t_start: int | None = None  # T', the first timestep (Eq. 16); None: the schedule's full grid (980 at 50 steps)
 
     def init_state(self, x_image: Tensor) -> dict:
         return {}
@@ -190,6 +191,12 @@ class DataConsistencyStep:
             x_next = ddim_update(prior, x0_dc, eps, t, s, eta=self.eta, noise_mix=self.noise_mix,
                                  generator=generator, shard=shard_of(physics))
         return StepOutput(x_next, x0_dc, state)
+
+
+def sampling_grid(prior: DiffusionPrior, step, n_steps: int | None = None) -> list[int]:
+    """The timesteps T', …, 0 a solve with ``step`` visits: ``n_steps`` (default the step's) down from the step's
+    ``t_start`` (T'; None or absent: the schedule's full grid, 980 … 0 at 50 steps)."""
+    return prior.schedule.timesteps(int(n_steps or step.n_steps), t_start=getattr(step, "t_start", None)).tolist()
 
 
 def solve(
@@ -226,9 +233,8 @@ def solve(
 
     Returns the final data-consistent estimate in image layout ``(D, 1, H, W)`` (complex for complex images).
     """
-    n = int(n_steps or step.n_steps)
     prior.net.eval()  # sampling is deterministic given the generator: no train-mode code paths
-    timesteps = prior.schedule.timesteps(n).tolist()
+    timesteps = sampling_grid(prior, step, n_steps)
     complex_image = is_complex_image(physics, y)
     if start and x_T is None:
         raise DdipError("resuming at a later step needs the state x_T to resume from")

@@ -20,6 +20,11 @@ def test_schedule_is_strictly_decreasing_with_the_reference_values():
         assert float(s.at(t)) == pytest.approx(expected, rel=rel)
     assert float(s.at(-1)) == 1.0
     assert s.timesteps(50).tolist() == list(range(980, -1, -20))
+    # a shorter grid from T' = t_start: the same number of steps, spaced as widely as starts at or below T'
+    assert s.timesteps(50, t_start=400).tolist() == list(range(392, -1, -8))
+    assert s.timesteps(5, t_start=400).tolist() == [400, 300, 200, 100, 0]
+    with pytest.raises(DdipError, match="t_start"):
+        s.timesteps(50, t_start=20)  # fewer timesteps below T' than steps
 
 
 def test_tweedie_estimate_inverts_the_forward_process():
