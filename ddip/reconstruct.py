@@ -81,11 +81,12 @@ def preset_settings(name: str | None, method: str) -> dict:
     if not spec.mixes_noise:  # ADMM-TV: no sampler; DPS: its own DDPM update, the paper's
         return {}
     paper = PRESETS[name]
-    if spec.on_dds:  # DDS and the adapted methods on it (which adapt in the paper's window, SCD at every step)
-        return {**paper, **({"zeta": PAPER_ZETA} if spec.adapted and spec.takes_init else {})}
-    return {"noise_mix": paper["noise_mix"], "eta": paper["eta"],
-            **({"carry_admm_state": True} if spec.dc == "mbir" else {}),
-            **({"zeta": PAPER_ZETA} if spec.adapted and spec.takes_init else {})}
+    # DDS and the adapted methods on it take all of it; DDNM and MBIR η and the mixing (MBIR: its ADMM state kept)
+    out = dict(paper) if spec.on_dds else {"noise_mix": paper["noise_mix"], "eta": paper["eta"],
+                                           **({"carry_admm_state": True} if spec.dc == "mbir" else {})}
+    if spec.adapted and spec.takes_init:  # the paper's adaptation window (SCD adapts at every step)
+        out["zeta"] = PAPER_ZETA
+    return out
 
 
 def with_preset(name: str | None, method: str, settings: dict) -> dict:

@@ -232,7 +232,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
     data_rng = torch.Generator(device=rng_device).manual_seed(cfg.seed + rank)
     noise_rng = torch.Generator(device=rng_device).manual_seed(cfg.seed + 1_000_003 + rank)
     step = images = 0
-    if ckpt_path.exists():
+    resuming = ckpt_path.exists()
+    if resuming:
         saved_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
         mine = {k: v for k, v in cfg.to_dict().items() if k not in _OPERATIONAL}
         defaults = TrainConfig(out=cfg.out, unet=cfg.unet, data=cfg.data, volumes=cfg.volumes,
@@ -258,7 +259,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
         except Exception as exc:
             raise DdipError(f"{cfg.init_weights}: cannot warm-start this network from it ({exc})") from exc
         ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    if not ckpt_path.exists():
+    if not resuming:  # every extra EMA starts where the main one does
         extra = {d: {k: v.detach().clone() for k, v in ema.items()} for d in cfg.extra_ema_decays}
     ema_float = [k for k, v in ema.items() if v.dtype.is_floating_point]
     ema_other = [k for k in ema if k not in ema_float]  # integer buffers: copied, not averaged
@@ -289,7 +290,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
     t_start = t_ckpt = t_log = time.time()
     losses: list[Tensor] = []  # kept on the device: reading a loss each step would stall a GPU
     step_images: list[int] = []  # images of each step since the last log line (crop steps differ)
-    make = _image_source(cfg, out, resuming=ckpt_path.exists(), rank=rank)  # a bad data folder fails here, first
+    make = _image_source(cfg, out, resuming=resuming, rank=rank)  # a bad data folder fails here, first
     bar = tqdm(total=cfg.max_images, initial=images, unit="img", disable=not progress or rank != 0,
                dynamic_ncols=True, mininterval=60 if progress == "log" else 0.1)
     net.train()
