@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,9 +25,14 @@ from ddip.solvers import solve
 
 CHECKPOINT_EVERY = 5  # steps between checkpoints: at most this many are lost to kill -9
 
+#: The persistence hook a solve calls after step ``i`` of ``n_total`` with a function that builds its payload (built
+#: only when saved); :class:`Checkpointer` is the one that writes files, :func:`nested` wraps one for an inner solve.
+Persist = Callable[[int, int, Callable[[], dict]], None]
+
 
 class Checkpointer:
-    """Saves ``payload`` dicts to ``path`` every ``every`` steps and reads them back for ``--resume``.
+    """The persistence hook of a reconstruction (:data:`Persist`): saves the payload to ``path`` every ``every``
+    steps; :meth:`load` reads it back for ``--resume`` (the caller passes it to the method as ``resume``).
 
     With a :class:`~ddip.signals.StopRequest` it also saves after the step during which SIGTERM or SIGINT arrived,
     and the run then stops with :class:`~ddip.signals.Interrupted`.
@@ -41,12 +47,27 @@ class Checkpointer:
         self.settings = json.dumps(settings, sort_keys=True, default=str)
 
     def sibling(self, suffix: str) -> "Checkpointer":
-        """A checkpointer for one stage of a multi-stage method, beside this one."""
+        """A checkpointer beside this one, for one sample or one rank of the same run."""
         return Checkpointer(self.path.with_name(f"{self.path.stem}.{suffix}{self.path.suffix}"), self.settings_dict,
                             every=self.every, stop=self.stop)
 
     def due(self, i: int) -> bool:
         return (i + 1) % self.every == 0
+
+    def __call__(self, i: int, n_total: int, payload: Callable[[], dict]) -> None:
+        """The persistence hook (:data:`Persist`) after step ``i`` of ``n_total``: saves ``payload()`` when due or
+        when a signal asked to stop, then stops the run with :class:`~ddip.signals.Interrupted`. Nothing is saved
+        after the last step (the run then finishes and writes its result)."""
+        if i == n_total - 1:
+            return
+        stop = self.stop_requested()
+        if stop or self.due(i):
+            self.save(payload())
+        if stop:
+            signum = self.stop.signum or signal.SIGTERM
+            raise Interrupted(f"{signal.Signals(signum).name} received: stopped after sampling step {i + 1} of "
+                              f"{n_total} with the whole state saved in {self.path}; run the same command "
+                              f"with --resume to continue", signum)
 
     def stop_requested(self) -> bool:
         """Whether a signal asked the run to stop (on any rank: every rank then stops at the same step)."""
@@ -69,64 +90,40 @@ class Checkpointer:
         check_same_settings(json.loads(payload["settings"]), json.loads(self.settings), str(self.path))
         return payload
 
-    def nested(self, extra: dict, resume: dict | None) -> "NestedCheckpointer":
-        """A checkpointer for one inner solve of a method that loops over solves (DDIP's slices): its payload is saved
-        inside this checkpoint beside ``extra`` (the outer loop's state), and ``resume`` is what it resumes from."""
-        return NestedCheckpointer(self, extra, resume)
-
     def remove(self) -> None:
         """Delete this checkpoint and every one beside it that a stage, rank or sample wrote (:meth:`sibling`)."""
         for path in self.path.parent.glob(f"{self.path.stem}*{self.path.suffix}"):
             path.unlink()
 
 
-class NestedCheckpointer:
-    """:meth:`Checkpointer.nested`: an inner solve's checkpoints, saved as ``{**extra, "inner": payload}``."""
-
-    def __init__(self, outer: Checkpointer, extra: dict, resume: dict | None):
-        self.outer, self.extra, self.resume = outer, extra, resume
-        self.path, self.stop, self.every = outer.path, outer.stop, outer.every
-
-    def due(self, i: int) -> bool:
-        return self.outer.due(i)
-
-    def stop_requested(self) -> bool:
-        return self.outer.stop_requested()
-
-    def save(self, payload: dict) -> None:
-        self.outer.save({**self.extra, "inner": payload})
-
-    def load(self) -> dict | None:
-        return self.resume
+def nested(persist: Persist | None, extra: dict) -> Persist | None:
+    """The hook of one inner solve of a method that runs several (DDIP's slices, D3IP-meta's stages): it saves
+    ``{**extra, "inner": payload}`` through ``persist``, so the outer loop's state travels in the same checkpoint
+    and a resumed method hands ``resume["inner"]`` to the inner solve it stopped in."""
+    if persist is None:
+        return None
+    return lambda i, n_total, payload: persist(i, n_total, lambda: {**extra, "inner": payload()})
 
 
-def resumable_solve(step, prior, y, physics, *, generator: torch.Generator, checkpointer: Checkpointer | None,
-                    adapter=None, **solve_kwargs):
-    """:func:`ddip.solvers.solve` that saves its state every few steps and, if a checkpoint exists, resumes from it.
+def resumable_solve(step, prior, y, physics, *, generator: torch.Generator, persist: Persist | None = None,
+                    resume: dict | None = None, adapter=None, **solve_kwargs):
+    """:func:`ddip.solvers.solve` that hands its state to the hook ``persist`` after every step and, given the
+    payload ``resume`` such a hook saved, continues from it.
 
     The payload: the index of the last finished step, the next state ``x``, the step's carried state, the sampling
-    generator's state and, for adapted methods, the adapter's full state. No checkpoint is written after the last
-    step (the run then finishes and writes its result).
+    generator's state and, for adapted methods, the adapter's full state.
     """
     n_total = int(solve_kwargs.get("n_steps") or step.n_steps)
-    resume = checkpointer.load() if checkpointer is not None else None
     if resume is not None:
         generator.set_state(resume["generator"])
         if adapter is not None:
             adapter.load_state_dict(resume["adapter"])
         solve_kwargs.update(x_T=resume["x"].to(y.device), start=int(resume["i"]) + 1, state=resume["state"])
 
-    def save(i: int, t: int, out) -> None:
-        if checkpointer is None or i == n_total - 1:  # after the last step the run finishes and writes its result
-            return
-        stop = checkpointer.stop_requested()
-        if stop or checkpointer.due(i):
-            checkpointer.save({"i": i, "x": out.x_next, "state": out.state, "generator": generator.get_state(),
-                               "adapter": None if adapter is None else adapter.state_dict()})
-        if stop:
-            signum = checkpointer.stop.signum or signal.SIGTERM
-            raise Interrupted(f"{signal.Signals(signum).name} received: stopped after sampling step {i + 1} of "
-                              f"{n_total} with the whole state saved in {checkpointer.path}; run the same command "
-                              f"with --resume to continue", signum)
+    def callback(i: int, t: int, out) -> None:
+        if persist is not None:
+            persist(i, n_total, lambda: {"i": i, "x": out.x_next, "state": out.state,
+                                         "generator": generator.get_state(),
+                                         "adapter": None if adapter is None else adapter.state_dict()})
 
-    return solve(step, prior, y, physics, generator=generator, before_step=adapter, callback=save, **solve_kwargs)
+    return solve(step, prior, y, physics, generator=generator, before_step=adapter, callback=callback, **solve_kwargs)

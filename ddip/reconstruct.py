@@ -341,12 +341,14 @@ def _run(p: _Prepared, cfg: ReconstructConfig, task: TaskConfig, *, progress: bo
     Adds the method's counts (network passes, adaptation losses and rollbacks) to ``p.report``."""
     spec, y, physics, shard = p.spec, p.y, p.physics, p.shard
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    persist = p.checkpointer
+    resume = None if persist is None else persist.load()
     if spec.step is None:  # ADMM-TV, the one method without a network
         return admm_tv_reconstruct(y, physics, **tv_parameters(cfg, task)), None
     step = spec.step(cfg, task)
     if not spec.adapted:
         y_run, phys_run = split(shard, y, physics)
-        x = resumable_solve(step, p.prior, y_run, phys_run, generator=generator, checkpointer=p.checkpointer,
+        x = resumable_solve(step, p.prior, y_run, phys_run, generator=generator, persist=persist, resume=resume,
                             init=cfg.init, max_batch=cfg.max_batch, progress=progress, desc=cfg.method)
         p.report["network_forward_passes"] = step.n_steps * y.shape[0]
         return (x if shard is None else shard.gather_volume(x)), None
@@ -358,13 +360,13 @@ def _run(p: _Prepared, cfg: ReconstructConfig, task: TaskConfig, *, progress: bo
     lora_layers = inject_lora(prior.net, LoRAConfig(rank=cfg.lora_rank, train_biases=cfg.train_biases),
                               generator=torch.Generator().manual_seed(cfg.seed + 1))
     if replay is not None:
-        x = resumable_solve(step, prior, y, physics, generator=generator, checkpointer=p.checkpointer,
+        x = resumable_solve(step, prior, y, physics, generator=generator, persist=persist, resume=resume,
                             adapter=Replay(prior, replay), init=cfg.init, max_batch=cfg.max_batch,
                             progress=progress, desc=f"{cfg.method} (replay)")
         rep = AdaptReport(cfg.method, passes_forward=step.n_steps * y.shape[0])
     else:
         kwargs = dict(generator=generator, adapt_generator=torch.Generator().manual_seed(cfg.seed + 2),
-                      max_batch=cfg.max_batch, checkpointer=p.checkpointer, progress=progress)
+                      max_batch=cfg.max_batch, persist=persist, resume=resume, progress=progress)
         if spec.takes_init:
             kwargs["init"] = cfg.init
         if shard is not None:

@@ -9,7 +9,9 @@
 =================  ===================================================================================
 
 All take a prior that already carries LoRA (:func:`ddip.adapt.inject_lora`), return the reconstruction and a
-report (losses, network passes), and leave the base weights untouched.
+report (losses, network passes), and leave the base weights untouched. Persistence is a hook like adaptation: a
+method hands ``persist`` (:data:`ddip.checkpoint.Persist`) to its solves, wrapped by :func:`~ddip.checkpoint.nested`
+when its own loop has state, and continues from the ``resume`` payload it is given; it never touches files.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from ddip.adapt.adapter import AdaptConfig, VolumeAdapter
 from ddip.adapt.lora import restore, snapshot
-from ddip.checkpoint import Checkpointer, resumable_solve
+from ddip.checkpoint import Persist, nested, resumable_solve
 from ddip.physics.base import physics_subset
 from ddip.physics.sharding import Shard, split
 from ddip.priors.prior import DiffusionPrior
@@ -45,8 +47,8 @@ class AdaptReport:
 def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
          generator: torch.Generator, adapt_generator: torch.Generator,
          init: Init = "slerp", max_batch: int = MAX_BATCH, record_trajectory: bool = False, progress: bool = False,
-         checkpointer: Checkpointer | None = None, method: str = "d3ip", shard: Shard | None = None
-         ) -> tuple[Tensor, AdaptReport]:
+         persist: Persist | None = None, resume: dict | None = None, method: str = "d3ip",
+         shard: Shard | None = None) -> tuple[Tensor, AdaptReport]:
     """D3IP (Alg. 2), or D3IP mbir / the Reptile stage of meta according to ``step`` and ``cfg``.
 
     ``shard``: run as one of the ranks of a process group (``torchrun``), each sampling its block of slices and all
@@ -56,7 +58,7 @@ def d3ip(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Ada
     adapter = VolumeAdapter(prior, step, y, physics, cfg, generator=adapt_generator,
                             record_trajectory=record_trajectory, shard=shard)
     y_run, physics_run = split(shard, y, physics)
-    x = resumable_solve(step, prior, y_run, physics_run, generator=generator, checkpointer=checkpointer,
+    x = resumable_solve(step, prior, y_run, physics_run, generator=generator, persist=persist, resume=resume,
                         adapter=adapter, init=init, max_batch=max_batch, progress=progress, desc=method)
     if shard is not None:
         x = shard.gather_volume(x)
@@ -73,16 +75,16 @@ def d3ip_mbir(step, prior, y, physics, cfg: AdaptConfig = AdaptConfig(neighbours
 def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(k=1), *,
          generator: torch.Generator, adapt_generator: torch.Generator,
          init: Init = "slerp", carry_over: bool = False, start_state: dict | None = None, max_batch: int = MAX_BATCH,
-         record_trajectory: bool = False, checkpointer: Checkpointer | None = None, method: str = "ddip",
-         progress: bool = False) -> tuple[Tensor, AdaptReport]:
+         record_trajectory: bool = False, persist: Persist | None = None, resume: dict | None = None,
+         method: str = "ddip", progress: bool = False) -> tuple[Tensor, AdaptReport]:
     """DDIP (Alg. 1): every slice adapted on its own, from a fresh LoRA state (or the previous slice's).
 
     The initial state of all slices is drawn once for the volume (so the slerp of Eq. 16 spans the volume).
-    A checkpoint holds the finished slices, the volume's initial state and the current slice's sampling state.
+    Its persistence payload holds the finished slices, the volume's initial state and the current slice's sampling
+    state (``inner``).
     """
     cfg = dataclasses.replace(cfg, k=1, neighbours=False)
     fresh = snapshot(prior.net) if start_state is None else start_state
-    resume = checkpointer.load() if checkpointer is not None else None
     if resume is not None:
         x_T, first = resume["x_T"].to(y.device), int(resume["slice"])
         slices = list(resume["done"].to(y.device).split(1)) if resume["done"].numel() else []
@@ -97,10 +99,9 @@ def ddip_slicewise(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptCo
         phys_i = physics_subset(physics, slice(i, i + 1))
         adapter = VolumeAdapter(prior, step, y[i : i + 1], phys_i, cfg, generator=adapt_generator,
                                 record_trajectory=record_trajectory)
-        inner = None if checkpointer is None else checkpointer.nested(
-            {"slice": i, "done": torch.cat(slices) if slices else torch.zeros(0), "x_T": x_T},
-            resume["inner"] if resume is not None and i == first else None)
-        slices.append(resumable_solve(step, prior, y[i : i + 1], phys_i, generator=generator, checkpointer=inner,
+        inner = nested(persist, {"slice": i, "done": torch.cat(slices) if slices else torch.zeros(0), "x_T": x_T})
+        slices.append(resumable_solve(step, prior, y[i : i + 1], phys_i, generator=generator, persist=inner,
+                                      resume=resume["inner"] if resume is not None and i == first else None,
                                       adapter=adapter, x_T=x_T[i : i + 1], max_batch=max_batch, progress=progress,
                                       desc=f"{method} slice {i + 1}/{y.shape[0]}"))
         report.passes_forward += step.n_steps
@@ -122,34 +123,30 @@ def scd(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = Adap
 
 def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig = AdaptConfig(), *,
               finetune: AdaptConfig | None = None, generator: torch.Generator, adapt_generator: torch.Generator,
-              init: Init = "slerp", max_batch: int = MAX_BATCH,
-              checkpointer: Checkpointer | None = None, progress: bool = False) -> tuple[Tensor, AdaptReport]:
+              init: Init = "slerp", max_batch: int = MAX_BATCH, persist: Persist | None = None,
+              resume: dict | None = None, progress: bool = False) -> tuple[Tensor, AdaptReport]:
     """D3IP (meta), App. B: Reptile D3IP (α 1.0 → 0.5) gives θ_vol; then DDIP on every slice started from θ_vol.
 
-    Each stage checkpoints beside ``checkpointer`` (``.stage1`` / ``.stage2``); θ_vol is kept once stage 1 ends.
+    Its persistence payload names the stage it was saved in; the fine-tuning stage's also holds θ_vol and stage 1's
+    counts, so a run resumed there does not repeat stage 1.
     """
     meta_cfg = dataclasses.replace(cfg, reptile=cfg.reptile or (1.0, 0.5))
-    done = checkpointer.sibling("theta_vol").load() if checkpointer is not None else None
-    if done is None:
+    if resume is None or resume["stage"] == "reptile":
         _, stage1 = d3ip(step, prior, y, physics, meta_cfg, generator=generator, adapt_generator=adapt_generator,
                          init=init, max_batch=max_batch, method="d3ip-meta", progress=progress,
-                         checkpointer=None if checkpointer is None else checkpointer.sibling("stage1"))
+                         persist=nested(persist, {"stage": "reptile"}), resume=resume and resume["inner"])
         theta_vol = snapshot(prior.net)
-        if checkpointer is not None:
-            checkpointer.sibling("theta_vol").save({"theta_vol": theta_vol, "generator": generator.get_state(),
-                                                    "adapt_generator": adapt_generator.get_state(),
-                                                    "passes_forward": stage1.passes_forward,
-                                                    "passes_adapt": stage1.passes_adapt})
+        resume = None
     else:
-        theta_vol = done["theta_vol"]
-        generator.set_state(done["generator"])
-        adapt_generator.set_state(done["adapt_generator"])
-        stage1 = AdaptReport("d3ip-meta", passes_forward=int(done["passes_forward"]),
-                             passes_adapt=int(done["passes_adapt"]))
+        theta_vol = resume["theta_vol"]
+        stage1 = AdaptReport("d3ip-meta", passes_forward=int(resume["passes_forward"]),
+                             passes_adapt=int(resume["passes_adapt"]))
+        resume = resume["inner"]
+    done = {"stage": "finetune", "theta_vol": theta_vol, "passes_forward": stage1.passes_forward,
+            "passes_adapt": stage1.passes_adapt}
     x, stage2 = ddip_slicewise(step, prior, y, physics, finetune or dataclasses.replace(cfg, k=1), generator=generator,
                      adapt_generator=adapt_generator, init=init, start_state=theta_vol, max_batch=max_batch,
-                     method="d3ip-meta", progress=progress,
-                     checkpointer=None if checkpointer is None else checkpointer.sibling("stage2"))
+                     method="d3ip-meta", progress=progress, persist=nested(persist, done), resume=resume)
     report = AdaptReport("d3ip-meta", passes_forward=stage1.passes_forward + stage2.passes_forward,
                          passes_adapt=stage1.passes_adapt + stage2.passes_adapt,
                          losses=stage1.losses + stage2.losses, theta_vol=theta_vol,
