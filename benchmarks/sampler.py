@@ -8,7 +8,8 @@ Data sets (64 px, noise σ = 0.01, the noise and sampling seed from ``--seeds``)
 - ``chest-ct``: the demo's data, 8 central slices of the bundled chest CT, sparse-view CT at 15 views;
 - ``mni-t1``: 8 central slices of the bundled MNI T1, 3D MRI at ×8 (the task's own mask);
 - ``phantoms``: 8 fresh ELLIPSES phantoms from a validation seed (``GATE_SEED − 2``: neither the gate's nor the
-  in-distribution test's), sparse-view CT at 15 views.
+  in-distribution test's), sparse-view CT at 15 views;
+- ``csmri``: 4 slices of the benchmark's CS-MRI ×4 data (multi-coil MNI T1, the complex prior ``ellipses-complex-64``).
 
 Every grid point runs on every data set and seed; one JSON line per run is appended to ``--out`` (a rerun skips the
 runs already there, so a stopped sweep resumes), and a table of the mean PSNR over seeds per data set, with the wall
@@ -18,6 +19,7 @@ time, is printed at the end, best first by the mean over data sets.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import statistics
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-DATASETS = ("chest-ct", "mni-t1", "phantoms")
+DATASETS = ("chest-ct", "mni-t1", "phantoms", "csmri")
 
 
 def measurement(name: str, seed: int):
@@ -37,6 +39,10 @@ def measurement(name: str, seed: int):
     from ddip.evaluation import GATE_SEED
     from ddip.tasks import TaskConfig, simulate
 
+    if name == "csmri":
+        from ddip.benchmark import BenchConfig, _measure
+
+        return _measure("csmri", dataclasses.replace(BenchConfig(), seed=seed), 4)
     if name == "phantoms":
         volume = random_ellipses(8, 64, generator=torch.Generator().manual_seed(GATE_SEED - 2)).float()
         return simulate(volume, TaskConfig(task="sv-ct", size=64, views=15, noise=0.01, seed=seed))
@@ -58,7 +64,7 @@ def main() -> None:
     parser.add_argument("--grid", required=True, help="JSON: a ReconstructConfig field -> the values to try")
     parser.add_argument("--method", default="dds")
     parser.add_argument("--fixed", default="{}", help="JSON: ReconstructConfig fields held fixed")
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--datasets", default=",".join(DATASETS[:3]))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS / "sampler.jsonl"))
@@ -87,7 +93,8 @@ def main() -> None:
                     rows.append(done[key])
                     continue
                 m = m or measurement(dataset, seed)
-                prior = priors.setdefault("ellipses-64", load_prior("ellipses-64"))  # both tasks' shipped prior
+                name = "ellipses-complex-64" if dataset == "csmri" else "ellipses-64"  # the tasks' shipped priors
+                prior = priors.setdefault(name, load_prior(name))
                 cfg = ReconstructConfig(method=args.method, seed=seed, **settings)
                 t0 = time.perf_counter()
                 res = reconstruct(m, cfg, prior)
