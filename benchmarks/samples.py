@@ -2,7 +2,7 @@
 costs against S independent adaptations, and whether the samples' spread predicts the error (calibration).
 
     python benchmarks/samples.py [--volume chest-ct] [--n-slices 8] [--views 15] [--samples 4]
-                                 [--methods dds,d3ip] [--independent] [--threads 1]
+                                 [--methods dds,d3ip] [--independent] [--settings JSON] [--threads 1]
 
 Defaults are the demo's data (8 central slices of the bundled chest CT, 64 px, 15 views, sigma 0.01, seed 0).
 Writes ``benchmarks/results/samples.json`` (per method: PSNR of the mean of the first s samples for s = 1, 2, 4, ...,
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--independent", action="store_true",
                         help="also the mean of S independent adaptations for the methods that replay")
     parser.add_argument("--prior", default="ellipses-64")
+    parser.add_argument("--settings", default="{}", help="JSON: ReconstructConfig fields for every diffusion method")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS / "samples.json"))
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     print(json.dumps(rows[-1]), flush=True)
     counts = [s for s in (1, 2, 4, 8, 16, 32) if s <= args.samples]
     for method in args.methods.split(","):
-        cfg = ReconstructConfig(method=method, seed=args.seed, samples=args.samples)
+        cfg = ReconstructConfig(method=method, seed=args.seed, samples=args.samples, **json.loads(args.settings))
         res = reconstruct_samples(m, cfg, prior, keep_samples=True)
         means = {s: res.samples[:s].mean(0) for s in counts}
         row = {"method": method, "samples": args.samples, "adaptation": res.report["samples"]["adaptation"],
@@ -95,7 +96,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "binned"}), flush=True)
     command = "python benchmarks/samples.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k}" for k, v in vars(args).items()
+        f"--{k.replace('_', '-')} '{v}'" if k == "settings" else f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k}" for k, v in vars(args).items()
         if k != "out" and v is not False)
     out = Path(args.out)
     out.write_text(json.dumps({"command": command, "date": date.today().isoformat(), "threads": torch.get_num_threads(),

@@ -42,10 +42,10 @@ from ddip.outputs import DISPLAY_WINDOWS, UNITS, display, scores, write_result
 from ddip.priors import ADM_PRESETS, adm_config, convert_adm_checkpoint, default_prior, load_prior
 from ddip.priors.adm import adm_parameters
 from ddip.priors.prior import PRECISIONS
-from ddip.priors.schedule import VPSchedule
+from ddip.priors.schedule import T_DEFAULT, VPSchedule
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, data_channels, train_prior
 from ddip.priors.unet import UNetConfig
-from ddip.methods import LR_TUNED, names
+from ddip.methods import LR_TUNED, REGISTRY, names
 from ddip.adapt import AdaptConfig
 from ddip.adapt.adapter import PAPER_ZETA
 from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, reconstruct_samples,
@@ -530,9 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", "--steps", dest="n_steps", type=int,
                    help=f"network evaluations (default {DataConsistencyStep.n_steps}; DPS {DPS.n_steps})")
     p.add_argument("--t-start", type=int,
-                   help="T', the first timestep: the steps are spaced from it down to 0 (default: the full grid, "
-                        f"{VPSchedule.linear().timesteps(DataConsistencyStep.n_steps)[0]} at "
-                        f"{DataConsistencyStep.n_steps} steps)")
+                   help="T', the first timestep: the steps are spaced from it down to 0, the start noised from the "
+                        f"data-consistent estimate (Eq. 16); {T_DEFAULT}: the full grid, from pure noise "
+                        f"({VPSchedule.linear().timesteps(DataConsistencyStep.n_steps)[0]} at "
+                        f"{DataConsistencyStep.n_steps} steps). Default: the method's own, " + ", ".join(
+                            f"{n} {s.t_start}" for n, s in REGISTRY.items() if s.t_start is not None)
+                        + ", the full grid for the others")
     p.add_argument("--seed", type=int, default=r.seed)
     p.add_argument("--samples", type=int, default=r.samples,
                    help="posterior samples (seeds SEED, SEED+1, ...): their mean is the result, their standard "

@@ -28,6 +28,7 @@ from ddip.physics import Resampled
 from ddip.physics.base import pseudo_inverse
 from ddip.physics.sharding import Shard, split
 from ddip.priors.prior import PLAUSIBLE, NetworkSpeed
+from ddip.priors.schedule import T_DEFAULT
 from ddip.solvers import admm_tv_reconstruct
 from ddip.solvers.base import INITS, MAX_BATCH, NOISE_MIXES
 from ddip.solvers.dds import DC_VARIANTS, PAPER_CG_ITERS
@@ -68,7 +69,8 @@ def adaptation_chunk(max_batch: int, k: int, world: int = 1) -> int:
 # the authors' code's noise mixing (with which the paper's tables were made) and M = 5 CG steps — for DDS and the
 # adapted methods on it; DDNM and MBIR take η and the mixing and keep their own CG counts (30, 5 × 5), MBIR keeps its
 # ADMM state across timesteps; DPS keeps all its own (1000 DDPM steps): those are the paper's.
-PRESETS: dict[str, dict] = {"paper": {"n_steps": 50, "eta": 0.85, "noise_mix": "code", "cg_iters": PAPER_CG_ITERS}}
+PRESETS: dict[str, dict] = {"paper": {"n_steps": 50, "t_start": T_DEFAULT, "eta": 0.85, "noise_mix": "code",
+                                      "cg_iters": PAPER_CG_ITERS}}
 
 
 def preset_settings(name: str | None, method: str) -> dict:
@@ -82,7 +84,8 @@ def preset_settings(name: str | None, method: str) -> dict:
         return {}
     paper = PRESETS[name]
     # DDS and the adapted methods on it take all of it; DDNM and MBIR η and the mixing (MBIR: its ADMM state kept)
-    out = dict(paper) if spec.on_dds else {"noise_mix": paper["noise_mix"], "eta": paper["eta"],
+    out = dict(paper) if spec.on_dds else {"t_start": paper["t_start"], "noise_mix": paper["noise_mix"],
+                                           "eta": paper["eta"],
                                            **({"carry_admm_state": True} if spec.dc == "mbir" else {})}
     if spec.adapted and spec.takes_init:  # the paper's adaptation window (SCD adapts at every step)
         out["zeta"] = PAPER_ZETA
@@ -104,7 +107,7 @@ class ReconstructConfig:
 
     method: str
     n_steps: int | None = None  # network evaluations (the step's own: 50; DPS 1000)
-    t_start: int | None = None  # T', the sampling grid's first timestep (None: the full grid, 980 at 50 steps)
+    t_start: int | None = None  # T', the sampling grid's first timestep (None: the method's own; T: the full grid)
     seed: int = 0
     samples: int = 1  # posterior samples (seeds seed, seed + 1, ...): the result is their mean (reconstruct_samples)
     max_batch: int = MAX_BATCH  # network inputs per forward pass
@@ -202,8 +205,9 @@ class ReconstructConfig:
             if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
                 raise DdipError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {self.eta!r}")
         if self.t_start is not None and (isinstance(self.t_start, bool) or not isinstance(self.t_start, int)
-                                         or not 1 <= self.t_start <= 999):
-            raise DdipError(f"t_start must be an integer timestep in [1, 999], got {self.t_start!r}")
+                                         or not 1 <= self.t_start <= T_DEFAULT):
+            raise DdipError(f"t_start must be an integer timestep in [1, {T_DEFAULT}] ({T_DEFAULT}: the full grid), "
+                            f"got {self.t_start!r}")
         if self.zeta is not None and (isinstance(self.zeta, bool) or not isinstance(self.zeta, int) or self.zeta < 0):
             raise DdipError(f"zeta must be an integer >= 0 (0: adapt at every step), got {self.zeta!r}")
 

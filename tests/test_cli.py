@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ddip.cli import main
+from ddip.methods import method_spec
 from ddip.solvers import DDS
 
 METRIC_KEYS = {"psnr", "ssim", "lpips", "psnr_volume", "wall_time_s", "peak_memory_mb", "method", "per_slice"}
@@ -60,7 +61,8 @@ def test_demo_compares_dds_and_d3ip(tiny_prior, tmp_path, capsys):
     assert (out / "d3ip" / "std.nii.gz").is_file() and not (out / "admm-tv" / "std.nii.gz").exists()
     for method in ("dds", "d3ip"):  # both sample with DDS's step, its settings recorded with the result
         sampler = json.loads((out / method / "metrics.json").read_text())["report"]["resolved"]["sampler"]
-        assert sampler == {"n_steps": 4, "eta": DDS.eta, "noise_mix": DDS.noise_mix, "cg_iters": DDS.cg_iters}
+        start = {"t_start": method_spec(method).t_start} if method_spec(method).t_start else {}  # DDS's own T'
+        assert sampler == {"n_steps": 4, "eta": DDS.eta, "noise_mix": DDS.noise_mix, "cg_iters": DDS.cg_iters, **start}
 
 
 def test_reconstruct_config_names_a_bad_option():
@@ -411,7 +413,8 @@ def test_a_runs_config_json_replays_it_and_every_option_survives_the_round_trip(
     recorded = json.loads((first / "config.json").read_text())
     assert recorded["options"]["cg-iters"] == 3 and recorded["options"]["prior"] == tiny_prior
     from ddip.solvers import DDS  # what the method chose where the options left it (None) is recorded too
-    assert recorded["resolved"] == {"sampler": {"n_steps": 3, "eta": DDS.eta, "noise_mix": DDS.noise_mix, "cg_iters": 3}}
+    assert recorded["resolved"] == {"sampler": {"n_steps": 3, "eta": DDS.eta, "noise_mix": DDS.noise_mix, "cg_iters": 3,
+                                             "t_start": method_spec("dds").t_start}}
     assert main(["reconstruct", str(ct_measurement), "--config", str(first / "config.json"), "--quiet",
                  "--out", str(again)]) == 0
     assert np.array_equal(nib.load(first / "reconstruction.nii.gz").get_fdata(),

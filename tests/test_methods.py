@@ -123,3 +123,32 @@ def test_every_setting_a_method_resolves_is_used_or_refused_and_recorded_as_it_r
             resolved = resolved_settings(cfg, task, 8)
             assert resolved != base and value in [v for part in resolved.values() for v in part.values()], \
                 (name, option)
+
+
+def test_the_sampling_start_is_the_methods_own_unless_given_and_t_full_is_the_full_grid():
+    """DDS starts at its measured T' (ddip.methods.T_START_PLAIN), the others on the full grid; ``t_start = T`` and
+    the paper preset give the full grid (recorded as no T' at all, so the full grid keys its runs as before); the
+    method's own T' leaves room for as many timesteps as steps."""
+    from ddip.methods import REGISTRY, T_START_PLAIN
+    from ddip.priors.schedule import T_DEFAULT, VPSchedule
+    from ddip.reconstruct import ReconstructConfig, resolved_settings, with_preset
+    from ddip.solvers.base import sampling_grid
+    from ddip.tasks import TaskConfig
+
+    task = TaskConfig(task="sv-ct", size=64)
+
+    class _Prior:
+        schedule = VPSchedule.linear()
+
+    full = VPSchedule.linear().timesteps(50).tolist()
+    for name, spec in REGISTRY.items():
+        if not spec.mixes_noise:
+            continue
+        own = resolved_settings(ReconstructConfig(name), task, 8)["sampler"].get("t_start")
+        assert own == (T_START_PLAIN if name == "dds" else None), name
+        for cfg in (ReconstructConfig(name, t_start=T_DEFAULT), ReconstructConfig(name, **with_preset("paper", name, {}))):
+            assert "t_start" not in resolved_settings(cfg, task, 8)["sampler"], name
+            assert sampling_grid(_Prior(), spec.step(cfg, task)) == full, name
+    grid = sampling_grid(_Prior(), REGISTRY["dds"].step(ReconstructConfig("dds"), task))
+    assert grid[0] <= T_START_PLAIN and len(grid) == 50 and grid[-1] == 0
+    assert resolved_settings(ReconstructConfig("dds", n_steps=300), task, 8)["sampler"]["t_start"] == 299
