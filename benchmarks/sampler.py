@@ -11,8 +11,9 @@ Data sets (64 px, noise σ = 0.01, the noise and sampling seed from ``--seeds``)
   in-distribution test's), sparse-view CT at 15 views;
 - ``csmri``: 4 slices of the benchmark's CS-MRI ×4 data (multi-coil MNI T1, the complex prior ``ellipses-complex-64``).
 
-Every grid point runs on every data set and seed; one JSON line per run is appended to ``--out`` (a rerun skips the
-runs already there, so a stopped sweep resumes), and a table of the mean PSNR over seeds per data set, with the wall
+Every grid point runs on every data set and seed; one JSON line per run is appended to ``--out`` with the settings
+given and those that ran (``resolved_settings``: a rerun skips the runs already there with the same resolved settings,
+so a stopped sweep resumes and a changed default is not mistaken for an old row), and a table of the mean PSNR over seeds per data set, with the wall
 time, is printed at the end, best first by the mean over data sets.
 """
 
@@ -58,7 +59,7 @@ def measurement(name: str, seed: int):
 def main() -> None:
     from ddip.metrics import psnr
     from ddip.priors import load_prior
-    from ddip.reconstruct import ReconstructConfig, reconstruct
+    from ddip.reconstruct import ReconstructConfig, reconstruct, resolved_settings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", required=True, help="JSON: a ReconstructConfig field -> the values to try")
@@ -79,26 +80,28 @@ def main() -> None:
     if out.exists():
         for line in out.read_text().splitlines():
             row = json.loads(line)
-            done[json.dumps([row["method"], row["settings"], row["dataset"], row["seed"]], sort_keys=True)] = row
+            if "resolved" in row:  # rows from before the defaults were recorded are not reused
+                done[json.dumps([row["method"], row["resolved"], row["dataset"], row["seed"]], sort_keys=True)] = row
     priors = {}
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     rows = []
     for dataset in datasets:
         for seed in seeds:
-            m = None
+            m = measurement(dataset, seed)
             for point in points:
                 settings = {**fixed, **point}
-                key = json.dumps([args.method, settings, dataset, seed], sort_keys=True)
+                cfg = ReconstructConfig(method=args.method, seed=seed, **settings)
+                resolved = resolved_settings(cfg, m.config, m.y.shape[0])  # what runs, defaults included
+                key = json.dumps([args.method, resolved, dataset, seed], sort_keys=True)
                 if key in done:
                     rows.append(done[key])
                     continue
-                m = m or measurement(dataset, seed)
                 name = "ellipses-complex-64" if dataset == "csmri" else "ellipses-64"  # the tasks' shipped priors
                 prior = priors.setdefault(name, load_prior(name))
-                cfg = ReconstructConfig(method=args.method, seed=seed, **settings)
                 t0 = time.perf_counter()
                 res = reconstruct(m, cfg, prior)
-                row = {"method": args.method, "settings": settings, "dataset": dataset, "seed": seed,
+                row = {"method": args.method, "settings": settings, "resolved": resolved, "dataset": dataset,
+                       "seed": seed,
                        "psnr": float(psnr(res.volume, m.ground_truth).mean()),
                        "wall_time_s": time.perf_counter() - t0, "threads": torch.get_num_threads()}
                 rows.append(row)
