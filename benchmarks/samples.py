@@ -7,7 +7,8 @@ costs against S independent adaptations, and whether the samples' spread predict
 Defaults are the demo's data (8 central slices of the bundled chest CT, 64 px, 15 views, sigma 0.01, seed 0).
 Writes ``benchmarks/results/samples.json`` (per method: PSNR of the mean of the first s samples for s = 1, 2, 4, ...,
 wall time per sample, the Pearson correlation of per-voxel |error| and std, the fraction of voxels with
-|error| <= 2 std, the factor c that would put 95 % of them inside 2 c std) and ``samples-calibration.png`` (mean |error| against std in 20 std-quantile bins).
+|error| <= 2 std, the factor c that would put 95 % of them inside 2 c std) and ``samples-calibration.png`` (mean
+|error| against std in 20 std-quantile bins).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.volume == "phantoms":
-        volume, record = random_ellipses(args.n_slices, 64, generator=torch.Generator().manual_seed(GATE_SEED - 2)).float(), None
+        g = torch.Generator().manual_seed(GATE_SEED - 2)
+        volume, record = random_ellipses(args.n_slices, 64, generator=g).float(), None
     else:
         volume, record = _volume(f"fixture:{args.volume}", "ct" if "ct" in args.volume else "mri", 64, None,
                                  args.n_slices)
@@ -106,7 +108,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "binned"}), flush=True)
     command = "python benchmarks/samples.py " + " ".join(
-        f"--{k.replace('_', '-')} '{v}'" if k == "settings" else f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k}" for k, v in vars(args).items()
+        f"--{k.replace('_', '-')} '{v}'" if k == "settings" else
+        f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k}" for k, v in vars(args).items()
         if k != "out" and v is not False)
     out = Path(args.out)
     out.write_text(json.dumps({"command": command, "date": date.today().isoformat(), "threads": torch.get_num_threads(),
