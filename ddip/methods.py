@@ -9,10 +9,11 @@ Table 5 row, and which settings apply to it. Adding a method is one :func:`regis
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from ddip.adapt import AdaptConfig, d3ip, d3ip_mbir, d3ip_meta, ddip_slicewise, scd
+from ddip.adapt.methods import SCD_FIXED
 from ddip.errors import DdipError
 from ddip.priors.schedule import T_DEFAULT
 from ddip.solvers import DDNM, DDS, DPS, DiffusionMBIR
@@ -41,12 +42,17 @@ class MethodSpec:
     tv: bool = False  # a TV term whose weight and ADMM penalty tv_lam / tv_rho set
     distributed: bool = False  # splits the volume's slices across the processes of a torchrun launch
     replayable: bool = False  # one LoRA state for the volume: further samples replay its trajectory
-    takes_init: bool = True  # the initialisation (Eq. 16) is the caller's (SCD starts from pure noise)
+    fixed: dict = field(default_factory=dict)  # settings it fixes itself (SCD: SCD_FIXED), refused as options
     t_start: int | None = None  # its own T' where the config gives none (None: the schedule's full grid)
 
     @property
     def adapted(self) -> bool:
         return self.adapt is not None
+
+    @property
+    def takes_init(self) -> bool:
+        """The initialisation (Eq. 16) is the caller's (SCD fixes its own, pure noise)."""
+        return "init" not in self.fixed
 
     @property
     def has_cg(self) -> bool:
@@ -132,7 +138,7 @@ def adaptation_settings(cfg, task: TaskConfig, n_slices: int) -> dict:
     spec = method_spec(cfg.method)
     k, n_iters, lr = spec.table5[task.task]
     lr = LR_TUNED.get(task.task, lr)
-    zeta = 0 if not spec.takes_init else AdaptConfig.zeta if cfg.zeta is None else cfg.zeta  # SCD: every step
+    zeta = spec.fixed.get("zeta", AdaptConfig.zeta if cfg.zeta is None else cfg.zeta)
     return {"k": min(cfg.k or k, n_slices), "n_iters": cfg.n_iters or n_iters, "lr": cfg.lr or lr, "zeta": zeta}
 
 
@@ -206,7 +212,7 @@ register(MethodSpec("dds", "DDS: proximal CG data consistency per DDIM step", dd
 register(MethodSpec("mbir", "DiffusionMBIR: DDS with ADMM-TV across slices", mbir_step, "mbir", tv=True,
                     distributed=True))
 register(MethodSpec("scd", "SCD: per-slice LoRA adaptation at every step, 1 CG step in the loss, from noise",
-                    dds_step, "dds", adapt=scd, table5=_table5("scd"), takes_init=False))
+                    dds_step, "dds", adapt=scd, table5=_table5("scd"), fixed=SCD_FIXED))
 register(MethodSpec("ddip", "DDIP (Alg. 1): per-slice LoRA adaptation", dds_step, "dds", adapt=ddip_slicewise,
                     table5=_table5("ddip")))
 register(MethodSpec("d3ip", "D3IP (Alg. 2): one LoRA state for the volume, K random slices per step", dds_step,

@@ -87,7 +87,7 @@ def preset_settings(name: str | None, method: str) -> dict:
     out = dict(paper) if spec.on_dds else {"t_start": paper["t_start"], "noise_mix": paper["noise_mix"],
                                            "eta": paper["eta"],
                                            **({"carry_admm_state": True} if spec.dc == "mbir" else {})}
-    if spec.adapted and spec.takes_init:  # the paper's adaptation window (SCD adapts at every step)
+    if spec.adapted and "zeta" not in spec.fixed:  # the paper's adaptation window (SCD fixes its own)
         out["zeta"] = PAPER_ZETA
     return out
 
@@ -165,7 +165,7 @@ class ReconstructConfig:
         # options the method has no use for or sets itself, refused when given away from their defaults
         unused = ("n_steps", "t_start", "init", "noise_mix", "max_batch", "precision", "channels_last", "compile") \
             if spec.step is None else () if spec.mixes_noise else ("noise_mix", "t_start")
-        unused += () if spec.takes_init else ("init", "zeta", "loss_cg_iters")  # SCD: noise, every step, 1 CG
+        unused += tuple(spec.fixed)  # what the method fixes itself (SCD: noise init, every step, 1 CG)
         defaults = {f.name: f.default for f in fields(self)}
         ignored = [name for name in unused if getattr(self, name) != defaults[name]]
         if ignored:
