@@ -78,12 +78,13 @@ DEMO_SAMPLES = 4
 
 # Which method to use: the README's table (measured on 8 slices, 64 px, one CPU thread; commands in docs/results.md).
 METHOD_ADVICE = """which method (measured on 8 slices, 64 px, one CPU thread; commands in docs/results.md):
-  CT, 15 views   dds --samples 4 (31.78 dB; one sample 30.65) or mbir (31.96, one sample); admm-tv 30.78
-  CT, 60 views   admm-tv (44.61 dB), then ddnm (40.02; dds 39.54)
-  3D MRI x8      ddnm (28.88 dB) or dds (28.35); admm-tv 27.82
-  CS-MRI x4      dds (24.04 dB); admm-tv 21.00
-cost (one thread): dds, ddnm, mbir 45-65 s; d3ip and d3ip-mbir 4-6 min; ddip, scd, d3ip-meta longer;
-dps 1000 steps per slice. d3ip and d3ip-mbir come within noise of dds and mbir here (+-0.5 dB), not above."""
+  CT, 15 views   dds --samples 4 (32.07 dB; one sample 31.51) or mbir (31.96, one sample); admm-tv 30.78
+  CT, 60 views   admm-tv (44.61 dB), then dds (42.25)
+  3D MRI x8      dds (29.08 dB); ddnm 28.88; admm-tv 27.82
+  CS-MRI x4      dds (24.61 dB); admm-tv 21.00
+cost (one thread): dds 20-30 s, ddnm, mbir 45-65 s; d3ip and d3ip-mbir 3-6 min; ddip, scd, d3ip-meta longer;
+dps 1000 steps per slice. At 64 px d3ip and d3ip-mbir trail dds (it samples from T' 150); at 256 px d3ip gains
++1.7 dB over dds on the same grid."""
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
