@@ -13,6 +13,7 @@ from ddip.methods import method_spec
 from ddip.metrics import psnr
 from ddip.physics import add_noise, sparse_view_ct
 from ddip.priors import load_prior, shipped_priors
+from ddip.priors.schedule import T_DEFAULT  # DDS on the full grid: the adapted methods' own
 from ddip.reconstruct import ReconstructConfig, reconstruct
 from ddip.solvers import admm_tv_reconstruct, solve
 from ddip.tasks import TaskConfig, simulate
@@ -53,7 +54,7 @@ def _slab(a: int, b: int):
 def test_d3ip_beats_dds_on_real_ct_with_the_codes_noise_mixing(prior):
     """Chest-CT slices 14:18, 64 px, 15 views, K = 4, the authors' noise mixing (benchmarks/results/ood_gain.md)."""
     m = _slab(14, 18)
-    dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code", eta=0.85), prior)
+    dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code", eta=0.85, t_start=T_DEFAULT), prior)
     d3ip = reconstruct(m, ReconstructConfig(method="d3ip", k=4, noise_mix="code", eta=0.85, zeta=PAPER_ZETA), prior)
     gain = float(psnr(d3ip.volume, m.ground_truth).mean() - psnr(dds.volume, m.ground_truth).mean())
     assert gain > 0.5
@@ -77,7 +78,7 @@ def test_adaptation_does_not_collapse_on_csmri(method):
 
     m = _measure("csmri", BenchConfig(), 2)  # the benchmark's (and diagnose.py's) data
     prior = load_prior("ellipses-complex-64")
-    dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code", eta=0.85), prior)
+    dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code", eta=0.85, t_start=T_DEFAULT), prior)
     adapted = reconstruct(m, ReconstructConfig(method=method, noise_mix="code", eta=0.85, zeta=PAPER_ZETA,
                                                **({"k": 2} if method == "d3ip" else {})), prior)
     truth = m.ground_truth
@@ -93,7 +94,7 @@ def test_d3ip_on_a_half_bin_shifted_axis_stays_in_range_and_near_dds_with_the_ra
     x = load_fixture("chest-ct").slices[14:18]
     m = simulate(x, task)
     m = dataclasses.replace(m, y=simulate(x, dataclasses.replace(task, detector_center=m.physics.n_det // 2 + 0.5)).y)
-    dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code", eta=0.85), prior)
+    dds = reconstruct(m, ReconstructConfig(method="dds", noise_mix="code", eta=0.85, t_start=T_DEFAULT), prior)
     d3ip = reconstruct(m, ReconstructConfig(method="d3ip", k=3, n_iters=7, noise_mix="code", eta=0.85,
                                                   zeta=PAPER_ZETA), prior)
     assert d3ip.report["value_range"]["plausible"] and d3ip.report["adapt_rollbacks"]
