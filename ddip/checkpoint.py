@@ -91,7 +91,7 @@ class Checkpointer:
         return payload
 
     def remove(self) -> None:
-        """Delete this checkpoint and every one beside it that a stage, rank or sample wrote (:meth:`sibling`)."""
+        """Delete this checkpoint and every one beside it that a rank or sample wrote (:meth:`sibling`)."""
         for path in self.path.parent.glob(f"{self.path.stem}*{self.path.suffix}"):
             path.unlink()
 

@@ -151,9 +151,10 @@ def _sampler_settings(cfg) -> dict:
         out["noise_mix"] = cfg.noise_mix
     if cfg.n_steps is not None:
         out["n_steps"] = cfg.n_steps
+    own = method_spec(cfg.method).t_start
     t_start = cfg.t_start
-    if t_start is None and method_spec(cfg.method).t_start is not None:  # the method's own, with room for the steps
-        t_start = max(method_spec(cfg.method).t_start, (cfg.n_steps or 0) - 1)
+    if t_start is None and own is not None:  # the method's own, with room for the steps
+        t_start = max(own, (cfg.n_steps or 0) - 1)
     if t_start is not None and t_start != T_DEFAULT:
         out["t_start"] = t_start
     if cfg.eta is not None:

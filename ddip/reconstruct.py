@@ -345,10 +345,10 @@ def _run(p: _Prepared, cfg: ReconstructConfig, task: TaskConfig, *, progress: bo
     Adds the method's counts (network passes, adaptation losses and rollbacks) to ``p.report``."""
     spec, y, physics, shard = p.spec, p.y, p.physics, p.shard
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    if spec.step is None:  # ADMM-TV, the one method without a network (and nothing to resume)
+        return admm_tv_reconstruct(y, physics, **tv_parameters(cfg, task)), None
     persist = p.checkpointer
     resume = None if persist is None else persist.load()
-    if spec.step is None:  # ADMM-TV, the one method without a network
-        return admm_tv_reconstruct(y, physics, **tv_parameters(cfg, task)), None
     step = spec.step(cfg, task)
     if not spec.adapted:
         y_run, phys_run = split(shard, y, physics)

@@ -138,7 +138,8 @@ def d3ip_meta(step, prior: DiffusionPrior, y: Tensor, physics, cfg: AdaptConfig 
     if resume is None or resume["stage"] == "reptile":
         _, stage1 = d3ip(step, prior, y, physics, meta_cfg, generator=generator, adapt_generator=adapt_generator,
                          init=init, max_batch=max_batch, method="d3ip-meta", progress=progress,
-                         persist=nested(persist, {"stage": "reptile"}), resume=resume and resume["inner"])
+                         persist=nested(persist, {"stage": "reptile"}),
+                         resume=None if resume is None else resume["inner"])
         theta_vol = snapshot(prior.net)
         resume = None
     else:
