@@ -13,8 +13,8 @@ Data sets (64 px, noise σ = 0.01, the noise and sampling seed from ``--seeds``)
 
 Every grid point runs on every data set and seed; one JSON line per run is appended to ``--out`` with the settings
 given and those that ran (``resolved_settings``: a rerun skips the runs already there with the same resolved settings,
-so a stopped sweep resumes and a changed default is not mistaken for an old row), and a table of the mean PSNR over seeds per data set, with the wall
-time, is printed at the end, best first by the mean over data sets.
+so a stopped sweep resumes and a changed default is not mistaken for an old row), and a table of the mean PSNR over
+seeds per data set, with the wall time, is printed at the end, best first by the mean over data sets.
 """
 
 from __future__ import annotations
@@ -33,11 +33,18 @@ RESULTS = Path(__file__).parent / "results"
 DATASETS = ("chest-ct", "mni-t1", "phantoms", "csmri")
 
 
+def validation_phantoms(n_slices: int = 8) -> torch.Tensor:
+    """Fresh ELLIPSES phantoms (64 px) from the validation seed ``GATE_SEED − 2``: neither the gate's nor the
+    in-distribution test's."""
+    from ddip.data import random_ellipses
+    from ddip.evaluation import GATE_SEED
+
+    return random_ellipses(n_slices, 64, generator=torch.Generator().manual_seed(GATE_SEED - 2)).float()
+
+
 def measurement(name: str, seed: int):
     """The data set ``name`` measured with noise seed ``seed``."""
     from ddip.cli import _volume
-    from ddip.data import random_ellipses
-    from ddip.evaluation import GATE_SEED
     from ddip.tasks import TaskConfig, simulate
 
     if name == "csmri":
@@ -45,8 +52,7 @@ def measurement(name: str, seed: int):
 
         return _measure("csmri", dataclasses.replace(BenchConfig(), seed=seed), 4)
     if name == "phantoms":
-        volume = random_ellipses(8, 64, generator=torch.Generator().manual_seed(GATE_SEED - 2)).float()
-        return simulate(volume, TaskConfig(task="sv-ct", size=64, views=15, noise=0.01, seed=seed))
+        return simulate(validation_phantoms(), TaskConfig(task="sv-ct", size=64, views=15, noise=0.01, seed=seed))
     if name not in DATASETS:
         raise SystemExit(f"unknown data set {name!r}: one of {', '.join(DATASETS)}")
     modality = "ct" if name == "chest-ct" else "mri"

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from sampler import validation_phantoms
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -41,8 +43,6 @@ def calibration(mean: torch.Tensor, std: torch.Tensor, truth: torch.Tensor, bins
 
 def main() -> None:
     from ddip.cli import _volume
-    from ddip.data import random_ellipses
-    from ddip.evaluation import GATE_SEED
     from ddip.metrics import psnr
     from ddip.priors import load_prior
     from ddip.reconstruct import ReconstructConfig, reconstruct, reconstruct_samples
@@ -50,8 +50,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volume", default="chest-ct",
-                        help="a bundled fixture name (64 px), or 'phantoms': fresh ELLIPSES phantoms from the validation "
-                             "seed of benchmarks/sampler.py (GATE_SEED - 2)")
+                        help="a bundled fixture name (64 px), or 'phantoms': fresh ELLIPSES phantoms from the "
+                             "validation seed of benchmarks/sampler.py (GATE_SEED - 2)")
     parser.add_argument("--n-slices", type=int, default=8)
     parser.add_argument("--views", type=int, default=15)
     parser.add_argument("--samples", type=int, default=4)
@@ -67,8 +67,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.volume == "phantoms":
-        g = torch.Generator().manual_seed(GATE_SEED - 2)
-        volume, record = random_ellipses(args.n_slices, 64, generator=g).float(), None
+        volume, record = validation_phantoms(args.n_slices), None
     else:
         volume, record = _volume(f"fixture:{args.volume}", "ct" if "ct" in args.volume else "mri", 64, None,
                                  args.n_slices)
