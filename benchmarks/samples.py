@@ -41,12 +41,22 @@ def calibration(mean: torch.Tensor, std: torch.Tensor, truth: torch.Tensor, bins
             "binned": [{"std": float(sd[c].mean()), "abs_error": float(err[c].mean())} for c in chunks]}
 
 
-def main() -> None:
+def development_measurement(volume: str, n_slices: int = 8, views: int = 15, seed: int = 0):
+    """Sparse-view CT (64 px, sigma 0.01) of a bundled fixture's central slices, or of the validation phantoms."""
     from ddip.cli import _volume
+    from ddip.tasks import TaskConfig, simulate
+
+    if volume == "phantoms":
+        x, record = validation_phantoms(n_slices), None
+    else:
+        x, record = _volume(f"fixture:{volume}", "ct" if "ct" in volume else "mri", 64, None, n_slices)
+    return simulate(x, TaskConfig(task="sv-ct", size=64, views=views, noise=0.01, seed=seed), record=record)
+
+
+def main() -> None:
     from ddip.metrics import psnr
     from ddip.priors import load_prior
     from ddip.reconstruct import ReconstructConfig, reconstruct, reconstruct_samples
-    from ddip.tasks import TaskConfig, simulate
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volume", default="chest-ct",
@@ -66,13 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.volume == "phantoms":
-        volume, record = validation_phantoms(args.n_slices), None
-    else:
-        volume, record = _volume(f"fixture:{args.volume}", "ct" if "ct" in args.volume else "mri", 64, None,
-                                 args.n_slices)
-    m = simulate(volume, TaskConfig(task="sv-ct", size=64, views=args.views, noise=0.01, seed=args.seed),
-                 record=record)
+    m = development_measurement(args.volume, args.n_slices, args.views, args.seed)
     prior = load_prior(args.prior)
     truth = m.ground_truth
     score = lambda v: float(psnr(v, truth).mean())  # noqa: E731  (the demo's PSNR: mean over slices)
