@@ -5,7 +5,7 @@
 Each configuration runs ``ddip demo --samples 1`` (ADMM-TV, DDS and D3IP on the demo's 8 chest-CT slices) alone or
 as two copies at once, and times each process from start to exit:
 
-- ``passive``: ddip's default (``OMP_WAIT_POLICY=PASSIVE``, set by the CLI unless the environment says otherwise),
+- ``passive``: ``OMP_WAIT_POLICY=PASSIVE``, which the CLI sets when the machine is busy at start-up,
   torch's default thread count (one per core);
 - ``active``: ``OMP_WAIT_POLICY=ACTIVE``, threads that spin while waiting (what torch alone does on this runtime);
 - ``threads1``: ``--threads 1`` with ddip's default wait policy;

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import os
 
-# OpenMP threads that wait by sleeping, not spinning, unless the user chose otherwise. It must be set before torch
-# loads its OpenMP runtime. On a 2-core machine with both cores busy, DDS on 4 slices took 32.5 s with torch's
-# default and 8.6 s with PASSIVE (docs/usage.md, "Threads"). The imports below come after it on purpose.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How idle OpenMP threads wait, chosen by the machine's load at start-up unless the user set OMP_WAIT_POLICY. It
+# must be set before torch loads its OpenMP runtime: the imports below come after it on purpose. On a busy machine
+# threads that spin collapse both jobs (two 2-thread runs on 2 cores: 4.05x their lone time) and sleeping threads
+# (PASSIVE) do not (1.03x); on an idle one PASSIVE costs up to 2x in small-batch passes (docs/usage.md, "Threads"),
+# so it is set only when the 1-minute load average is already half the cores or more.
+BUSY_LOAD_PER_CORE = 0.5
+
+
+def busy(load: float, cores: int) -> bool:
+    """Whether a machine with this 1-minute load average already runs work enough to make spinning threads harmful."""
+    return load >= BUSY_LOAD_PER_CORE * cores
+
+
+if "OMP_WAIT_POLICY" not in os.environ and busy(os.getloadavg()[0], os.cpu_count() or 1):
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import argparse
 import json
@@ -67,10 +78,10 @@ from ddip.tasks import (
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEMO_PRIOR = "ellipses-64"
-# The demo's D3IP budget: the paper's K = 6, L = 10 cost 2,700 network forward+backward passes at 50 steps, about
-# 5 minutes on 2 CPU cores by themselves; K = 3, L = 7 keeps the whole demo near 3 minutes (the budgets measured
-# are in docs/results.md). Wall time follows the number of optimiser steps (L) more than K.
-DEMO_K, DEMO_ITERS = 3, 7
+# The demo's D3IP budget: K = 3 slices, L = 3 optimiser steps per adapted timestep. With the default sampler and
+# window, L = 3 gave the same PSNR as L = 7 and 5 (means of seeds 0/1 on chest CT, phantoms, MNI T1: 30.85 / 30.49 /
+# 28.41 dB against 30.73 / 30.44 / 28.48 for L = 7) in under half the time (docs/results.md, "The demo").
+DEMO_K, DEMO_ITERS = 3, 3
 # Posterior samples per diffusion method in the demo: the mean of 4 DDS samples gained 2.6 dB over one on the demo's
 # data, D3IP's (one adaptation, 3 replays) 1.2 dB (benchmarks/results/samples.json), for about 30 s more per method.
 DEMO_SAMPLES = 4
