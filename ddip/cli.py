@@ -94,8 +94,8 @@ METHOD_ADVICE = """which method (measured on 8 slices, 64 px, one CPU thread; co
   3D MRI x8      dds (29.08 dB); ddnm 28.88; admm-tv 27.82
   CS-MRI x4      dds (24.61 dB); admm-tv 21.00
 cost (one thread): dds 20-30 s, ddnm, mbir 45-65 s; d3ip and d3ip-mbir 3-6 min; ddip, scd, d3ip-meta longer;
-dps 1000 steps per slice. At 64 px d3ip and d3ip-mbir trail dds (it samples from T' 150); at 256 px d3ip gains
-+1.7 dB over dds on the same grid."""
+dps 1000 steps per slice. At 64 px d3ip and d3ip-mbir trail dds (it samples from T' 150); at 256 px (CT, 60 views)
+d3ip-mbir leads the diffusion methods: 39.54 dB, dds 39.01, admm-tv 39.73."""
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
