@@ -21,7 +21,15 @@ def busy(load: float, cores: int) -> bool:
     return load >= BUSY_LOAD_PER_CORE * cores
 
 
-if "OMP_WAIT_POLICY" not in os.environ and busy(os.getloadavg()[0], os.cpu_count() or 1):
+def _load_average() -> float:
+    """The 1-minute load average; where the system has none, infinity (then threads sleep: the safe policy)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("inf")
+
+
+if "OMP_WAIT_POLICY" not in os.environ and busy(_load_average(), os.cpu_count() or 1):
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import argparse
