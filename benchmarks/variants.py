@@ -49,7 +49,7 @@ def main() -> None:
         try:
             run.row(m, rcfg, task, label)
         except Interrupted as exc:
-            raise SystemExit(f"variants.py: {exc}; rerun with --resume to continue") from None
+            raise SystemExit(f"variants.py: {exc}") from None
 
 
 if __name__ == "__main__":
