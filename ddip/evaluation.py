@@ -57,15 +57,17 @@ def least_squares_psnr(op, y: Tensor, x: Tensor, iters: tuple[int, ...] = (1, 2,
 
 
 def quality_gate(prior: DiffusionPrior, *, n_images: int = GATE_IMAGES, n_views: int | None = None, sigma: float = 0.01,
-                 n_steps: int = GATE_STEPS, eta: float = GATE_ETA, paper_settings: bool = True,
-                 seed: int = GATE_SEED) -> dict:
+                 n_steps: int = GATE_STEPS, eta: float = GATE_ETA, t_start: int | None = None,
+                 cg_iters: int = PAPER_CG_ITERS, paper_settings: bool = True, seed: int = GATE_SEED) -> dict:
     """DDS against least squares on fresh in-distribution phantoms; ``passed`` when the margin is ≥ 3 dB.
 
     A 1-channel prior is gated on sparse-view CT with the paper's angular undersampling (``n_views`` default
     60·size/256: 15 at 64 px, 30 at 128 px). A 2-channel (complex) prior is gated on the task it is for: CS-MRI,
     uniform-1D ×4 multi-coil k-space of the phantoms given a smooth phase, with coil maps estimated from the ACS lines
     (:func:`ddip.tasks.simulate`); PSNR on magnitudes. ``paper_settings`` also runs DDS with the paper's 50 steps and
-    η = 0.85 and reports it (not gated).
+    η = 0.85 and reports it (not gated). ``t_start`` and ``cg_iters`` give DDS another start or CG count (to see
+    how much of the margin is the sampler's: ``benchmarks/gate_sampler.py``); the report's ``sampler`` names them
+    when they differ from the gate's.
     """
     size = int(prior.net.config.sample_size)
     g = torch.Generator().manual_seed(seed)
@@ -84,13 +86,16 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = GATE_IMAGES, n_views:
     x, y = x.to(device), y.to(device)
     ls = least_squares_psnr(op, y, x)
     state = g.get_state()
-    sampler = DDS(n_steps=n_steps, eta=eta, noise_mix=GATE_NOISE_MIX, cg_iters=PAPER_CG_ITERS)
+    sampler = DDS(n_steps=n_steps, eta=eta, noise_mix=GATE_NOISE_MIX, cg_iters=cg_iters, t_start=t_start)
     rec = _clamp(solve(sampler, prior, y, op, generator=g))
     dds = float(psnr(rec, x).mean())
     best_ls = max(ls.values())
     report = {"dds_psnr": dds, "least_squares_psnr": best_ls,
               "least_squares_by_iters": {str(k): v for k, v in ls.items()}, "margin_db": dds - best_ls,
-              "passed": dds - best_ls >= GATE_MARGIN_DB, "sampler": {"method": "dds", "n_steps": n_steps, "eta": eta},
+              "passed": dds - best_ls >= GATE_MARGIN_DB,
+              "sampler": {"method": "dds", "n_steps": n_steps, "eta": eta,
+                          **({} if t_start is None else {"t_start": t_start}),
+                          **({} if cg_iters == PAPER_CG_ITERS else {"cg_iters": cg_iters})},
               "task": task, "n_images": n_images, "n_views": n_views, "sigma": sigma, "size": size, "seed": seed}
     if paper_settings:
         g.set_state(state)
