@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ddip.adapt.lora import (has_lora_dropout, load_merged, lora_base_weights, restore, snapshot,
+from ddip.adapt.lora import (has_lora_dropout, load_merged, lora_base_weights, merge_lora, restore, snapshot,
                              trainable_parameters)
 from ddip.errors import DdipError
 from ddip.io import atomic_path, magnitude
@@ -306,7 +306,7 @@ class Replay:
 
     def __post_init__(self) -> None:
         self._base = lora_base_weights(self.prior.net)
-        load_merged(self.prior.net, snapshot(self.prior.net), self._base)  # the injected state: B = 0, W = W₀
+        merge_lora(self.prior.net)  # the state it is given (freshly injected: B = 0, so W stays W₀)
 
     def __call__(self, i: int, t: int, x_t: Tensor, state: dict) -> None:
         if i in self.trajectory:

@@ -5,8 +5,8 @@ Linear inside the residual blocks — the two 3×3 convolutions, the 1×1 shortc
 including the residual blocks that down- and up-sample — and on the attention projections (q, k, v, out). The
 down-projection starts as N(0, 1/r²) (peft's ``"gaussian"`` init), the up-projection at zero, so the network's output
 is unchanged at injection. Optionally the biases are trained too (the paper's 0.61 % is LoRA plus biases; the
-authors exclude the time-embedding projections' biases). Base weights are frozen; merging is an explicit call (:func:`merge_lora` once, :func:`load_merged` for
-state after state).
+authors exclude the time-embedding projections' biases). Base weights are frozen; merging is an explicit call
+(:func:`merge_lora` once, :func:`load_merged` for state after state).
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ def load_merged(net: nn.Module, state: dict[str, Tensor], base: dict[str, Tensor
         if isinstance(m, LoraLayer):
             with torch.no_grad():
                 m.get_base_layer().weight.copy_(base[name])
-            m.merged_adapters.clear()
-            m.merge()
+            m.merged_adapters.clear()  # back to W₀, unmerged
+    merge_lora(net)
 
 
 def count_parameters(net: nn.Module) -> dict[str, int]:

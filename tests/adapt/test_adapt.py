@@ -254,7 +254,8 @@ def _base_untouched_but_for_merged_lora(net, base):
     """Every base weight as it was, but where a hook folded its LoRA state in (a replay): there W = W₀ + s·BA."""
     from peft.tuners.lora import LoraLayer
 
-    merged = {f"{name}.base_layer.weight": m for name, m in net.named_modules() if isinstance(m, LoraLayer) and m.merged}
+    merged = {f"{name}.base_layer.weight": m for name, m in net.named_modules()
+              if isinstance(m, LoraLayer) and m.merged}
     now = net.state_dict()
     for k, w0 in base.items():
         if k in merged:
