@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from samples import development_measurement
+from samples import calibration, development_measurement
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -60,10 +60,10 @@ def fit_gaussian(err: torch.Tensor, var: torch.Tensor) -> tuple[float, float]:
     return math.exp(la), math.exp(lb)
 
 
-def score(err: torch.Tensor, sigma: torch.Tensor) -> dict:
-    err, sigma = err.double().flatten(), sigma.double().flatten()
-    return {"pearson_abs_error_sigma": float(torch.corrcoef(torch.stack([err, sigma]))[0, 1]),
-            "coverage_2sigma": float((err <= 2 * sigma).double().mean())}
+def score(mean: torch.Tensor, sigma: torch.Tensor, truth: torch.Tensor) -> dict:
+    """samples.py's calibration measures of an error scale σ: Pearson r of |error| and σ, the share within 2σ."""
+    c = calibration(mean, sigma, truth)
+    return {"pearson_abs_error_sigma": c["pearson_abs_error_std"], "coverage_2sigma": c["coverage_2std"]}
 
 
 def samples_of(name: str, method: str, n: int, settings: dict, cache: Path, seed: int = 0):
@@ -100,14 +100,13 @@ def main() -> None:
     data = {}
     for name in [args.fit, *args.evaluate.split(",")]:
         stack, truth = samples_of(name, args.method, args.samples, settings, cache)
-        mean = stack.mean(0)
-        data[name] = ((mean - truth).abs(), stack.std(0))
-    err, std = data[args.fit]
-    c = float((err / std.clamp_min(1e-12)).flatten().double().quantile(0.95) / 2)
-    a, b = fit_gaussian(err, smoothed_variance(std))
+        data[name] = (stack.mean(0), stack.std(0), truth)
+    mean, std, truth = data[args.fit]
+    c = calibration(mean, std, truth)["std_factor_95"]
+    a, b = fit_gaussian((mean - truth).abs(), smoothed_variance(std))
     variants = {"raw": lambda s: s, "smoothed": lambda s: smoothed_variance(s).sqrt(), "scaled": lambda s: c * s,
                 "gaussian": lambda s: (a * a * smoothed_variance(s) + b * b).sqrt()}
-    rows = {name: {v: score(e, f(s)) for v, f in variants.items()} for name, (e, s) in data.items()}
+    rows = {name: {v: score(m, f(s), t) for v, f in variants.items()} for name, (m, s, t) in data.items()}
     for name, row in rows.items():
         print(name, "  ".join(f"{v}: r {r['pearson_abs_error_sigma']:.2f} cov {r['coverage_2sigma']:.3f}"
                               for v, r in row.items()), flush=True)
