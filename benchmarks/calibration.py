@@ -6,7 +6,7 @@
 The spread of S posterior samples ranks the errors of their mean but is too small for it (docs/results.md,
 "Posterior samples"): the samples share the prior's bias, which no spread shows. Each variant below maps the
 per-voxel sample std s to an error scale σ; its parameters are fitted on the ``--fit`` data set only (split
-conformal: the validation phantoms, GATE_SEED − 2, in distribution) and every variant is scored on every data set
+conformal: the validation phantoms, VALIDATION_SEED, in distribution) and every variant is scored on every data set
 by the Pearson correlation of |error| and σ and the fraction of voxels with |error| ≤ 2σ (the targets: r ≥ 0.5 and
 0.85–0.99 on the development volumes):
 

@@ -7,7 +7,7 @@ Data sets (64 px, noise σ = 0.01, the noise and sampling seed from ``--seeds``)
 
 - ``chest-ct``: the demo's data, 8 central slices of the bundled chest CT, sparse-view CT at 15 views;
 - ``mni-t1``: 8 central slices of the bundled MNI T1, 3D MRI at ×8 (the task's own mask);
-- ``phantoms``: 8 fresh ELLIPSES phantoms from a validation seed (``GATE_SEED − 2``: neither the gate's nor the
+- ``phantoms``: 8 fresh ELLIPSES phantoms from a validation seed (``VALIDATION_SEED``: neither the gate's nor the
   in-distribution test's), sparse-view CT at 15 views;
 - ``csmri``: 4 slices of the benchmark's CS-MRI ×4 data (multi-coil MNI T1, the complex prior ``ellipses-complex-64``).
 
@@ -34,12 +34,12 @@ DATASETS = ("chest-ct", "mni-t1", "phantoms", "csmri")
 
 
 def validation_phantoms(n_slices: int = 8) -> torch.Tensor:
-    """Fresh ELLIPSES phantoms (64 px) from the validation seed ``GATE_SEED − 2``: neither the gate's nor the
+    """Fresh ELLIPSES phantoms (64 px) from the validation seed ``VALIDATION_SEED``: neither the gate's nor the
     in-distribution test's."""
     from ddip.data import random_ellipses
-    from ddip.evaluation import GATE_SEED
+    from ddip.evaluation import VALIDATION_SEED
 
-    return random_ellipses(n_slices, 64, generator=torch.Generator().manual_seed(GATE_SEED - 2)).float()
+    return random_ellipses(n_slices, 64, generator=torch.Generator().manual_seed(VALIDATION_SEED)).float()
 
 
 def measurement(name: str, seed: int):

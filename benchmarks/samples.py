@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volume", default="chest-ct",
                         help="a bundled fixture name (64 px), or 'phantoms': fresh ELLIPSES phantoms from the "
-                             "validation seed of benchmarks/sampler.py (GATE_SEED - 2)")
+                             "validation seed of benchmarks/sampler.py (VALIDATION_SEED)")
     parser.add_argument("--n-slices", type=int, default=8)
     parser.add_argument("--views", type=int, default=15)
     parser.add_argument("--samples", type=int, default=4)

@@ -55,7 +55,7 @@ from ddip.data.fixtures import FIXTURES, load_fixture
 from ddip.data.volumes import MU_WATER_PER_MM, parse_slab, spread_to_source_units, to_source_units
 from ddip.devices import DEVICE_HELP
 from ddip.errors import DdipError, first_line
-from ddip.evaluation import GATE_IMAGES, GATE_MARGIN_DB, gate_curve
+from ddip.evaluation import GATE_IMAGES, GATE_MARGIN_DB, GATE_SEED, VALIDATION_SEED, gate_curve
 from ddip.io import write_json, write_png_views
 from ddip.outputs import DISPLAY_WINDOWS, UNITS, display, scores, write_result
 from ddip.priors import ADM_PRESETS, adm_config, convert_adm_checkpoint, default_prior, load_prior
@@ -343,7 +343,8 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
-    rows = gate_curve(args.run, n_images=args.n_images, ema_decay=args.ema_decay)
+    rows = gate_curve(args.run, n_images=args.n_images, ema_decay=args.ema_decay,
+                      seed=VALIDATION_SEED if args.validation else GATE_SEED)
     if not rows:
         print(f"{args.run}: no weights to evaluate (ema.safetensors without images_seen, no snapshots)")
     for r in rows:
@@ -673,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float,
                    help="evaluate the snapshots of this extra EMA rate of the run (train-prior --extra-ema-decays) "
                         "instead of its main EMA")
+    p.add_argument("--validation", action="store_true",
+                   help="on the validation phantoms and noise (ddip.evaluation.VALIDATION_SEED), on which training "
+                        "settings are compared, instead of the gate's own (held out)")
     p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("import", parents=[common],

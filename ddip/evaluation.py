@@ -8,7 +8,7 @@ comparison is against the strongest version of it.
 
 The gate's sampler is DDS (proximal CG, γ = 5, the paper's M = 5 CG steps, kept fixed so that gates of different
 versions compare) with 200 steps and η = 0.2 instead of the paper's 50 steps and η = 0.85: the gate measures the
-prior, so it uses the best data-consistent sampler we found, chosen on a validation seed (``GATE_SEED - 2``) that
+prior, so it uses the best data-consistent sampler we found, chosen on a validation seed (``VALIDATION_SEED``) that
 the gate never reports (the candidates and their PSNR: ddip/priors/weights/README.md).
 The report also gives DDS at the paper's settings (``dds_paper_psnr``) so the two can be compared.
 """
@@ -36,6 +36,8 @@ from ddip.solvers.dds import PAPER_CG_ITERS
 from ddip.tasks import TaskConfig, paper_views, simulate
 
 GATE_SEED = 2_147_483_647  # the training streams use seeds 0 … 1e6 + 3; this one is never used for training
+# phantoms on which samplers and training settings are chosen, so that the gate's own ones stay held out
+VALIDATION_SEED = GATE_SEED - 2
 GATE_MARGIN_DB = 3.0
 GATE_IMAGES = 8  # fresh phantoms per evaluation
 GATE_STEPS, GATE_ETA = 200, 0.2  # the gate's DDS sampler (module docstring: how it was chosen)
@@ -147,13 +149,16 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
     return x
 
 
-def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_decay: float | None = None) -> list[dict]:
+def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_decay: float | None = None,
+               seed: int = GATE_SEED) -> list[dict]:
     """Evaluate the gate on every EMA snapshot of a training run, and on its last EMA weights (``ema.safetensors``),
     not yet evaluated; returns all rows, sorted.
 
     Rows are appended to ``RUN/gate_curve.jsonl`` (one JSON object per snapshot, with ``images`` seen) and the curve
     is drawn to ``RUN/gate_curve.png``. ``ema_decay`` evaluates instead the snapshots of one of the run's extra EMA
-    rates (``TrainConfig.extra_ema_decays``), to ``RUN/gate_curve-ema<decay>.jsonl`` / ``.png``.
+    rates (``TrainConfig.extra_ema_decays``), to ``RUN/gate_curve-ema<decay>.jsonl`` / ``.png``. ``seed`` draws
+    other phantoms and noise (``VALIDATION_SEED``: those on which training settings are compared), to files named
+    ``-seed<seed>`` as well.
     """
     run = Path(run_dir)
     if not (run / "ema.safetensors").is_file():
@@ -163,7 +168,7 @@ def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_decay: float | None 
         raise DdipError(f"{run}: the run kept no EMA at rate {tag} (train-prior --extra-ema-decays)")
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise DdipError(f"the gate needs n_images >= 1 phantoms, got {n_images!r}")
-    log = run / f"gate_curve{'-ema' + tag if tag else ''}.jsonl"
+    log = run / f"gate_curve{'-ema' + tag if tag else ''}{'' if seed == GATE_SEED else f'-seed{seed}'}.jsonl"
     sampler = {"method": "dds", "n_steps": GATE_STEPS, "eta": GATE_ETA}  # rows of another gate sampler are redone
     rows = {r["images"]: r for r in map(json.loads, log.read_text().splitlines()) if r.get("sampler") == sampler} \
         if log.exists() else {}
@@ -178,7 +183,7 @@ def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_decay: float | None 
             continue
         prior = prior or load_prior(run / "ema.safetensors")
         prior.net.load_state_dict(load_file(str(path)))
-        row = {**quality_gate(prior, n_images=n_images), "images": images}
+        row = {**quality_gate(prior, n_images=n_images, seed=seed), "images": images}
         rows[images] = row
         with open(log, "a") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ddip.errors import DdipError
-from ddip.evaluation import least_squares_psnr, quality_gate, sample_grid
+from ddip.evaluation import GATE_SEED, VALIDATION_SEED, least_squares_psnr, quality_gate, sample_grid
 from ddip.priors import load_prior
 
 
@@ -76,6 +76,13 @@ def test_gate_curve_evaluates_each_snapshot_once(tmp_path):
     assert [r["dds_psnr"] for r in extra] != [r["dds_psnr"] for r in rows]
     with pytest.raises(DdipError, match="no EMA at rate 0.25"):
         gate_curve(tmp_path, n_images=1, ema_decay=0.25)
+    # on the validation phantoms: a curve of its own, other phantoms than the gate's, the gate's rows untouched
+    held_out = (tmp_path / "gate_curve.jsonl").read_text()
+    validation = gate_curve(tmp_path, n_images=1, seed=VALIDATION_SEED)
+    assert [r["seed"] for r in validation] == [VALIDATION_SEED] * 2 and [r["seed"] for r in rows] == [GATE_SEED] * 2
+    assert (tmp_path / f"gate_curve-seed{VALIDATION_SEED}.jsonl").is_file()
+    assert [r["least_squares_psnr"] for r in validation] != [r["least_squares_psnr"] for r in rows]
+    assert (tmp_path / "gate_curve.jsonl").read_text() == held_out
 
 
 def test_the_gate_evaluates_a_runs_last_weights_without_snapshots_and_prints_its_pass_mark(tmp_path, capsys):
