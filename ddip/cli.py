@@ -60,7 +60,7 @@ from ddip.io import write_json, write_png_views
 from ddip.outputs import DISPLAY_WINDOWS, UNITS, display, scores, write_result
 from ddip.priors import ADM_PRESETS, adm_config, convert_adm_checkpoint, default_prior, load_prior
 from ddip.priors.adm import adm_parameters
-from ddip.priors.prior import PRECISIONS
+from ddip.priors.prior import PRECISIONS, PURE_NOISE_ALPHA_BAR
 from ddip.priors.schedule import T_DEFAULT, VPSchedule
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, data_channels, train_prior
 from ddip.priors.unet import UNetConfig
@@ -754,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-snr-gamma", type=float,
                    help="weight the loss by min(SNR, gamma)/SNR (Min-SNR-gamma, Hang et al. 2023; 5 in the paper) "
                         "(default: the plain epsilon loss the shipped priors were trained with)")
+    p.add_argument("--pure-noise-density", type=float, default=t.pure_noise_density,
+                   help=f"draw the timesteps where the image is nearly pure noise (alpha-bar < {PURE_NOISE_ALPHA_BAR:g}) "
+                        f"this many times as often as the others, e.g. 0.25; 1: uniform t, as the shipped priors")
     p.add_argument("--max-images", type=int, default=t.max_images)
     p.add_argument("--max-hours", type=float, default=t.max_hours, help="stop (after a checkpoint) after this long")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster; weights stay fp32)")

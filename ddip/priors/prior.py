@@ -23,6 +23,8 @@ from ddip.priors.schedule import VPSchedule
 # prior knows, e.g. an adaptation that fitted a measurement the operator does not describe exactly (detector centre,
 # geometry, units) through the network.
 PLAUSIBLE = (-0.5, 1.5)
+# ᾱ_t below which x_t is nearly pure noise (t ≳ 750 of 1000 under the linear schedule: a quarter of uniform draws)
+PURE_NOISE_ALPHA_BAR = 0.003
 
 # The network's arithmetic: float32 as stored; "bfloat16" autocasts each call (weights re-cast every call, GroupNorm
 # and softmax kept in float32 by autocast); "bfloat16-weights" casts a copy of the weights once and runs the whole
@@ -144,16 +146,25 @@ class DiffusionPrior(nn.Module):
         return (x_t - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
 
     def loss(self, x0: Tensor, *, generator: torch.Generator | None = None,
-             min_snr_gamma: float | None = None) -> Tensor:
+             min_snr_gamma: float | None = None, pure_noise_density: float = 1.0) -> Tensor:
         """DDPM ε-MSE per sample ``(B,)`` with ``t ~ U{0, …, T−1}`` and ``ε ~ N(0, I)`` drawn from ``generator``
         (on its device; the CPU without one).
 
         ``min_snr_gamma`` = γ weights each sample by min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1 − ᾱ_t): Min-SNR-γ
         (Hang et al. 2023) in its form for ε-prediction, which lowers the weight of the nearly clean timesteps whose
-        gradients conflict with the rest; None is the plain ε-MSE.
+        gradients conflict with the rest; None is the plain ε-MSE. ``pure_noise_density`` < 1 draws the timesteps
+        whose ᾱ_t is below ``PURE_NOISE_ALPHA_BAR`` that many times as often as the others (each still weighted as
+        one sample): fewer of a step's samples go where the network has almost nothing to learn; 1 is uniform.
         """
+        if not 0 < pure_noise_density <= 1:
+            raise DdipError(f"pure_noise_density must lie in (0, 1], got {pure_noise_density}")
         where = None if generator is None else generator.device  # draws on the generator's device
-        t = torch.randint(0, self.schedule.T, (x0.shape[0],), generator=generator, device=where)
+        if pure_noise_density == 1:
+            t = torch.randint(0, self.schedule.T, (x0.shape[0],), generator=generator, device=where)
+        else:
+            noisy = self.schedule.alpha_bar.to(where or "cpu") < PURE_NOISE_ALPHA_BAR
+            density = torch.where(noisy, pure_noise_density, 1.0)
+            t = torch.multinomial(density, x0.shape[0], replacement=True, generator=generator)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=where)
         noise, t = noise.to(x0.device), t.to(x0.device)
         ab = _per_sample(self.schedule.at(t), x0)

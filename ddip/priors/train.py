@@ -66,6 +66,8 @@ class TrainConfig:
     # et al. 2024): ``snapshots/ema<decay>_<images>.safetensors`` and ``ema<decay>.safetensors``; none by default
     extra_ema_decays: tuple[float, ...] = ()
     min_snr_gamma: float | None = None  # Min-SNR-γ loss weight (DiffusionPrior.loss); None: plain ε-MSE (shipped priors)
+    # relative density of the t draws where the image is nearly pure noise (DiffusionPrior.loss); 1: uniform (shipped)
+    pure_noise_density: float = 1.0
     max_images: int = 1_000_000
     max_hours: float = float("inf")
     bf16: bool = False
@@ -99,6 +101,9 @@ class TrainConfig:
                             f"got {self.extra_ema_decays}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise DdipError(f"train-prior: min_snr_gamma must be > 0 (Min-SNR uses 5), got {self.min_snr_gamma}")
+        if not 0 < self.pure_noise_density <= 1:
+            raise DdipError(f"train-prior: pure_noise_density must lie in (0, 1] (1: uniform t), got "
+                            f"{self.pure_noise_density}")
         if self.warmup_steps < 0:
             raise DdipError(f"train-prior: warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.max_hours > 0 or not self.checkpoint_minutes >= 0 or self.snapshot_every < 0 or self.log_every < 1:
@@ -319,7 +324,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
             else:
                 x0 = make(batch, cfg.unet.image_size, generator=data_rng, device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = prior.loss(x0, generator=noise_rng, min_snr_gamma=cfg.min_snr_gamma).mean()
+                loss = prior.loss(x0, generator=noise_rng, min_snr_gamma=cfg.min_snr_gamma,
+                                  pure_noise_density=cfg.pure_noise_density).mean()
             if cfg.warmup_steps:
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddip.errors import DdipError
-from ddip.priors.prior import DiffusionPrior, NetworkSpeed
+from ddip.priors.prior import PURE_NOISE_ALPHA_BAR, DiffusionPrior, NetworkSpeed
 from ddip.priors.schedule import VPSchedule
 from ddip.priors.train import TrainConfig, train_prior
 from ddip.priors.unet import UNetConfig, build_unet
@@ -270,3 +270,24 @@ def test_min_snr_weighting_scales_each_samples_loss_by_min_snr_gamma_over_snr():
     assert bool((weight[snr > 5] < 1).all()) and bool((weight[snr <= 5] == 1).all()) and bool((snr > 5).any())
     with pytest.raises(DdipError, match="min_snr_gamma"):
         TrainConfig(out="x", min_snr_gamma=0.0)
+
+
+def test_pure_noise_density_draws_the_nearly_pure_noise_timesteps_that_much_less_often(monkeypatch):
+    """``pure_noise_density`` d: a timestep with ᾱ_t < PURE_NOISE_ALPHA_BAR is drawn d times as often as any other
+    (each still one sample of the mean); d = 1 is the uniform draw, the same stream as before the option existed."""
+    prior = DiffusionPrior(build_unet(TINY, seed=0))
+    drawn = []
+    monkeypatch.setattr(prior, "eps", lambda x_t, t: drawn.append(t) or torch.zeros_like(x_t))
+    x0 = torch.zeros(4000, 1, 4, 4)
+    noisy = prior.schedule.alpha_bar < PURE_NOISE_ALPHA_BAR
+    share = float(noisy.double().mean())
+    assert 0.2 < share < 0.3  # about a quarter of the linear schedule's timesteps
+    prior.loss(x0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(drawn[-1], torch.randint(0, prior.schedule.T, (4000,), generator=torch.Generator().manual_seed(0)))
+    for d in (0.25, 0.5):
+        prior.loss(x0, generator=torch.Generator().manual_seed(0), pure_noise_density=d)
+        expected = d * share / (d * share + 1 - share)
+        observed = float(noisy[drawn[-1]].double().mean())
+        assert abs(observed - expected) < 4 * (expected * (1 - expected) / 4000) ** 0.5, (d, observed, expected)
+    with pytest.raises(DdipError, match="pure_noise_density"):
+        TrainConfig(out="x", pure_noise_density=0.0)
