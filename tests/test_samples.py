@@ -135,3 +135,21 @@ def test_a_result_outside_the_priors_range_is_reported_with_a_warning(ct_measure
     assert "left the data's plausible range" in caplog.text and "d3ip" in caplog.text
     res = reconstruct(open_measurement(ct_measurement), ReconstructConfig(method="admm-tv"))
     assert res.report["value_range"]["plausible"]
+
+
+def test_the_pearson_ceiling_is_what_errors_drawn_from_the_std_map_reach(monkeypatch):
+    """benchmarks/samples.py's ceiling for the |error|–std correlation: errors drawn N(0, std²) per voxel reach it
+    (to sampling error), whatever the map's scale; a map with no spread has none to give."""
+    bench = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+    monkeypatch.syspath_prepend(bench)
+    import samples
+
+    g = torch.Generator().manual_seed(0)
+    for spread in (0.3, 0.8):
+        std = torch.exp(spread * torch.randn(400_000, generator=g, dtype=torch.float64))
+        err = std * torch.randn(400_000, generator=g, dtype=torch.float64)
+        drawn = float(torch.corrcoef(torch.stack([err.abs(), std]))[0, 1])
+        ceiling = samples.pearson_ceiling(std)
+        assert abs(drawn - ceiling) < 0.01, (spread, drawn, ceiling)
+        assert samples.pearson_ceiling(7 * std) == pytest.approx(ceiling, rel=1e-9)
+    assert samples.pearson_ceiling(torch.ones(10)) == 0
