@@ -67,15 +67,23 @@ def conjugate_gradient(
     p = r
     rs = _dot(r, r, reduce, sum_ranks)
     # A slice whose residual has fallen to rounding level stops moving: on a singular system (a masked FFT, a
-    # projector with a null space) further steps would divide rounding noise by rounding noise and blow up.
-    floor = (100 * torch.finfo(rs.dtype).eps) ** 2 * rs.detach()
+    # projector with a null space) further steps would divide rounding noise by rounding noise and blow up. So does
+    # one whose search direction has fallen into the null space: once CG has converged, rounding turns p into a
+    # direction whose curvature <p, Ap> is at rounding level (~eps·λmax·|p|², λmax at least the largest Rayleigh
+    # quotient seen) while the residual is not yet — the MBIR x-update (A^H A + ρ D_zᵀD_z, a dozen distinct
+    # eigenvalues) met it after ~14 steps and grew its iterate a hundredfold in five more.
+    eps = torch.finfo(rs.dtype).eps
+    floor = (100 * eps) ** 2 * rs.detach()
+    curvature = torch.zeros_like(rs.detach())  # the largest Rayleigh quotient <p, Ap> / |p|² so far
     stop = (tol * _dot(rhs, rhs, reduce, sum_ranks).sqrt()) if tol > 0 else None
     for _ in range(n_iter):
         if stop is not None and bool((rs.sqrt() <= stop).all()):
             break
         ap = normal(p)
         pap = _dot(p, ap, reduce, sum_ranks)
-        active = (rs > floor) & (pap > 0)
+        pp = _dot(p, p, reduce, sum_ranks).detach()
+        curvature = torch.maximum(curvature, pap.detach() / torch.where(pp > 0, pp, torch.ones_like(pp)))
+        active = (rs > floor) & (pap > 100 * eps * curvature * pp)
         alpha = torch.where(active, rs / torch.where(active, pap, torch.ones_like(pap)), torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap
