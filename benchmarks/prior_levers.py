@@ -39,11 +39,27 @@ def elapsed_hours(run: Path, images: int) -> float:
     return rows[i][1] / 3600
 
 
+def steps_run(run: Path) -> int:
+    """The optimiser steps of the run's last loss-log line."""
+    with open(run / "loss_log.csv") as fh:
+        return max((int(r["step"]) for r in csv.DictReader(fh)), default=0)
+
+
 def lever_points(label: str, run: Path, n_images: int) -> list[dict]:
-    """Gate points on the validation phantoms of every EMA rate the run kept."""
+    """Gate points on the validation phantoms of every EMA rate the run kept, except the rates that are the main EMA.
+
+    Every EMA rate d is capped by train-prior's warm-up, min(d, (1 + n)/(10 + n)) at step n, which reaches 0.999
+    only after about 9,000 steps: in a shorter run the main EMA and every slower extra rate are one and the same
+    average (each a power-function EMA with a relative length of about 9 %, EDM2's σ_rel), so those are skipped.
+    """
     config = json.loads((run / "config.json").read_text())
+    steps = steps_run(run)
+    cap = (1 + steps) / (10 + steps)
     points = []
     for decay in (None, *config.get("extra_ema_decays", ())):
+        if decay is not None and cap <= min(decay, config["ema_decay"]):
+            print(f"{label}: EMA {decay:g} is the main EMA after {steps} steps (warm-up cap {cap:.4f}); skipped")
+            continue
         for row in gate_curve(run, n_images=n_images, ema_decay=decay, seed=VALIDATION_SEED):
             points.append({"lever": label, "ema": config["ema_decay"] if decay is None else decay,
                            "images": row["images"], "hours": round(elapsed_hours(run, row["images"]), 3),
