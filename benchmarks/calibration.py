@@ -63,7 +63,8 @@ def fit_gaussian(err: torch.Tensor, var: torch.Tensor) -> tuple[float, float]:
 def score(mean: torch.Tensor, sigma: torch.Tensor, truth: torch.Tensor) -> dict:
     """samples.py's calibration measures of an error scale σ: Pearson r of |error| and σ, the share within 2σ."""
     c = calibration(mean, sigma, truth)
-    return {"pearson_abs_error_sigma": c["pearson_abs_error_std"], "coverage_2sigma": c["coverage_2std"]}
+    return {"pearson_abs_error_sigma": c["pearson_abs_error_std"], "pearson_ceiling": c["pearson_ceiling"],
+            "coverage_2sigma": c["coverage_2std"]}
 
 
 def samples_of(name: str, method: str, n: int, settings: dict, cache: Path, seed: int = 0):
@@ -108,7 +109,7 @@ def main() -> None:
                 "gaussian": lambda s: (a * a * smoothed_variance(s) + b * b).sqrt()}
     rows = {name: {v: score(m, f(s), t) for v, f in variants.items()} for name, (m, s, t) in data.items()}
     for name, row in rows.items():
-        print(name, "  ".join(f"{v}: r {r['pearson_abs_error_sigma']:.2f} cov {r['coverage_2sigma']:.3f}"
+        print(name, "  ".join(f"{v}: r {r['pearson_abs_error_sigma']:.2f} (ceiling {r['pearson_ceiling']:.2f}) cov {r['coverage_2sigma']:.3f}"
                               for v, r in row.items()), flush=True)
     command = (f"python benchmarks/calibration.py --method {args.method} --samples {args.samples} --fit {args.fit} "
                f"--evaluate {args.evaluate} --settings '{args.settings}'")
