@@ -16,16 +16,15 @@ from pathlib import Path
 
 import torch
 
-from ddip.benchmark import BenchConfig, _measure, _rconfig, _Run
+from ddip.benchmark import BenchConfig, _measure, _rconfig, _Run, table2_settings
 from ddip.signals import Interrupted, StopRequest
-
-TASKS = {"sv-ct-60": ("sv-ct", 60), "mri3d": ("mri3d", 60)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--task", choices=sorted(TASKS), default="sv-ct-60")
+    parser.add_argument("--task", choices=sorted(table2_settings(256)), default="sv-ct-60",
+                        help="a table 2 setting, as ddip benchmark --table2 names it")
     parser.add_argument("--method", default="d3ip")
     parser.add_argument("--settings", default="{}", help="JSON: ReconstructConfig fields")
     parser.add_argument("--n-slices", type=int, default=8)
@@ -36,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    task, views = TASKS[args.task]
+    task, views = table2_settings(args.size)[args.task]
     cfg = BenchConfig(size=args.size, n_slices=args.n_slices, n_steps=args.n_steps, methods=(args.method,))
     m = _measure(task, cfg, args.n_slices, views)
     rcfg = _rconfig(cfg, method=args.method, n_steps=args.n_steps, **json.loads(args.settings))

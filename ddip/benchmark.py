@@ -131,10 +131,15 @@ def _rconfig(cfg: BenchConfig, **settings) -> ReconstructConfig:
     return ReconstructConfig(seed=cfg.seed, **settings)
 
 
+def table2_settings(size: int) -> dict[str, tuple[str, int]]:
+    """Table 2's settings by name: (task, CT views; the MRI tasks ignore the views) at ``size`` px."""
+    return {"sv-ct-60": ("sv-ct", 60), "sv-ct-paper": ("sv-ct", paper_views(size)), "mri3d": ("mri3d", 60),
+            "csmri": ("csmri", 60)}
+
+
 def table2(cfg: BenchConfig, run: _Run) -> list[dict]:
     rows = []
-    known = {"sv-ct-60": ("sv-ct", 60), "sv-ct-paper": ("sv-ct", paper_views(cfg.size)), "mri3d": ("mri3d", 60),
-             "csmri": ("csmri", 60)}
+    known = table2_settings(cfg.size)
     unknown = [k for k in cfg.table2_settings if k not in known]
     if unknown:
         raise DdipError(f"unknown table 2 setting(s) {unknown}; choose from {', '.join(known)}")
