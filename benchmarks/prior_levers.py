@@ -23,46 +23,46 @@ import torch
 
 from ddip.evaluation import GATE_MARGIN_DB, VALIDATION_SEED, gate_curve
 from ddip.io import pyplot, save_figure, write_json
+from ddip.priors.train import ema_rate
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def elapsed_hours(run: Path, images: int) -> float:
+def loss_log(run: Path) -> list[dict]:
+    """The run's ``loss_log.csv`` rows (step, images, elapsed seconds), in order."""
+    with open(run / "loss_log.csv") as fh:
+        return [{"step": int(r["step"]), "images": int(r["images"]), "elapsed_s": float(r["elapsed_s"])}
+                for r in csv.DictReader(fh)]
+
+
+def elapsed_hours(log: list[dict], images: int) -> float:
     """Hours the run had trained when it had seen ``images`` (the log's first line at or past it; NaN before the
     log's first line)."""
-    with open(run / "loss_log.csv") as fh:
-        rows = [(int(r["images"]), float(r["elapsed_s"])) for r in csv.DictReader(fh)]
-    if not rows:
+    if not log:
         return float("nan")
-    seen = np.array([r[0] for r in rows])
-    i = min(int(np.searchsorted(seen, images)), len(rows) - 1)
-    return rows[i][1] / 3600
-
-
-def steps_run(run: Path) -> int:
-    """The optimiser steps of the run's last loss-log line."""
-    with open(run / "loss_log.csv") as fh:
-        return max((int(r["step"]) for r in csv.DictReader(fh)), default=0)
+    i = min(int(np.searchsorted(np.array([r["images"] for r in log]), images)), len(log) - 1)
+    return log[i]["elapsed_s"] / 3600
 
 
 def lever_points(label: str, run: Path, n_images: int) -> list[dict]:
     """Gate points on the validation phantoms of every EMA rate the run kept, except the rates that are the main EMA.
 
-    Every EMA rate d is capped by train-prior's warm-up, min(d, (1 + n)/(10 + n)) at step n, which reaches 0.999
-    only after about 9,000 steps: in a shorter run the main EMA and every slower extra rate are one and the same
-    average (each a power-function EMA with a relative length of about 9 %, EDM2's σ_rel), so those are skipped.
+    Every EMA rate is capped by train-prior's warm-up (:func:`ddip.priors.train.ema_rate`), which reaches 0.999 only
+    after about 9,000 steps: in a shorter run the main EMA and every slower extra rate are one and the same average
+    (each a power-function EMA with a relative length of about 9 %, EDM2's σ_rel), so those are skipped.
     """
     config = json.loads((run / "config.json").read_text())
-    steps = steps_run(run)
-    cap = (1 + steps) / (10 + steps)
+    log = loss_log(run)
+    steps = log[-1]["step"] if log else 0
+    main_rate = ema_rate(config["ema_decay"], steps)
     points = []
     for decay in (None, *config.get("extra_ema_decays", ())):
-        if decay is not None and cap <= min(decay, config["ema_decay"]):
-            print(f"{label}: EMA {decay:g} is the main EMA after {steps} steps (warm-up cap {cap:.4f}); skipped")
+        if decay is not None and ema_rate(decay, steps) == main_rate:
+            print(f"{label}: EMA {decay:g} is the main EMA after {steps} steps (warm-up cap {main_rate:.4f}); skipped")
             continue
         for row in gate_curve(run, n_images=n_images, ema_decay=decay, seed=VALIDATION_SEED):
             points.append({"lever": label, "ema": config["ema_decay"] if decay is None else decay,
-                           "images": row["images"], "hours": round(elapsed_hours(run, row["images"]), 3),
+                           "images": row["images"], "hours": round(elapsed_hours(log, row["images"]), 3),
                            "margin_db": round(row["margin_db"], 3), "dds_psnr": round(row["dds_psnr"], 3),
                            "paper_margin_db": round(row.get("paper_margin_db", float("nan")), 3)})
     return points

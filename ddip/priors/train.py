@@ -141,6 +141,13 @@ class TrainConfig:
         return d
 
 
+def ema_rate(decay: float, step: int) -> float:
+    """The EMA rate used after optimiser step ``step``: ``decay`` capped by the warm-up (1 + step)/(10 + step), so
+    the early average follows the weights. The cap reaches 0.999 only after about 9,000 steps: before that every
+    rate above it is the same average (a power-function EMA whose profile spans about 9 % of the run)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 def random_crops(images: Tensor, size: int, *, generator: torch.Generator) -> Tensor:
     """One random ``size``×``size`` crop of each image of ``(B, C, H, W)``, its corner drawn from ``generator``."""
     h, w = images.shape[-2:]
@@ -337,7 +344,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
             images += batch * n_ranks
             step_images.append(batch * n_ranks)
             for target, rate in ((ema, cfg.ema_decay), *((e, d) for d, e in extra.items())):
-                decay = min(rate, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
+                decay = ema_rate(rate, step)
                 with torch.no_grad():  # ema ← decay·ema + (1 − decay)·θ, all tensors in one call
                     torch._foreach_lerp_([target[k] for k in ema_float], [params[k] for k in ema_float], 1 - decay)
                     for k in ema_other:
