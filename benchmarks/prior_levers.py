@@ -4,7 +4,7 @@
 
 Each RUN is a ``ddip train-prior`` folder; runs that differ in one setting (``--min-snr-gamma``,
 ``--pure-noise-density``, ...) from the same seed are that setting's lever. Every EMA snapshot of every run, main EMA
-and each ``--extra-ema-decays`` rate, is scored with the quality gate on the validation phantoms
+and each ``--ema-lengths`` power-function EMA, is scored with the quality gate on the validation phantoms
 (``ddip.evaluation.VALIDATION_SEED``: training settings are chosen there, the gate's own phantoms stay held out) by
 ``ddip.evaluation.gate_curve``, which keeps its rows in the run folder, so a rerun scores only new snapshots. The CPU
 time of a snapshot is the run's elapsed time at that image count (``loss_log.csv``). Writes
@@ -23,7 +23,6 @@ import torch
 
 from ddip.evaluation import GATE_MARGIN_DB, VALIDATION_SEED, gate_curve
 from ddip.io import pyplot, save_figure, write_json
-from ddip.priors.train import ema_rate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -45,23 +44,14 @@ def elapsed_hours(log: list[dict], images: int) -> float:
 
 
 def lever_points(label: str, run: Path, n_images: int) -> list[dict]:
-    """Gate points on the validation phantoms of every EMA rate the run kept, except the rates that are the main EMA.
-
-    Every EMA rate is capped by train-prior's warm-up (:func:`ddip.priors.train.ema_rate`), which reaches 0.999 only
-    after about 9,000 steps: in a shorter run the main EMA and every slower extra rate are one and the same average
-    (each a power-function EMA with a relative length of about 9 %, EDM2's σ_rel), so those are skipped.
-    """
+    """Gate points on the validation phantoms of every EMA the run kept: the main one (``ema`` is its rate) and each
+    power-function EMA (``ema`` is ``len<σ_rel>``)."""
     config = json.loads((run / "config.json").read_text())
     log = loss_log(run)
-    steps = log[-1]["step"] if log else 0
-    main_rate = ema_rate(config["ema_decay"], steps)
     points = []
-    for decay in (None, *config.get("extra_ema_decays", ())):
-        if decay is not None and ema_rate(decay, steps) == main_rate:
-            print(f"{label}: EMA {decay:g} is the main EMA after {steps} steps (warm-up cap {main_rate:.4f}); skipped")
-            continue
-        for row in gate_curve(run, n_images=n_images, ema_decay=decay, seed=VALIDATION_SEED):
-            points.append({"lever": label, "ema": config["ema_decay"] if decay is None else decay,
+    for length in (None, *config.get("ema_lengths", ())):
+        for row in gate_curve(run, n_images=n_images, ema_length=length, seed=VALIDATION_SEED):
+            points.append({"lever": label, "ema": f"{config['ema_decay']:g}" if length is None else f"len{length:g}",
                            "images": row["images"], "hours": round(elapsed_hours(log, row["images"]), 3),
                            "margin_db": round(row["margin_db"], 3), "dds_psnr": round(row["dds_psnr"], 3),
                            "paper_margin_db": round(row.get("paper_margin_db", float("nan")), 3)})
@@ -76,7 +66,7 @@ def plot(points: list[dict], path: Path) -> None:
         pts = sorted((p for p in points if (p["lever"], p["ema"]) == (lever, ema)), key=lambda p: p["images"])
         for ax, key, scale in ((axes[0], "images", 1e-3), (axes[1], "hours", 1)):
             ax.plot([p[key] * scale for p in pts], [p["margin_db"] for p in pts], "o-", ms=3,
-                    label=f"{lever}, EMA {ema:g}")
+                    label=f"{lever}, EMA {ema}")
     axes[0].set_xlabel("training images seen (thousands)")
     axes[1].set_xlabel("CPU hours (wall time of the run)")
     axes[0].set_ylabel("gate margin on validation phantoms (dB)")

@@ -343,7 +343,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
-    rows = gate_curve(args.run, n_images=args.n_images, ema_decay=args.ema_decay,
+    rows = gate_curve(args.run, n_images=args.n_images, ema_length=args.ema_length,
                       seed=VALIDATION_SEED if args.validation else GATE_SEED)
     if not rows:
         print(f"{args.run}: no weights to evaluate (ema.safetensors without images_seen, no snapshots)")
@@ -671,9 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate the quality gate on every snapshot of a training run")
     p.add_argument("run", help="a train-prior run folder")
     p.add_argument("--n-images", type=int, default=GATE_IMAGES, help="in-distribution phantoms per evaluation")
-    p.add_argument("--ema-decay", type=float,
-                   help="evaluate the snapshots of this extra EMA rate of the run (train-prior --extra-ema-decays) "
-                        "instead of its main EMA")
+    p.add_argument("--ema-length", type=float,
+                   help="evaluate the snapshots of the run's power-function EMA of this relative length (train-prior "
+                        "--ema-lengths) instead of its main EMA")
     p.add_argument("--validation", action="store_true",
                    help="on the validation phantoms and noise (ddip.evaluation.VALIDATION_SEED), on which training "
                         "settings are compared, instead of the gate's own (held out)")
@@ -748,9 +748,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=t.batch_size)
     p.add_argument("--lr", type=float, default=t.lr)
     p.add_argument("--ema-decay", "--ema", dest="ema_decay", type=float, default=t.ema_decay)
-    p.add_argument("--extra-ema-decays", type=_floats, default=t.extra_ema_decays,
-                   help="more EMA rates kept beside --ema-decay, each snapshotted, to choose the EMA length after "
-                        "training (ddip prior-gate RUN --ema-decay D); default: none")
+    p.add_argument("--ema-lengths", type=_floats, default=t.ema_lengths,
+                   help="power-function EMAs of these relative lengths (EDM2's sigma_rel, e.g. 0.05,0.1,0.15; the "
+                        "main EMA's is about 0.09) kept beside it, each snapshotted, to choose the EMA length after "
+                        "training (ddip prior-gate RUN --ema-length S); default: none")
     p.add_argument("--min-snr-gamma", type=float,
                    help="weight the loss by min(SNR, gamma)/SNR (Min-SNR-gamma, Hang et al. 2023; 5 in the paper) "
                         "(default: the plain epsilon loss the shipped priors were trained with)")

@@ -149,26 +149,26 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
     return x
 
 
-def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_decay: float | None = None,
+def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_length: float | None = None,
                seed: int = GATE_SEED) -> list[dict]:
     """Evaluate the gate on every EMA snapshot of a training run, and on its last EMA weights (``ema.safetensors``),
     not yet evaluated; returns all rows, sorted.
 
     Rows are appended to ``RUN/gate_curve.jsonl`` (one JSON object per snapshot, with ``images`` seen) and the curve
-    is drawn to ``RUN/gate_curve.png``. ``ema_decay`` evaluates instead the snapshots of one of the run's extra EMA
-    rates (``TrainConfig.extra_ema_decays``), to ``RUN/gate_curve-ema<decay>.jsonl`` / ``.png``. ``seed`` draws
+    is drawn to ``RUN/gate_curve.png``. ``ema_length`` evaluates instead the snapshots of one of the run's
+    power-function EMAs (``TrainConfig.ema_lengths``), to ``RUN/gate_curve-len<σ>.jsonl`` / ``.png``. ``seed`` draws
     other phantoms and noise (``VALIDATION_SEED``: those on which training settings are compared), to files named
     ``-seed<seed>`` as well.
     """
     run = Path(run_dir)
     if not (run / "ema.safetensors").is_file():
         raise DdipError(f"{run}: not a train-prior run folder (no ema.safetensors)")
-    tag = "" if ema_decay is None else f"{ema_decay:g}"
+    tag = "" if ema_length is None else f"-len{ema_length:g}"
     if tag and not (run / f"ema{tag}.safetensors").is_file():
-        raise DdipError(f"{run}: the run kept no EMA at rate {tag} (train-prior --extra-ema-decays)")
+        raise DdipError(f"{run}: the run kept no EMA of relative length {ema_length:g} (train-prior --ema-lengths)")
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise DdipError(f"the gate needs n_images >= 1 phantoms, got {n_images!r}")
-    log = run / f"gate_curve{'-ema' + tag if tag else ''}{'' if seed == GATE_SEED else f'-seed{seed}'}.jsonl"
+    log = run / f"gate_curve{tag}{'' if seed == GATE_SEED else f'-seed{seed}'}.jsonl"
     sampler = {"method": "dds", "n_steps": GATE_STEPS, "eta": GATE_ETA}  # rows of another gate sampler are redone
     rows = {r["images"]: r for r in map(json.loads, log.read_text().splitlines()) if r.get("sampler") == sampler} \
         if log.exists() else {}

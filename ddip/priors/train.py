@@ -9,6 +9,8 @@ A run folder holds:
 * ``loss_log.csv``: step, images seen, mean loss since the last line, images/s, elapsed seconds;
 * ``snapshots/ema_<images>.safetensors``: EMA weights every ``snapshot_every`` images, for tracking the quality gate
   against images seen;
+* ``ema-len<σ>.safetensors`` and ``snapshots/ema-len<σ>_<images>.safetensors`` for each power-function EMA of relative
+  length σ kept beside the main one (``ema_lengths``), to choose the EMA length after training;
 * ``data.json`` (training on volumes): the slices per volume, checked again when the run resumes.
 
 Crop training (``crop_sizes``): each step draws one crop size, makes full ``image_size`` images and trains on
@@ -28,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -62,9 +65,9 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     ema_decay: float = 0.999
-    # more EMA rates kept beside ema_decay, to choose the EMA length after training from their snapshots (EDM2, Karras
-    # et al. 2024): ``snapshots/ema<decay>_<images>.safetensors`` and ``ema<decay>.safetensors``; none by default
-    extra_ema_decays: tuple[float, ...] = ()
+    # power-function EMAs of these relative lengths σ_rel kept beside the main EMA, to choose the EMA length after
+    # training from their snapshots (EDM2, Karras et al. 2024; :func:`power_ema_gamma`); none by default
+    ema_lengths: tuple[float, ...] = ()
     min_snr_gamma: float | None = None  # Min-SNR-γ loss weight (DiffusionPrior.loss); None: plain ε-MSE (shipped priors)
     # relative density of the t draws where the image is nearly pure noise (DiffusionPrior.loss); 1: uniform (shipped)
     pure_noise_density: float = 1.0
@@ -95,10 +98,10 @@ class TrainConfig:
         if self.batch_size < 1 or not self.lr > 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
             raise DdipError("train-prior: need batch_size >= 1, lr > 0, 0 <= ema_decay < 1 and max_images >= 1")
         check_seed(self.seed, "train-prior")
-        if any(not 0 <= d < 1 for d in self.extra_ema_decays) or len(set(self.extra_ema_decays)) < len(
-                self.extra_ema_decays) or self.ema_decay in self.extra_ema_decays:
-            raise DdipError(f"train-prior: extra_ema_decays must be distinct values in [0, 1) other than ema_decay, "
-                            f"got {self.extra_ema_decays}")
+        if any(not 0 < s < MAX_EMA_LENGTH for s in self.ema_lengths) or len(set(self.ema_lengths)) < len(
+                self.ema_lengths):
+            raise DdipError(f"train-prior: ema_lengths must be distinct relative lengths in (0, {MAX_EMA_LENGTH:.4f}) "
+                            f"(EDM2's best were 0.05-0.15; the main EMA's is about 0.09), got {self.ema_lengths}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise DdipError(f"train-prior: min_snr_gamma must be > 0 (Min-SNR uses 5), got {self.min_snr_gamma}")
         if not 0 < self.pure_noise_density <= 1:
@@ -148,6 +151,31 @@ def ema_rate(decay: float, step: int) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+# σ_rel of the uniform average over the whole run (γ = 0), the longest power-function EMA
+MAX_EMA_LENGTH = 1 / math.sqrt(12)
+
+
+def power_ema_gamma(sigma_rel: float) -> float:
+    """The exponent γ of the power-function EMA of relative length ``sigma_rel`` (EDM2, Karras et al. 2024, Sec. 3.1).
+
+    After t steps that EMA weights the weights of step k by k^γ (exactly: (k^(γ+1) − (k−1)^(γ+1)) / t^(γ+1),
+    :func:`power_ema_rate`); σ_rel is the standard deviation of that profile over the run, in units of the run's
+    length: σ_rel² = (γ+1) / ((γ+2)²(γ+3)). γ is the root ≥ 0 of that equation multiplied out,
+    γ³ + 7γ² + (16 − 1/σ²)γ + 12 − 1/σ² = 0, which exists for 0 < σ_rel ≤ 1/√12 (γ = 0: the run's plain average).
+    """
+    if not 0 < sigma_rel <= MAX_EMA_LENGTH:
+        raise DdipError(f"an EMA's relative length must lie in (0, {MAX_EMA_LENGTH:.4f}], got {sigma_rel}")
+    inv = 1 / sigma_rel ** 2
+    roots = np.roots([1.0, 7.0, 16.0 - inv, 12.0 - inv])
+    return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
+
+
+def power_ema_rate(gamma: float, step: int) -> float:
+    """The rate β of the power-function EMA with exponent γ after optimiser step ``step`` (from 1):
+    β = (1 − 1/step)^(γ+1), so the first step's weights start it and the products telescope to the profile k^γ."""
+    return (1 - 1 / step) ** (gamma + 1)
+
+
 def random_crops(images: Tensor, size: int, *, generator: torch.Generator) -> Tensor:
     """One random ``size``×``size`` crop of each image of ``(B, C, H, W)``, its corner drawn from ``generator``."""
     h, w = images.shape[-2:]
@@ -161,6 +189,8 @@ def random_crops(images: Tensor, size: int, *, generator: torch.Generator) -> Te
 _OPERATIONAL = ("out", "max_images", "max_hours", "checkpoint_minutes", "snapshot_every", "log_every",
                 "init_weights", "device", "channels_last", "compile",
                 "volumes")  # the folder may move: what it holds is checked against data.json instead
+# Settings ddip no longer has, with the value under which a run that saved them trained as it does today.
+_RETIRED = {"extra_ema_decays": []}  # fixed-rate extra EMAs, replaced by ema_lengths
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -250,7 +280,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
         mine = {k: v for k, v in cfg.to_dict().items() if k not in _OPERATIONAL}
         defaults = TrainConfig(out=cfg.out, unet=cfg.unet, data=cfg.data, volumes=cfg.volumes,
                                modality=cfg.modality).to_dict()  # settings added since the start
-        theirs = {k: v for k, v in {**defaults, **(saved_cfg or {})}.items() if k not in _OPERATIONAL}
+        theirs = {k: v for k, v in {**defaults, **(saved_cfg or {})}.items()
+                  if k not in _OPERATIONAL and not (k in _RETIRED and v == _RETIRED[k])}
         if saved_cfg is not None:
             check_same_settings(theirs, mine, str(cfg_path))
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -260,7 +291,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
                             f"{saved_world}, not {n_ranks} (each rank's phantom stream is in the checkpoint)")
         net.load_state_dict(state["model"])
         ema = _on(device, state["ema"], cfg.channels_last)
-        extra = {d: _on(device, state["extra_ema"][f"{d:g}"], cfg.channels_last) for d in cfg.extra_ema_decays}
+        power = {s: _on(device, state["power_ema"][f"{s:g}"], cfg.channels_last) for s in cfg.ema_lengths}
         opt.load_state_dict(state["optimizer"])
         data_rng.set_state(state["data_rng"] if n_ranks == 1 else state["data_rng"][rank])
         noise_rng.set_state(state["noise_rng"] if n_ranks == 1 else state["noise_rng"][rank])
@@ -271,8 +302,9 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
         except Exception as exc:
             raise DdipError(f"{cfg.init_weights}: cannot warm-start this network from it ({exc})") from exc
         ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    if not resuming:  # every extra EMA starts where the main one does
-        extra = {d: {k: v.detach().clone() for k, v in ema.items()} for d in cfg.extra_ema_decays}
+    if not resuming:  # every power EMA starts where the main one does (its first step replaces it)
+        power = {s: {k: v.detach().clone() for k, v in ema.items()} for s in cfg.ema_lengths}
+    gammas = {s: power_ema_gamma(s) for s in cfg.ema_lengths}
     ema_float = [k for k, v in ema.items() if v.dtype.is_floating_point]
     ema_other = [k for k in ema if k not in ema_float]  # integer buffers: copied, not averaged
     params = net.state_dict()
@@ -291,10 +323,10 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
                                      "data_rng": rngs[0][0] if n_ranks == 1 else [r[0] for r in rngs],
                                      "noise_rng": rngs[0][1] if n_ranks == 1 else [r[1] for r in rngs],
                                      "step": step, "images": images, "world_size": n_ranks,
-                                     "extra_ema": {f"{d:g}": e for d, e in extra.items()}})
+                                     "power_ema": {f"{s:g}": e for s, e in power.items()}})
         save_prior(out / "ema.safetensors", ema, cfg.unet, images_seen=images)
-        for d, e in extra.items():
-            save_prior(out / f"ema{d:g}.safetensors", e, cfg.unet, images_seen=images, ema_decay=d)
+        for s, e in power.items():
+            save_prior(out / f"ema-len{s:g}.safetensors", e, cfg.unet, images_seen=images, ema_length=s)
 
     log_path = out / "loss_log.csv"
     if rank == 0 and not log_path.exists():
@@ -343,8 +375,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
             step += 1
             images += batch * n_ranks
             step_images.append(batch * n_ranks)
-            for target, rate in ((ema, cfg.ema_decay), *((e, d) for d, e in extra.items())):
-                decay = ema_rate(rate, step)
+            for target, decay in ((ema, ema_rate(cfg.ema_decay, step)),
+                                  *((e, power_ema_rate(gammas[s], step)) for s, e in power.items())):
                 with torch.no_grad():  # ema ← decay·ema + (1 − decay)·θ, all tensors in one call
                     torch._foreach_lerp_([target[k] for k in ema_float], [params[k] for k in ema_float], 1 - decay)
                     for k in ema_other:
@@ -365,9 +397,9 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
             crossed = images // max(cfg.snapshot_every, 1) > (images - batch * n_ranks) // max(cfg.snapshot_every, 1)
             if rank == 0 and cfg.snapshot_every and crossed:
                 _save_weights(out / "snapshots" / f"ema_{images:09d}.safetensors", ema, {"images_seen": images})
-                for d, e in extra.items():
-                    _save_weights(out / "snapshots" / f"ema{d:g}_{images:09d}.safetensors", e,
-                                  {"images_seen": images, "ema_decay": d})
+                for s, e in power.items():
+                    _save_weights(out / "snapshots" / f"ema-len{s:g}_{images:09d}.safetensors", e,
+                                  {"images_seen": images, "ema_length": s})
         bar.close()
     checkpoint()
     return {"step": step, "images": images, "out": str(out), "finished": images >= cfg.max_images,

@@ -64,18 +64,18 @@ def test_gate_curve_evaluates_each_snapshot_once(tmp_path):
 
     cfg = TrainConfig(out=str(tmp_path), unet=UNetConfig(image_size=64, model_channels=32, channel_mult=(1, 1),
                                                           attention_resolutions=()),
-                      batch_size=2, max_images=4, snapshot_every=2, extra_ema_decays=(0.1,))
+                      batch_size=2, max_images=4, snapshot_every=2, ema_lengths=(0.05,))
     train_prior(cfg, progress=False)
     rows = gate_curve(tmp_path, n_images=1)
     assert [r["images"] for r in rows] == [2, 4] and (tmp_path / "gate_curve.png").is_file()
     assert gate_curve(tmp_path, n_images=1) == rows  # nothing re-evaluated
-    # an extra EMA rate's snapshots get their own curve, to choose the EMA length after training (0.1 is below
-    # the EMA's warm-up rate from the first step, so it differs from the main EMA even after 2 steps)
-    extra = gate_curve(tmp_path, n_images=1, ema_decay=0.1)
-    assert [r["images"] for r in extra] == [2, 4] and (tmp_path / "gate_curve-ema0.1.png").is_file()
+    # a power-function EMA's snapshots get their own curve, to choose the EMA length after training (its first
+    # step replaces it by the weights, where the main EMA's warm-up keeps a share of the initial ones)
+    extra = gate_curve(tmp_path, n_images=1, ema_length=0.05)
+    assert [r["images"] for r in extra] == [2, 4] and (tmp_path / "gate_curve-len0.05.png").is_file()
     assert [r["dds_psnr"] for r in extra] != [r["dds_psnr"] for r in rows]
-    with pytest.raises(DdipError, match="no EMA at rate 0.25"):
-        gate_curve(tmp_path, n_images=1, ema_decay=0.25)
+    with pytest.raises(DdipError, match="no EMA of relative length 0.25"):
+        gate_curve(tmp_path, n_images=1, ema_length=0.25)
     # on the validation phantoms: a curve of its own, other phantoms than the gate's, the gate's rows untouched
     held_out = (tmp_path / "gate_curve.jsonl").read_text()
     validation = gate_curve(tmp_path, n_images=1, seed=VALIDATION_SEED)

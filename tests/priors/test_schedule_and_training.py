@@ -82,25 +82,75 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
         train_prior(TrainConfig(out=str(tmp_path / "resumed"), **{**common, "lr": 5e-4}), progress=False)
 
 
-def test_extra_ema_rates_are_kept_snapshotted_and_resumed_exactly(tmp_path):
-    """Each extra EMA rate is its own average of the same weights (here 0.5 against 0.999), snapshotted beside the
-    main EMA, and an interrupted run resumes it to the same tensors as an uninterrupted one."""
+def test_power_emas_are_kept_snapshotted_and_resumed_exactly(tmp_path):
+    """Each power-function EMA is its own average of the same weights, snapshotted beside the main EMA, and an
+    interrupted run resumes it to the same tensors as an uninterrupted one."""
     from safetensors.torch import load_file
 
-    common = dict(unet=TINY, batch_size=4, max_images=4 * 12, snapshot_every=16, log_every=4,
-                  extra_ema_decays=(0.5,))
+    common = dict(unet=TINY, batch_size=4, max_images=4 * 12, snapshot_every=16, log_every=4, ema_lengths=(0.25,))
     train_prior(TrainConfig(out=str(tmp_path / "straight"), **common), progress=False)
     train_prior(TrainConfig(out=str(tmp_path / "resumed"), **{**common, "max_images": 4 * 5}), progress=False)
     train_prior(TrainConfig(out=str(tmp_path / "resumed"), **common), progress=False)
-    a, b = (load_file(str(tmp_path / run / "ema0.5.safetensors")) for run in ("straight", "resumed"))
+    a, b = (load_file(str(tmp_path / run / "ema-len0.25.safetensors")) for run in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     main = load_file(str(tmp_path / "straight" / "ema.safetensors"))
     assert any(not torch.equal(a[k], main[k]) for k in a if a[k].is_floating_point())
     snaps = sorted(p.name for p in (tmp_path / "straight" / "snapshots").iterdir())
-    assert snaps == ["ema0.5_000000016.safetensors", "ema0.5_000000032.safetensors", "ema0.5_000000048.safetensors",
+    assert snaps == ["ema-len0.25_000000016.safetensors", "ema-len0.25_000000032.safetensors",
+                     "ema-len0.25_000000048.safetensors",
                      "ema_000000016.safetensors", "ema_000000032.safetensors", "ema_000000048.safetensors"]
-    with pytest.raises(DdipError, match="extra_ema_decays"):
-        TrainConfig(out="x", extra_ema_decays=(0.999,))  # the main rate again
+    with pytest.raises(DdipError, match="ema_lengths"):
+        TrainConfig(out="x", ema_lengths=(0.3,))  # longer than the run's plain average
+
+
+def test_a_run_saved_with_the_retired_extra_ema_setting_resumes(tmp_path):
+    """A run folder from before ema_lengths (its config.json has ``extra_ema_decays: []``) resumes."""
+    import json
+
+    cfg = TrainConfig(out=str(tmp_path), unet=TINY, batch_size=2, max_images=2, log_every=1)
+    train_prior(cfg, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["ema_lengths"]
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "extra_ema_decays": []}))
+    assert train_prior(TrainConfig(**{**cfg.__dict__, "max_images": 4}), progress=False)["images"] == 4
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "extra_ema_decays": [0.99]}))
+    with pytest.raises(DdipError, match="other settings"):
+        train_prior(TrainConfig(**{**cfg.__dict__, "max_images": 6}), progress=False)
+
+
+def test_power_ema_averages_the_run_with_the_profile_of_its_relative_length():
+    """EDM2's power-function EMA: after t steps the weights of step k count (k^(γ+1) − (k−1)^(γ+1)) / t^(γ+1)
+    (the product of the rates telescopes), and that profile's standard deviation over the run, in units of the
+    run's length, is the σ_rel asked for; the main EMA under its warm-up cap is such an average with σ_rel ≈ 0.09."""
+    import numpy as np
+
+    from ddip.priors.train import MAX_EMA_LENGTH, ema_rate, power_ema_gamma, power_ema_rate
+
+    def profile(rates):  # the weight of each step's parameters in the final average
+        w = np.zeros(len(rates))
+        for i, beta in enumerate(rates):
+            w *= beta
+            w[i] = 1 - beta
+        return w
+
+    def sigma_rel(w):
+        x = np.arange(1, len(w) + 1) / len(w)
+        mean = (w * x).sum() / w.sum()
+        return float(np.sqrt((w * (x - mean) ** 2).sum() / w.sum()))
+
+    t = 4000
+    for s in (0.05, 0.1, 0.2):
+        gamma = power_ema_gamma(s)
+        assert (gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)) == pytest.approx(s ** 2, rel=1e-9)
+        w = profile([power_ema_rate(gamma, step) for step in range(1, t + 1)])
+        k = np.arange(1, t + 1, dtype=float)
+        np.testing.assert_allclose(w, (k ** (gamma + 1) - (k - 1) ** (gamma + 1)) / t ** (gamma + 1), rtol=1e-9)
+        assert w.sum() == pytest.approx(1.0) and sigma_rel(w) == pytest.approx(s, rel=0.01)
+    assert power_ema_gamma(MAX_EMA_LENGTH) == pytest.approx(0.0, abs=1e-9)  # the plain average
+    warm_up = profile([ema_rate(0.999, step) for step in range(1, t + 1)])
+    assert sigma_rel(warm_up) == pytest.approx(0.09, abs=0.005)  # the "0.999" EMA of a 4,000-step run
+    with pytest.raises(DdipError, match="relative length"):
+        power_ema_gamma(0.3)
 
 
 def test_unet_is_configured_adm_style():
