@@ -745,6 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=u.attention_resolutions, help="feature-map sizes with attention")
     p.add_argument("--num-head-channels", "--head-channels", dest="num_head_channels", type=int,
                    default=u.num_head_channels)
+    p.add_argument("--position-channels", action="store_true",
+                   help="give the network each pixel's position in the whole image as two more input channels "
+                        "(Patch Diffusion), so that it knows where a crop (--crop) lies")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=t.batch_size)
     p.add_argument("--lr", type=float, default=t.lr)
     p.add_argument("--ema-decay", "--ema", dest="ema_decay", type=float, default=t.ema_decay)

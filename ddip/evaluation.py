@@ -74,7 +74,7 @@ def quality_gate(prior: DiffusionPrior, *, n_images: int = GATE_IMAGES, n_views:
     size = int(prior.net.config.sample_size)
     g = torch.Generator().manual_seed(seed)
     x = random_ellipses(n_images, size, generator=g)
-    if int(prior.net.config.in_channels) == 2:
+    if prior.image_channels == 2:
         task, n_views = "csmri", None
         m = simulate(x, TaskConfig(task="csmri", size=size, noise=sigma, seed=seed % 2**31))
         op, y, x = m.physics, m.y, m.ground_truth
@@ -124,7 +124,7 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
     plt = pyplot()
 
     size = int(prior.net.config.sample_size)
-    channels = int(prior.net.config.in_channels)
+    channels = prior.image_channels
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, channels, size, size, generator=g).to(next(prior.net.parameters()).device)
     timesteps = prior.schedule.timesteps(n_steps).tolist()

@@ -55,6 +55,15 @@ def keep_adapters_float32(net: nn.Module) -> nn.Module:
     return net
 
 
+def position_grid(batch: int, height: int, width: int, *, device=None, dtype=torch.float32) -> Tensor:
+    """``(batch, 2, height, width)``: each pixel's x and y in [-1, 1] across the whole image (pixel centres), the
+    input of a network with position channels (Patch Diffusion, Wang et al. 2023, Sec. 3.2)."""
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width * 2 - 1
+    grid = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width)])
+    return grid.expand(batch, 2, height, width)
+
+
 def _per_sample(a: Tensor, like: Tensor) -> Tensor:
     return a.to(device=like.device, dtype=like.real.dtype).view(-1, *([1] * (like.ndim - 1)))
 
@@ -66,12 +75,15 @@ class DiffusionPrior(nn.Module):
     the input's device, forward and backward (adaptation); ε comes back in the input's dtype and everything outside
     the network (CG, ADMM, the DDIM update) stays in full precision. None (default) runs the network as stored.
     :meth:`with_speed` gives the same prior in another precision, layout or compiled (:class:`NetworkSpeed`).
+    ``position_channels``: the network takes each pixel's position after the image's channels
+    (``UNetConfig.position_channels``); :meth:`eps` adds them.
     """
 
     def __init__(self, net: nn.Module, schedule: VPSchedule | None = None, *, autocast: torch.dtype | None = None,
-                 channels_last: bool = False, compile: bool = False):
+                 channels_last: bool = False, compile: bool = False, position_channels: bool = False):
         super().__init__()
         self.net = net
+        self.position_channels = position_channels
         self.schedule = schedule or VPSchedule.linear()
         self.autocast = autocast
         self.channels_last = channels_last
@@ -96,7 +108,7 @@ class DiffusionPrior(nn.Module):
                 net = net.to(memory_format=torch.channels_last)
         autocast = torch.bfloat16 if speed.precision == "bfloat16" else None
         return DiffusionPrior(net, self.schedule, autocast=autocast, channels_last=speed.channels_last,
-                              compile=speed.compile)
+                              compile=speed.compile, position_channels=self.position_channels)
 
     def _network(self) -> nn.Module:
         if not self.compile:
@@ -104,6 +116,15 @@ class DiffusionPrior(nn.Module):
         if self._compiled is None or self._compiled[0] is not self.net:
             self._compiled = (self.net, torch.compile(self.net))
         return self._compiled[1]
+
+    @property
+    def image_channels(self) -> int | None:
+        """The image channels the network denoises (2: a complex prior's real and imaginary parts), without its
+        position channels; None for a network without a diffusers config."""
+        config = getattr(self.net, "config", None)
+        if config is None or "in_channels" not in config:
+            return None
+        return int(config["in_channels"]) - 2 * self.position_channels
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -114,11 +135,19 @@ class DiffusionPrior(nn.Module):
         t = torch.as_tensor(t, device=device)
         return t.expand(batch) if t.ndim == 0 else t
 
-    def eps(self, x_t: Tensor, t: Tensor | int) -> Tensor:
-        """ε_θ(x_t, t); ``t`` is an integer timestep, one per sample or one for the batch."""
+    def eps(self, x_t: Tensor, t: Tensor | int, *, position: Tensor | None = None) -> Tensor:
+        """ε_θ(x_t, t); ``t`` is an integer timestep, one per sample or one for the batch. A network with position
+        channels gets ``position`` (``(B, 2, H, W)``, a crop's place in its image: :func:`position_grid` cropped
+        with it), by default the whole image's grid; other networks take none."""
         timesteps = self._timesteps(t, x_t.shape[0], x_t.device)
         dtype = self.dtype
         x = x_t if dtype is None else x_t.to(dtype)
+        if self.position_channels:
+            if position is None:
+                position = position_grid(*x.shape[:1], *x.shape[-2:], device=x.device)
+            x = torch.cat([x, position.to(x.dtype)], 1)
+        elif position is not None:
+            raise DdipError("this prior's network has no position channels (UNetConfig.position_channels)")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # no context at all without autocast: an enclosing autocast (training) stays in force
@@ -146,7 +175,8 @@ class DiffusionPrior(nn.Module):
         return (x_t - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
 
     def loss(self, x0: Tensor, *, generator: torch.Generator | None = None,
-             min_snr_gamma: float | None = None, pure_noise_density: float = 1.0) -> Tensor:
+             min_snr_gamma: float | None = None, pure_noise_density: float = 1.0,
+             position: Tensor | None = None) -> Tensor:
         """DDPM ε-MSE per sample ``(B,)`` with ``t ~ U{0, …, T−1}`` and ``ε ~ N(0, I)`` drawn from ``generator``
         (on its device; the CPU without one).
 
@@ -155,6 +185,7 @@ class DiffusionPrior(nn.Module):
         gradients conflict with the rest; None is the plain ε-MSE. ``pure_noise_density`` < 1 draws the timesteps
         whose ᾱ_t is below ``PURE_NOISE_ALPHA_BAR`` that many times as often as the others (each still weighted as
         one sample): fewer of a step's samples go where the network has almost nothing to learn; 1 is uniform.
+        ``position``: where the crops ``x0`` lie in their images, for a network with position channels (:meth:`eps`).
         """
         if not 0 < pure_noise_density <= 1:
             raise DdipError(f"pure_noise_density must lie in (0, 1], got {pure_noise_density}")
@@ -169,7 +200,7 @@ class DiffusionPrior(nn.Module):
         noise, t = noise.to(x0.device), t.to(x0.device)
         ab = _per_sample(self.schedule.at(t), x0)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        mse = (self.eps(x_t, t).float() - noise.float()).pow(2).flatten(1).mean(1)
+        mse = (self.eps(x_t, t, position=position).float() - noise.float()).pow(2).flatten(1).mean(1)
         if min_snr_gamma is None:
             return mse
         snr = (ab / (1 - ab)).flatten().float()

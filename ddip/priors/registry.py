@@ -57,6 +57,10 @@ def _unet_config(path: Path, metadata: dict) -> UNetConfig:
     if unknown:
         raise DdipError(f"{path}: unknown network setting(s) {unknown}; known: {', '.join(fields)}")
     for key, value in d.items():
+        if "bool" in str(fields[key]):
+            if not isinstance(value, bool):
+                raise DdipError(f"{path}: network setting {key!r} = {value!r} is not true or false")
+            continue
         ok = (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
               if "tuple" in str(fields[key]) else isinstance(value, int) and not isinstance(value, bool))
         if not ok or (isinstance(value, int) and not isinstance(value, bool) and value < 1):
@@ -124,4 +128,4 @@ def load_prior(name_or_path: str | os.PathLike, *, device: str | torch.device = 
         raise DdipError(f"{path}: {len(wrong)} weight(s) have the wrong shape for the network configuration, e.g. "
                         f"{k}: {tuple(state[k].shape)} instead of {tuple(own[k].shape)}")
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-    return DiffusionPrior(net.to(device).eval())
+    return DiffusionPrior(net.to(device).eval(), position_channels=cfg.position_channels)

@@ -18,7 +18,8 @@ Crop training (``crop_sizes``): each step draws one crop size, makes full ``imag
 (several crops per image where a crop is a sixteenth of it or less: rasterising the image costs more than training on
 one crop). The network is fully convolutional, so a 256 px prior learns from 64 px crops of 256 px phantoms at about
 1/16 of a whole image's cost (Patch Diffusion, Wang et al. 2023, trains on random patches with a share of whole
-images in the same way; its position channels are not used here).
+images in the same way). With ``UNetConfig.position_channels`` each crop carries its pixels' positions in the whole
+image as two more input channels, as Patch Diffusion's do.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ddip.data.slices import VolumeSlices
 from ddip.devices import resolve_device
 from ddip.errors import DdipError, check_seed
 from ddip.io import atomic_path, check_same_settings, write_json
-from ddip.priors.prior import DiffusionPrior
+from ddip.priors.prior import DiffusionPrior, position_grid
 from ddip.priors.registry import save_prior
 from ddip.priors.unet import UNetConfig, build_unet
 from ddip.signals import StopRequest
@@ -212,7 +213,8 @@ def _save_weights(path: Path, state_dict: dict, metadata: dict) -> None:
 
 
 def widen_channels(weights: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Fit a 1-channel prior's weights to a network with more image channels (e.g. the complex prior's 2).
+    """Fit a 1-channel prior's weights to a network with more input channels (the complex prior's 2, or position
+    channels).
 
     Only the first and last convolutions depend on the channel count. The old weights go to channel 0 (the real
     part) and the new channels start at zero, so the widened network predicts exactly as the old one on real
@@ -313,7 +315,8 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
     model = net
     if n_ranks > 1:
         model = DistributedDataParallel(net)  # broadcasts rank 0's weights, averages gradients in backward
-    prior = DiffusionPrior(model, channels_last=cfg.channels_last, compile=cfg.compile)
+    prior = DiffusionPrior(model, channels_last=cfg.channels_last, compile=cfg.compile,
+                           position_channels=cfg.unet.position_channels)
 
     def checkpoint() -> None:
         rngs = distributed.gather((data_rng.get_state(), noise_rng.get_state()))  # collective: every rank
@@ -349,7 +352,7 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
                 t_ckpt = time.time()
             if halt:
                 break
-            crop = cfg.unet.image_size
+            crop, position = cfg.unet.image_size, None  # None: the whole image's positions
             if cfg.crop_sizes:
                 pick = torch.randint(0, len(cfg.crop_sizes), (1,), generator=data_rng, device=data_rng.device)
                 crop = cfg.crop_sizes[int(pick)]
@@ -359,12 +362,16 @@ def train_prior(cfg: TrainConfig, *, progress: bool | Literal["log"] = True) -> 
                 # crops of each (a quarter of the image's area in all), which still come from as many phantoms
                 per = max(1, (cfg.unet.image_size // crop) ** 2 // 4)
                 full = make(-(-batch // per), cfg.unet.image_size, generator=data_rng, device=device)
+                if cfg.unet.position_channels:  # each crop keeps the positions of its pixels in the whole image
+                    full = torch.cat([full, position_grid(full.shape[0], *full.shape[-2:], device=device)], 1)
                 x0 = random_crops(full.repeat_interleave(per, dim=0)[:batch], crop, generator=data_rng)
+                if cfg.unet.position_channels:
+                    x0, position = x0[:, :-2], x0[:, -2:]
             else:
                 x0 = make(batch, cfg.unet.image_size, generator=data_rng, device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = prior.loss(x0, generator=noise_rng, min_snr_gamma=cfg.min_snr_gamma,
-                                  pure_noise_density=cfg.pure_noise_density).mean()
+                                  pure_noise_density=cfg.pure_noise_density, position=position).mean()
             if cfg.warmup_steps:
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)

@@ -27,8 +27,13 @@ class UNetConfig:
     num_res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = (16,)  # feature-map sizes (pixels) that get attention
     num_head_channels: int = 32
+    # two more input channels holding each pixel's position in the whole image, x and y in [-1, 1] (Patch Diffusion,
+    # Wang et al. 2023): a network trained on crops then knows where a crop lies (DiffusionPrior.eps adds them)
+    position_channels: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.position_channels, bool):
+            raise DdipError(f"network setting position_channels must be true or false, got {self.position_channels!r}")
         for name in ("image_size", "in_channels", "out_channels", "model_channels", "num_res_blocks",
                      "num_head_channels"):
             value = getattr(self, name)
@@ -85,7 +90,7 @@ def _unet2d(UNet2DModel, cfg: UNetConfig):
     attn = [size in cfg.attention_resolutions for size in cfg.feature_sizes]
     return UNet2DModel(
         sample_size=cfg.image_size,
-        in_channels=cfg.in_channels,
+        in_channels=cfg.in_channels + 2 * cfg.position_channels,
         out_channels=cfg.out_channels,
         block_out_channels=cfg.block_out_channels,
         layers_per_block=cfg.num_res_blocks,

@@ -67,7 +67,7 @@ def predict_eps(prior: DiffusionPrior, x_t: Tensor, t: int, *, max_batch: int = 
     separate image.
     """
     d, c, h, w = x_t.shape
-    c_net = int(getattr(getattr(prior.net, "config", None), "in_channels", c))
+    c_net = prior.image_channels or c
     flat = x_t.reshape(d * c, 1, h, w) if c != c_net else x_t
     if c != c_net and c_net != 1:
         raise DdipError(f"prior has {c_net} input channels but the data needs {c}")

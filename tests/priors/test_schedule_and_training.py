@@ -304,6 +304,64 @@ def test_crop_training_resumes_exactly_and_refuses_impossible_crops(tmp_path):
             TrainConfig(out=str(tmp_path / "x"), unet=CROP_NET, crop_sizes=bad)
 
 
+def test_position_channels_give_each_crop_the_place_it_was_cut_from(tmp_path, monkeypatch):
+    """Patch Diffusion's position channels: each training crop comes with its pixels' positions in the whole
+    phantom — the window of the step's phantoms at those positions is the crop — and the whole image's grid at
+    sampling; the network sees them as two more input channels."""
+    from ddip.data.phantoms import random_ellipses
+    from ddip.priors.prior import position_grid
+
+    seen = []
+    real_loss = DiffusionPrior.loss
+
+    def spy(self, x0, **kw):
+        seen.append((x0.detach().clone(), kw["position"]))
+        return real_loss(self, x0, **kw)
+
+    monkeypatch.setattr(DiffusionPrior, "loss", spy)
+    net = dataclasses.replace(CROP_NET, position_channels=True)
+    cfg = TrainConfig(out=str(tmp_path), unet=net, batch_size=8, crop_sizes=(8, 16), max_images=40,
+                      snapshot_every=0, log_every=1)
+    train_prior(cfg, progress=False)
+    # the first step's phantoms, rebuilt from the run's stream (position channels draw nothing from it)
+    g = torch.Generator().manual_seed(cfg.seed)
+    pick = cfg.crop_sizes[int(torch.randint(0, 2, (1,), generator=g))]
+    crops, position = seen[0]
+    per = max(1, (32 // pick) ** 2 // 4)
+    full = random_ellipses(-(-cfg.batch_for(pick) // per), 32, generator=g)
+    grid = position_grid(1, 32, 32)[0]
+    for crop, pos in zip(crops, position):
+        i = int(torch.argmin((grid[1, :, 0] - pos[1, 0, 0]).abs()))
+        j = int(torch.argmin((grid[0, 0, :] - pos[0, 0, 0]).abs()))
+        assert torch.equal(pos, grid[:, i:i + pick, j:j + pick])
+        assert any(torch.equal(img[:, i:i + pick, j:j + pick], crop) for img in full), "crop not at its position"
+    assert position.shape == (crops.shape[0], 2, pick, pick) and position.abs().max() < 1
+    grid = position_grid(2, 4, 4)
+    assert torch.allclose(grid[0, 0, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))  # x along a row
+    assert torch.allclose(grid[0, 1, :, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))  # y down a column
+
+
+def test_a_position_network_warm_started_from_a_plain_one_denoises_whole_images_as_it_did(tmp_path):
+    """Warm-starting a network with position channels from a plain prior puts zeros on the new input channels, so
+    it starts as the same function on whole images; saved and loaded, it knows it takes positions."""
+    from ddip.priors.registry import load_prior, save_prior
+    from ddip.priors.train import widen_channels
+
+    plain = build_unet(TINY, seed=0)
+    save_prior(tmp_path / "plain.safetensors", plain.state_dict(), TINY)
+    cfg = dataclasses.replace(TINY, position_channels=True)
+    wide = build_unet(cfg, seed=1)
+    wide.load_state_dict(widen_channels(plain.state_dict(), wide.state_dict()))
+    save_prior(tmp_path / "wide.safetensors", wide.state_dict(), cfg)
+    a, b = load_prior(tmp_path / "plain.safetensors"), load_prior(tmp_path / "wide.safetensors")
+    assert (a.image_channels, b.image_channels, b.position_channels) == (1, 1, True)
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(b.eps(x, 500), a.eps(x, 500), rtol=1e-5, atol=1e-6)
+        with pytest.raises(DdipError, match="no position channels"):
+            a.eps(x, 500, position=torch.zeros(3, 2, 16, 16))
+
+
 def test_min_snr_weighting_scales_each_samples_loss_by_min_snr_gamma_over_snr():
     """Min-SNR-γ for ε-prediction: the same draws as the plain loss, each weighted by min(SNR_t, γ)/SNR_t — below 1
     only where the image is nearly clean (SNR_t > γ), exactly 1 where it is noisy."""
