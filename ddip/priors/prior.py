@@ -121,10 +121,8 @@ class DiffusionPrior(nn.Module):
     def image_channels(self) -> int | None:
         """The image channels the network denoises (2: a complex prior's real and imaginary parts), without its
         position channels; None for a network without a diffusers config."""
-        config = getattr(self.net, "config", None)
-        if config is None or "in_channels" not in config:
-            return None
-        return int(config["in_channels"]) - 2 * self.position_channels
+        channels = getattr(getattr(self.net, "config", None), "in_channels", None)
+        return None if channels is None else int(channels) - 2 * self.position_channels
 
     @property
     def dtype(self) -> torch.dtype | None:

@@ -385,7 +385,7 @@ def test_pure_noise_density_draws_the_nearly_pure_noise_timesteps_that_much_less
     (each still one sample of the mean); d = 1 is the uniform draw, the same stream as before the option existed."""
     prior = DiffusionPrior(build_unet(TINY, seed=0))
     drawn = []
-    monkeypatch.setattr(prior, "eps", lambda x_t, t: drawn.append(t) or torch.zeros_like(x_t))
+    monkeypatch.setattr(prior, "eps", lambda x_t, t, **_: drawn.append(t) or torch.zeros_like(x_t))
     x0 = torch.zeros(4000, 1, 4, 4)
     noisy = prior.schedule.alpha_bar < PURE_NOISE_ALPHA_BAR
     share = float(noisy.double().mean())
