@@ -15,7 +15,9 @@ by the Pearson correlation of |error| and σ and the fraction of voxels with |er
   std is itself noisy: about 1/√(2(S − 1)) relative);
 - ``scaled``: σ = c·s, c the 95 % quantile of |error|/(2s) on the fit set;
 - ``gaussian``: σ² = a²·box₃(s²) + b², (a, b) maximising the Gaussian likelihood of the errors on the fit set
-  (b: the floor the shared bias sets where the samples agree).
+  (b: the floor the shared bias sets where the samples agree);
+- ``tv-disagreement``: σ = |mean − ADMM-TV|, the disagreement with an estimate that shares none of the prior's bias
+  (two methods disagree where at least one errs), and ``std+tv``: σ² = box₃(s²) + box₃((mean − ADMM-TV)²).
 
 The sample stacks are cached (``--cache``, outside the repository) so a refit costs nothing. Writes
 ``benchmarks/results/calibration-<method>.json``.
@@ -67,6 +69,15 @@ def score(mean: torch.Tensor, sigma: torch.Tensor, truth: torch.Tensor) -> dict:
             "coverage_2sigma": c["coverage_2std"]}
 
 
+def admm_tv_of(name: str, seed: int = 0) -> torch.Tensor:
+    """ADMM-TV's reconstruction of data set ``name`` (about a second)."""
+    from ddip.priors import load_prior
+    from ddip.reconstruct import ReconstructConfig, reconstruct
+
+    return reconstruct(development_measurement(name, seed=seed), ReconstructConfig(method="admm-tv", seed=seed),
+                       load_prior("ellipses-64")).volume
+
+
 def samples_of(name: str, method: str, n: int, settings: dict, cache: Path, seed: int = 0):
     """(the S samples, the ground truth) of ``method`` on data set ``name``, computed once and cached."""
     from ddip.priors import load_prior
@@ -101,13 +112,15 @@ def main() -> None:
     data = {}
     for name in [args.fit, *args.evaluate.split(",")]:
         stack, truth = samples_of(name, args.method, args.samples, settings, cache)
-        data[name] = (stack.mean(0), stack.std(0), truth)
-    mean, std, truth = data[args.fit]
+        data[name] = (stack.mean(0), stack.std(0), truth, admm_tv_of(name))
+    mean, std, truth, _ = data[args.fit]
     c = calibration(mean, std, truth)["std_factor_95"]
     a, b = fit_gaussian((mean - truth).abs(), smoothed_variance(std))
-    variants = {"raw": lambda s: s, "smoothed": lambda s: smoothed_variance(s).sqrt(), "scaled": lambda s: c * s,
-                "gaussian": lambda s: (a * a * smoothed_variance(s) + b * b).sqrt()}
-    rows = {name: {v: score(m, f(s), t) for v, f in variants.items()} for name, (m, s, t) in data.items()}
+    variants = {"raw": lambda s, d: s, "smoothed": lambda s, d: smoothed_variance(s).sqrt(),
+                "scaled": lambda s, d: c * s, "gaussian": lambda s, d: (a * a * smoothed_variance(s) + b * b).sqrt(),
+                "tv-disagreement": lambda s, d: d, "std+tv": lambda s, d: (smoothed_variance(s) + smoothed_variance(d)).sqrt()}
+    rows = {name: {v: score(m, f(s, (m - tv).abs()), t) for v, f in variants.items()}
+            for name, (m, s, t, tv) in data.items()}
     for name, row in rows.items():
         print(name, "  ".join(f"{v}: r {r['pearson_abs_error_sigma']:.2f} (ceiling {r['pearson_ceiling']:.2f}) cov {r['coverage_2sigma']:.3f}"
                               for v, r in row.items()), flush=True)
