@@ -112,15 +112,16 @@ def main() -> None:
     data = {}
     for name in [args.fit, *args.evaluate.split(",")]:
         stack, truth = samples_of(name, args.method, args.samples, settings, cache)
-        data[name] = (stack.mean(0), stack.std(0), truth, admm_tv_of(name))
+        mean = stack.mean(0)
+        data[name] = (mean, stack.std(0), truth, (mean - admm_tv_of(name)).abs())  # d: the disagreement with TV
     mean, std, truth, _ = data[args.fit]
     c = calibration(mean, std, truth)["std_factor_95"]
     a, b = fit_gaussian((mean - truth).abs(), smoothed_variance(std))
     variants = {"raw": lambda s, d: s, "smoothed": lambda s, d: smoothed_variance(s).sqrt(),
                 "scaled": lambda s, d: c * s, "gaussian": lambda s, d: (a * a * smoothed_variance(s) + b * b).sqrt(),
-                "tv-disagreement": lambda s, d: d, "std+tv": lambda s, d: (smoothed_variance(s) + smoothed_variance(d)).sqrt()}
-    rows = {name: {v: score(m, f(s, (m - tv).abs()), t) for v, f in variants.items()}
-            for name, (m, s, t, tv) in data.items()}
+                "tv-disagreement": lambda s, d: d,
+                "std+tv": lambda s, d: (smoothed_variance(s) + smoothed_variance(d)).sqrt()}
+    rows = {name: {v: score(m, f(s, d), t) for v, f in variants.items()} for name, (m, s, t, d) in data.items()}
     for name, row in rows.items():
         print(name, "  ".join(f"{v}: r {r['pearson_abs_error_sigma']:.2f} (ceiling {r['pearson_ceiling']:.2f}) cov {r['coverage_2sigma']:.3f}"
                               for v, r in row.items()), flush=True)

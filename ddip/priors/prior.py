@@ -142,7 +142,7 @@ class DiffusionPrior(nn.Module):
         x = x_t if dtype is None else x_t.to(dtype)
         if self.position_channels:
             if position is None:
-                position = position_grid(*x.shape[:1], *x.shape[-2:], device=x.device)
+                position = position_grid(x.shape[0], *x.shape[-2:], device=x.device)
             x = torch.cat([x, position.to(x.dtype)], 1)
         elif position is not None:
             raise DdipError("this prior's network has no position channels (UNetConfig.position_channels)")
