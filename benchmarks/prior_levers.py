@@ -43,14 +43,15 @@ def elapsed_hours(log: list[dict], images: int) -> float:
     return log[i]["elapsed_s"] / 3600
 
 
-def lever_points(label: str, run: Path, n_images: int) -> list[dict]:
+def lever_points(label: str, run: Path, n_images: int, device: str = "cpu") -> list[dict]:
     """Gate points on the validation phantoms of every EMA the run kept: the main one (``ema`` is its rate) and each
     power-function EMA (``ema`` is ``len<σ_rel>``)."""
     config = json.loads((run / "config.json").read_text())
     log = loss_log(run)
     points = []
     for length in (None, *config.get("ema_lengths", ())):
-        for row in gate_curve(run, n_images=n_images, ema_length=length, seed=VALIDATION_SEED):
+        for row in gate_curve(run, n_images=n_images, ema_length=length, seed=VALIDATION_SEED,
+                              device=device):
             points.append({"lever": label, "ema": f"{config['ema_decay']:g}" if length is None else f"len{length:g}",
                            "images": row["images"], "hours": round(elapsed_hours(log, row["images"]), 3),
                            "margin_db": round(row["margin_db"], 3), "dds_psnr": round(row["dds_psnr"], 3),
@@ -82,12 +83,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="LABEL=RUN: a lever's name and its train-prior folder")
     parser.add_argument("--n-images", type=int, default=8, help="validation phantoms per gate point")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the gate runs (cpu, cuda, auto)")
     parser.add_argument("--out", default="prior-levers", help="name of the JSON and figure in benchmarks/results")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     runs = dict(item.split("=", 1) for item in args.runs)
-    points = [p for label, run in runs.items() for p in lever_points(label, Path(run).expanduser(), args.n_images)]
+    points = [p for label, run in runs.items() for p in lever_points(label, Path(run).expanduser(), args.n_images, args.device)]
     for p in points:
         print(json.dumps(p))
     write_json(RESULTS / f"{args.out}.json", {"runs": runs, "seed": VALIDATION_SEED, "points": points})

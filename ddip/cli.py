@@ -344,7 +344,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
 def cmd_gate(args: argparse.Namespace) -> None:
     rows = gate_curve(args.run, n_images=args.n_images, ema_length=args.ema_length,
-                      seed=VALIDATION_SEED if args.validation else GATE_SEED)
+                      seed=VALIDATION_SEED if args.validation else GATE_SEED, device=args.device)
     if not rows:
         print(f"{args.run}: no weights to evaluate (ema.safetensors without images_seen, no snapshots)")
     for r in rows:
@@ -677,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", action="store_true",
                    help="on the validation phantoms and noise (ddip.evaluation.VALIDATION_SEED), on which training "
                         "settings are compared, instead of the gate's own (held out)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("import", parents=[common],

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ddip.data.phantoms import random_ellipses
+from ddip.devices import resolve_device
 from ddip.errors import DdipError
 from ddip.io import pyplot, read_safetensors, save_figure
 from ddip.metrics import psnr
@@ -150,7 +151,7 @@ def sample_grid(prior: DiffusionPrior, path, *, n: int = 16, n_steps: int = 100,
 
 
 def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_length: float | None = None,
-               seed: int = GATE_SEED) -> list[dict]:
+               seed: int = GATE_SEED, device: str | torch.device = "cpu") -> list[dict]:
     """Evaluate the gate on every EMA snapshot of a training run, and on its last EMA weights (``ema.safetensors``),
     not yet evaluated; returns all rows, sorted.
 
@@ -158,7 +159,7 @@ def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_length: float | None
     is drawn to ``RUN/gate_curve.png``. ``ema_length`` evaluates instead the snapshots of one of the run's
     power-function EMAs (``TrainConfig.ema_lengths``), to ``RUN/gate_curve-len<σ>.jsonl`` / ``.png``. ``seed`` draws
     other phantoms and noise (``VALIDATION_SEED``: those on which training settings are compared), to files named
-    ``-seed<seed>`` as well.
+    ``-seed<seed>`` as well. ``device`` is where the prior runs (the phantoms are the same on any device).
     """
     run = Path(run_dir)
     if not (run / "ema.safetensors").is_file():
@@ -181,8 +182,8 @@ def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_length: float | None
     for images, path in sorted(weights.items()):
         if images in rows:
             continue
-        prior = prior or load_prior(run / "ema.safetensors")
-        prior.net.load_state_dict(load_file(str(path)))
+        prior = prior or load_prior(run / "ema.safetensors", device=resolve_device(device))
+        prior.net.load_state_dict(load_file(str(path), device=str(next(prior.net.parameters()).device)))
         row = {**quality_gate(prior, n_images=n_images, seed=seed), "images": images}
         rows[images] = row
         with open(log, "a") as fh:
