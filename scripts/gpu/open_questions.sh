@@ -24,7 +24,7 @@ SIZE=256 STEPS=50 FEW=2 MID=8 ARM_IMAGES=150000 ARM_SNAP=50000 GATE_IMAGES=8 THR
 if [ "${TINY:-0}" = 1 ]; then SIZE=64 STEPS=3 N=2 FEW=1 MID=1 ARM_IMAGES=160 ARM_SNAP=80 GATE_IMAGES=1 THREADS=1; fi
 W=${WORK:-/tmp/ddip-open}
 mkdir -p "$OUT" "$W"
-if ! "$PY" -c "import diffusers, sigpy, nibabel, pydicom" 2>/dev/null; then
+if ! "$PY" -c "import diffusers, sigpy, nibabel" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
