@@ -293,7 +293,9 @@ def test_reconstruct_refuses_an_output_through_a_dangling_link(ct_measurement, t
 @pytest.mark.parametrize("unet,message", [
     ("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object"),
     ('{"image_size": 16, "colour": 3}', "unknown network setting(s) ['colour']"),
-    ('{"image_size": "16"}', "'image_size' = '16' is not a positive integer"),
+    ('{"image_size": "16"}', "image_size must be a positive integer, got '16'"),
+    ('{"image_size": 16, "channel_mult": [1, 1.5]}', "channel_mult must be a list of integers"),
+    ('{"image_size": 16, "position_channels": 1}', "position_channels must be true or false"),
     ('{"image_size": 16, "model_channels": 64, "channel_mult": [1, 1], "attention_resolutions": []}',
      "have the wrong shape"),
 ])

@@ -56,16 +56,10 @@ def _unet_config(path: Path, metadata: dict) -> UNetConfig:
     unknown = sorted(set(d) - set(fields))
     if unknown:
         raise DdipError(f"{path}: unknown network setting(s) {unknown}; known: {', '.join(fields)}")
-    for key, value in d.items():
-        if "bool" in str(fields[key]):
-            if not isinstance(value, bool):
-                raise DdipError(f"{path}: network setting {key!r} = {value!r} is not true or false")
-            continue
-        ok = (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-              if "tuple" in str(fields[key]) else isinstance(value, int) and not isinstance(value, bool))
-        if not ok or (isinstance(value, int) and not isinstance(value, bool) and value < 1):
-            raise DdipError(f"{path}: network setting {key!r} = {value!r} is not a positive integer (list)")
-    return UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    try:  # UNetConfig checks each value's type and range: the one home of those rules
+        return UNetConfig(**d)
+    except DdipError as exc:
+        raise DdipError(f"{path}: {exc}") from None
 
 
 SCHEDULE = "vp-linear-1e-4-2e-2-T1000"  # the only schedule our priors use (VPSchedule.linear)

@@ -99,9 +99,9 @@ class TrainConfig:
         if self.batch_size < 1 or not self.lr > 0 or not 0 <= self.ema_decay < 1 or self.max_images < 1:
             raise DdipError("train-prior: need batch_size >= 1, lr > 0, 0 <= ema_decay < 1 and max_images >= 1")
         check_seed(self.seed, "train-prior")
-        if any(not 0 < s < MAX_EMA_LENGTH for s in self.ema_lengths) or len(set(self.ema_lengths)) < len(
+        if any(not 0 < s <= MAX_EMA_LENGTH for s in self.ema_lengths) or len(set(self.ema_lengths)) < len(
                 self.ema_lengths):
-            raise DdipError(f"train-prior: ema_lengths must be distinct relative lengths in (0, {MAX_EMA_LENGTH:.4f}) "
+            raise DdipError(f"train-prior: ema_lengths must be distinct relative lengths in (0, {MAX_EMA_LENGTH:.4f}] "
                             f"(EDM2's best were 0.05-0.15; the main EMA's is about 0.09), got {self.ema_lengths}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise DdipError(f"train-prior: min_snr_gamma must be > 0 (Min-SNR uses 5), got {self.min_snr_gamma}")

@@ -39,8 +39,12 @@ class UNetConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DdipError(f"network setting {name} must be a positive integer, got {value!r}")
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        for name in ("channel_mult", "attention_resolutions"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int)
+                                                           for v in value):
+                raise DdipError(f"network setting {name} must be a list of integers, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
         levels = len(self.channel_mult)
         if levels == 0 or min(self.channel_mult) < 1:
             raise DdipError(f"channel_mult needs one positive multiplier per level, got {self.channel_mult}")
