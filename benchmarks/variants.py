@@ -36,9 +36,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     task, views = table2_settings(args.size)[args.task]
-    cfg = BenchConfig(size=args.size, n_slices=args.n_slices, n_steps=args.n_steps, methods=(args.method,))
+    settings = json.loads(args.settings)
+    # a seed is the benchmark's (it draws the measurement noise as well as the sampling noise)
+    cfg = BenchConfig(size=args.size, n_slices=args.n_slices, n_steps=args.n_steps, methods=(args.method,),
+                      seed=settings.pop("seed", BenchConfig.seed))
     m = _measure(task, cfg, args.n_slices, views)
-    rcfg = _rconfig(cfg, method=args.method, n_steps=args.n_steps, **json.loads(args.settings))
+    rcfg = _rconfig(cfg, method=args.method, n_steps=args.n_steps, **settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with StopRequest() as stop:
