@@ -9,17 +9,12 @@
 # the three priors' EMA weights and logs.tar.
 set -u
 T0=$SECONDS
-PY=${PYTHON:-python3}
 OUT=${OUT:?set OUT}
 TOTAL=${TOTAL:-540}   # seconds for the whole call
 BENCH=${BENCH:-290}   # the benchmark starts no section after this many seconds
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT/bench"
-if [ -d .whl ] && ! "$PY" -c "import diffusers, sigpy" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source scripts/gpu/env.sh || exit 1
 TINY_FLAGS=""
 [ "${TINY:-0}" = 1 ] && TINY_FLAGS="--tiny"
 timeout -s KILL $((BENCH + 60)) "$PY" benchmarks/gpu.py --out "$OUT/bench" --device "$DEVICE" --budget-s "$BENCH" \

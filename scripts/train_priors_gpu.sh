@@ -12,20 +12,13 @@
 # /tmp/site first. The three final weight files come to ~43 MB (the lent device returns 64 MiB per call).
 set -u
 SECS=${SECS:-470}
-PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of this script on a machine without a GPU
 OUT=${OUT:-/tmp/ddip-gpu-out}
 FAST=${FAST---rng device}
 MIDPOINT=${MIDPOINT:-0}
 RUNS=${RUNS:-/tmp/ddip-runs}
 mkdir -p "$OUT" "$RUNS"
-if [ -d .whl ] && ! "$PY" -c "import diffusers, sigpy" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-"$PY" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.is_available())" || exit 1
+source scripts/gpu/env.sh || exit 1
 HOURS=$("$PY" -c "print($SECS / 3600)")
 COMMON="--channels 32 --mult 1,2,2,4 --bf16 --device $DEVICE --threads 4 --max-images 1000000000 --max-hours $HOURS
         --checkpoint-minutes 3 --warmup-steps 100 --lr 2e-4"

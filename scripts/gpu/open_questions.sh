@@ -15,7 +15,6 @@
 #   DEVICE=cpu TINY=1 OUT=/tmp/x bash scripts/gpu/open_questions.sh # the same steps at toy sizes on a CPU
 set -u
 T0=$SECONDS
-PY=${PYTHON:-python3}
 OUT=${OUT:?set OUT}
 DEVICE=${DEVICE:-cuda}
 TOTAL=${TOTAL:-540}          # seconds for the whole call
@@ -24,15 +23,8 @@ SIZE=256 STEPS=50 FEW=2 MID=8 ARM_IMAGES=150000 ARM_SNAP=50000 GATE_IMAGES=8 THR
 if [ "${TINY:-0}" = 1 ]; then SIZE=64 STEPS=3 N=2 FEW=1 MID=1 ARM_IMAGES=160 ARM_SNAP=80 GATE_IMAGES=1 THREADS=1; fi
 W=${WORK:-/tmp/ddip-open}
 mkdir -p "$OUT" "$W"
-if ! "$PY" -c "import diffusers, sigpy, nibabel" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-# a regular package installed beats these namespace folders, so they only fill what is missing
-export PYTHONPATH=$PWD:$PWD/.gpu-assets${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
+source scripts/gpu/env.sh || exit 1
 export OMP_NUM_THREADS=$THREADS DDIP_CACHE=$W/cache
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-"$PY" -c "import torch, ddip.cli; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 left() { echo $((TOTAL - (SECONDS - T0) - ${1:-0})); }
 
 # A: the crop arms train side by side, then one process scores them

@@ -13,7 +13,6 @@
 # as a JSON line when it is done (OUT/table2.log), so a run cut short still returns the rows it made.
 set -u
 T0=$SECONDS
-PY=${PYTHON:-python3}
 OUT=${OUT:?set OUT}
 DEVICE=${DEVICE:-cuda}
 TOTAL=${TOTAL:-530}          # seconds for the whole call
@@ -22,13 +21,7 @@ N=${N:-32}
 SIZE=256 STEPS=50 FEW=2 ATTN=64 BATCH=64
 if [ "${TINY:-0}" = 1 ]; then SIZE=64 STEPS=3 N=2 FEW=1 ATTN=16 BATCH=2; fi
 mkdir -p "$OUT"
-if ! "$PY" -c "import diffusers, sigpy" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-# a regular package installed beats these namespace folders, so they only fill what is missing
-export PYTHONPATH=$PWD:$PWD/.gpu-assets${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+source scripts/gpu/env.sh || exit 1
 PRIOR=${PRIOR:-ddip/priors/weights/ellipses-$SIZE.safetensors}
 if [ ! -f "$PRIOR" ]; then
     HOURS=$("$PY" -c "print($TRAIN_SECS / 3600)")
