@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddip.devices import DEVICE_HELP
 from ddip.evaluation import GATE_MARGIN_DB, VALIDATION_SEED, gate_curve
 from ddip.io import pyplot, save_figure, write_json
 
@@ -83,13 +84,14 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="LABEL=RUN: a lever's name and its train-prior folder")
     parser.add_argument("--n-images", type=int, default=8, help="validation phantoms per gate point")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="where the gate runs (cpu, cuda, auto)")
+    parser.add_argument("--device", default="cpu", help=f"where the gate runs: {DEVICE_HELP}")
     parser.add_argument("--out", default="prior-levers", help="name of the JSON and figure in benchmarks/results")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     runs = dict(item.split("=", 1) for item in args.runs)
-    points = [p for label, run in runs.items() for p in lever_points(label, Path(run).expanduser(), args.n_images, args.device)]
+    points = [p for label, run in runs.items()
+              for p in lever_points(label, Path(run).expanduser(), args.n_images, args.device)]
     for p in points:
         print(json.dumps(p))
     write_json(RESULTS / f"{args.out}.json", {"runs": runs, "seed": VALIDATION_SEED, "points": points})

@@ -178,12 +178,12 @@ def gate_curve(run_dir, *, n_images: int = GATE_IMAGES, ema_length: float | None
     latest = read_safetensors(run / f"ema{tag}.safetensors", "prior")[1].get("images_seen")
     if latest is not None:  # the run's last EMA weights, also when it made no snapshot at that count
         weights.setdefault(int(json.loads(latest)), run / f"ema{tag}.safetensors")
-    prior = None
+    prior, where = None, resolve_device(device)
     for images, path in sorted(weights.items()):
         if images in rows:
             continue
-        prior = prior or load_prior(run / "ema.safetensors", device=resolve_device(device))
-        prior.net.load_state_dict(load_file(str(path), device=str(next(prior.net.parameters()).device)))
+        prior = prior or load_prior(run / "ema.safetensors", device=where)
+        prior.net.load_state_dict(load_file(str(path), device=str(where)))
         row = {**quality_gate(prior, n_images=n_images, seed=seed), "images": images}
         rows[images] = row
         with open(log, "a") as fh:

@@ -34,7 +34,6 @@ mkdir -p "$W/arms"
         extra=""; attn=16
         [ $arm = position ] && extra="--position-channels"
         [ $arm = attn8 ] && attn=8
-        [ "${TINY:-0}" = 1 ] && attn=8
         timeout -s TERM $(left 200) "$PY" -m ddip train-prior --out "$W/arms/$arm" --size 64 --channels 32 \
             --mult 1,2,2,4 --attn $attn --batch 16 --crop 16,32,64 --seed 0 --max-images $ARM_IMAGES \
             --snapshot-every $ARM_SNAP --device "$DEVICE" --rng device --checkpoint-minutes 1 $extra \
