@@ -64,7 +64,7 @@ from ddip.priors.prior import PRECISIONS, PURE_NOISE_ALPHA_BAR
 from ddip.priors.schedule import T_DEFAULT, VPSchedule
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, data_channels, train_prior
 from ddip.priors.unet import UNetConfig
-from ddip.methods import LR_TUNED, REGISTRY, names
+from ddip.methods import LOW_START_SIZE, LR_TUNED, REGISTRY, T_START_PLAIN, ZETA_LOW_START, names
 from ddip.adapt import AdaptConfig
 from ddip.adapt.adapter import PAPER_ZETA
 from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, reconstruct_samples,
@@ -102,8 +102,8 @@ METHOD_ADVICE = """which method (measured on 8 slices, 64 px, one CPU thread; co
   3D MRI x8      dds (29.08 dB); ddnm 28.88; admm-tv 27.82
   CS-MRI x4      dds (24.61 dB); admm-tv 21.00
 cost (one thread): dds 20-30 s, ddnm, mbir 45-65 s; d3ip and d3ip-mbir 3-6 min; ddip, scd, d3ip-meta longer;
-dps 1000 steps per slice. At 64 px d3ip and d3ip-mbir trail dds (it samples from T' 150); at 256 px (CT, 60 views)
-d3ip-mbir leads the diffusion methods: 39.54 dB, dds 39.01, admm-tv 39.73."""
+dps 1000 steps per slice. At 64 px d3ip and d3ip-mbir trail dds (it samples from T' 150); at 256 px (CT, 60 views),
+where they start at T' 150 too, d3ip-mbir leads: 40.88 dB, mbir 40.23, admm-tv 39.73, dds 39.01."""
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
@@ -556,7 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"({VPSchedule.linear().timesteps(DataConsistencyStep.n_steps)[0]} at "
                         f"{DataConsistencyStep.n_steps} steps). Default: the method's own, " + ", ".join(
                             f"{n} {s.t_start}" for n, s in REGISTRY.items() if s.t_start is not None)
-                        + ", the full grid for the others")
+                        + f"; from {LOW_START_SIZE} px {T_START_PLAIN} also for " + ", ".join(
+                            f"{n} ({'/'.join(s.low_start)})" for n, s in REGISTRY.items() if s.low_start)
+                        + "; the full grid for the others")
     p.add_argument("--seed", type=int, default=r.seed)
     p.add_argument("--samples", type=int, default=r.samples,
                    help="posterior samples (seeds SEED, SEED+1, ...): their mean is the result, their standard "
@@ -580,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             f"{LR_TUNED['csmri']:g}, tuned for 50 steps: with 10 steps 1e-3 is better)")
     p.add_argument("--zeta", type=_zeta,
                    help=f"adapt only for t in [zeta, T' - zeta]; 0 (or none) adapts at every step (default "
-                        f"{AdaptConfig.zeta}, chosen by measurement; the paper's {PAPER_ZETA} with --preset paper)")
+                        f"{AdaptConfig.zeta}, chosen by measurement; {ZETA_LOW_START} where T' < {2 * AdaptConfig.zeta}; the "
+                        f"paper's {PAPER_ZETA} with --preset paper)")
     p.add_argument("--range-guard", type=_on_off, metavar="{on,off}", default=r.range_guard,
                    help="adapted methods: undo an adaptation step whose data-consistent estimate leaves the prior's "
                         "range (data the operator does not describe exactly make adaptation run away; not in the "

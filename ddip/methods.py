@@ -44,6 +44,7 @@ class MethodSpec:
     replayable: bool = False  # one LoRA state for the volume: further samples replay its trajectory
     fixed: dict = field(default_factory=dict)  # settings it fixes itself (SCD: SCD_FIXED), refused as options
     t_start: int | None = None  # its own T' where the config gives none (None: the schedule's full grid)
+    low_start: tuple[str, ...] = ()  # tasks on which it starts at T_START_PLAIN from LOW_START_SIZE px (see there)
 
     @property
     def adapted(self) -> bool:
@@ -140,23 +141,36 @@ def adaptation_settings(cfg, task: TaskConfig, n_slices: int) -> dict:
     spec = method_spec(cfg.method)
     k, n_iters, lr = spec.table5[task.task]
     lr = LR_TUNED.get(task.task, lr)
-    zeta = spec.fixed.get("zeta", AdaptConfig.zeta if cfg.zeta is None else cfg.zeta)
+    zeta = spec.fixed.get("zeta", cfg.zeta)
+    if zeta is None:  # AdaptConfig's window, unless the sampling start leaves it no room
+        start = sampling_start(cfg, task)
+        zeta = AdaptConfig.zeta if start is None or start >= 2 * AdaptConfig.zeta else ZETA_LOW_START
     return {"k": min(cfg.k or k, n_slices), "n_iters": cfg.n_iters or n_iters, "lr": cfg.lr or lr, "zeta": zeta}
 
 
+def sampling_start(cfg, task: TaskConfig) -> int | None:
+    """T' of ``cfg``'s sampler on ``task``: the config's; else the method's own — its spec's ``t_start`` (DDS), or
+    T_START_PLAIN on images of LOW_START_SIZE px and more of the tasks in its spec's ``low_start`` — with room for
+    as many timesteps as steps; None: the full grid."""
+    if cfg.t_start is not None:
+        return cfg.t_start
+    spec = method_spec(cfg.method)
+    own = spec.t_start
+    if own is None and task.task in spec.low_start and task.size >= LOW_START_SIZE:
+        own = T_START_PLAIN
+    return None if own is None else max(own, (cfg.n_steps or 0) - 1)
+
+
 # -- steps -----------------------------------------------------------------------------------------------------------
-def _sampler_settings(cfg) -> dict:
-    """The DDIM-loop settings every CG sampler takes from a config (None: the step's own default; T': the method's,
-    at least one timestep per step, where T' = T, the full grid, is the step's default)."""
+def _sampler_settings(cfg, task: TaskConfig) -> dict:
+    """The DDIM-loop settings every CG sampler takes from a config (None: the step's own default; T':
+    :func:`sampling_start`, where T' = T, the full grid, is the step's default)."""
     out = {}
     if cfg.noise_mix is not None:
         out["noise_mix"] = cfg.noise_mix
     if cfg.n_steps is not None:
         out["n_steps"] = cfg.n_steps
-    own = method_spec(cfg.method).t_start
-    t_start = cfg.t_start
-    if t_start is None and own is not None:  # the method's own, with room for the steps
-        t_start = max(own, (cfg.n_steps or 0) - 1)
+    t_start = sampling_start(cfg, task)
     if t_start is not None and t_start != T_DEFAULT:
         out["t_start"] = t_start
     if cfg.eta is not None:
@@ -169,16 +183,16 @@ def _sampler_settings(cfg) -> dict:
 
 
 def dds_step(cfg, task: TaskConfig) -> DDS:
-    return DDS(**_sampler_settings(cfg))
+    return DDS(**_sampler_settings(cfg, task))
 
 
 def ddnm_step(cfg, task: TaskConfig) -> DDNM:
-    return DDNM(**_sampler_settings(cfg))
+    return DDNM(**_sampler_settings(cfg, task))
 
 
 def mbir_step(cfg, task: TaskConfig) -> DiffusionMBIR:
     carry = {} if cfg.carry_admm_state is None else {"carry_state": cfg.carry_admm_state}
-    return DiffusionMBIR(**tv_parameters(cfg, task), **_sampler_settings(cfg), **carry)
+    return DiffusionMBIR(**tv_parameters(cfg, task), **_sampler_settings(cfg, task), **carry)
 
 
 def dps_step(cfg, task: TaskConfig) -> DPS:
@@ -187,9 +201,18 @@ def dps_step(cfg, task: TaskConfig) -> DPS:
 
 # T' of the plain samplers on CG data consistency, chosen by measurement (docs/results.md, "Where sampling starts"):
 # from the noised data-consistent start at t = 150 instead of pure noise DDS gains 0.8-0.9 dB on chest CT, MNI T1,
-# fresh phantoms and CS-MRI. The adapted methods keep the full grid: they adapt on its noisy part (D3IP from T' = 400
-# lost 1.4 dB to DDS at the same T').
+# fresh phantoms and CS-MRI. On small images the other methods keep the full grid: the adapted ones adapt on its
+# noisy part (64 px: D3IP from T' = 150 lost 1.7 dB on average over chest CT, MNI T1 and phantoms; 128 px: -0.2 dB).
 T_START_PLAIN = 150
+# On large images the data-consistent start is good enough that MBIR and the adapted methods gain from it too: from
+# an image side of LOW_START_SIZE they start at T_START_PLAIN on the tasks in their spec's ``low_start`` — measured
+# at 256 px (docs/results.md, "Table 2 at the paper's 256 px"): chest CT, 60 views: MBIR +1.6 dB over the full grid,
+# D3IP +1.3, D3IP-mbir +1.3 (2 seeds each for MBIR and D3IP-mbir); MNI T1, ×8: D3IP +2.2, MBIR and D3IP-mbir -0.6
+# (so MRI keeps the full grid for those two).
+LOW_START_SIZE = 256
+# The adaptation window [ζ, T' - ζ] where the sampling start leaves AdaptConfig's ζ no room (T' < 2ζ): the one
+# measured at T' = 150 (ζ = 40: 22 adapted steps of 50).
+ZETA_LOW_START = 40
 
 # Paper Table 5: (K slices, L optimiser steps, learning rate) per task and method.
 TABLE5 = {
@@ -213,18 +236,20 @@ register(MethodSpec("dps", "DPS: a gradient step through the network, 1000 steps
 register(MethodSpec("dds", "DDS: proximal CG data consistency per DDIM step", dds_step, "dds", distributed=True,
                     t_start=T_START_PLAIN))
 register(MethodSpec("mbir", "DiffusionMBIR: DDS with ADMM-TV across slices", mbir_step, "mbir", tv=True,
-                    distributed=True))
+                    distributed=True, low_start=("sv-ct",)))
 register(MethodSpec("scd", "SCD: per-slice LoRA adaptation at every step, 1 CG step in the loss, from noise",
                     dds_step, "dds", adapt=scd, table5=_table5("scd"), fixed=SCD_FIXED))
 register(MethodSpec("ddip", "DDIP (Alg. 1): per-slice LoRA adaptation", dds_step, "dds", adapt=ddip_slicewise,
                     table5=_table5("ddip")))
 register(MethodSpec("d3ip", "D3IP (Alg. 2): one LoRA state for the volume, K random slices per step", dds_step,
-                    "dds", adapt=d3ip, table5=_table5("d3ip"), distributed=True, replayable=True))
+                    "dds", adapt=d3ip, table5=_table5("d3ip"), distributed=True, replayable=True,
+                    low_start=("sv-ct", "mri3d")))
 register(MethodSpec("d3ip-mbir", "D3IP with DiffusionMBIR's ADMM-TV and K neighbouring slices (Eq. 15)", mbir_step,
                     "mbir", adapt=d3ip_mbir, table5=_table5("d3ip-mbir"), tv=True, distributed=True,
-                    replayable=True))
+                    replayable=True, low_start=("sv-ct",)))
 register(MethodSpec("d3ip-meta", "D3IP meta (App. B): Reptile over the volume, then per-slice DDIP", dds_step, "dds",
                     adapt=d3ip_meta, table5=_table5("d3ip-meta")))
 
-__all__ = ["ADMM_TV", "LR_TUNED", "MethodSpec", "REGISTRY", "TABLE5", "adaptation_settings", "mbir_ct_parameters",
-           "mbir_parameters", "method_spec", "names", "register", "tv_parameters"]
+__all__ = ["ADMM_TV", "LOW_START_SIZE", "LR_TUNED", "MethodSpec", "REGISTRY", "T_START_PLAIN", "TABLE5",
+           "ZETA_LOW_START", "adaptation_settings", "mbir_ct_parameters", "mbir_parameters", "method_spec", "names",
+           "register", "sampling_start", "tv_parameters"]
