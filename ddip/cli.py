@@ -64,7 +64,7 @@ from ddip.priors.prior import PRECISIONS, PURE_NOISE_ALPHA_BAR
 from ddip.priors.schedule import T_DEFAULT, VPSchedule
 from ddip.priors.train import PHANTOM_DATA, TrainConfig, data_channels, train_prior
 from ddip.priors.unet import UNetConfig
-from ddip.methods import LOW_START_SIZE, LR_TUNED, REGISTRY, T_START_PLAIN, ZETA_LOW_START, names
+from ddip.methods import LR_TUNED, REGISTRY, T_START_PLAIN, ZETA_LOW_START, names
 from ddip.adapt import AdaptConfig
 from ddip.adapt.adapter import PAPER_ZETA
 from ddip.reconstruct import (INTENSITY_RANGE, NORMALISE, PRESETS, ReconstructConfig, reconstruct_samples,
@@ -556,8 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"({VPSchedule.linear().timesteps(DataConsistencyStep.n_steps)[0]} at "
                         f"{DataConsistencyStep.n_steps} steps). Default: the method's own, " + ", ".join(
                             f"{n} {s.t_start}" for n, s in REGISTRY.items() if s.t_start is not None)
-                        + f"; from {LOW_START_SIZE} px {T_START_PLAIN} also for " + ", ".join(
-                            f"{n} ({'/'.join(s.low_start)})" for n, s in REGISTRY.items() if s.low_start)
+                        + f"; {T_START_PLAIN} also for " + ", ".join(
+                            f"{n} ({', '.join(f'{t} from {px} px' for t, px in s.low_start.items())})"
+                            for n, s in REGISTRY.items() if s.low_start)
                         + "; the full grid for the others")
     p.add_argument("--seed", type=int, default=r.seed)
     p.add_argument("--samples", type=int, default=r.samples,

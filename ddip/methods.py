@@ -44,7 +44,7 @@ class MethodSpec:
     replayable: bool = False  # one LoRA state for the volume: further samples replay its trajectory
     fixed: dict = field(default_factory=dict)  # settings it fixes itself (SCD: SCD_FIXED), refused as options
     t_start: int | None = None  # its own T' where the config gives none (None: the schedule's full grid)
-    low_start: tuple[str, ...] = ()  # tasks on which it starts at T_START_PLAIN from LOW_START_SIZE px (see there)
+    low_start: dict[str, int] = field(default_factory=dict)  # task -> image side from which it starts at T_START_PLAIN
 
     @property
     def adapted(self) -> bool:
@@ -150,13 +150,13 @@ def adaptation_settings(cfg, task: TaskConfig, n_slices: int) -> dict:
 
 def sampling_start(cfg, task: TaskConfig) -> int | None:
     """T' of ``cfg``'s sampler on ``task``: the config's; else the method's own — its spec's ``t_start`` (DDS), or
-    T_START_PLAIN on images of LOW_START_SIZE px and more of the tasks in its spec's ``low_start`` — with room for
-    as many timesteps as steps; None: the full grid."""
+    T_START_PLAIN on images at least as large as its spec's ``low_start`` gives for the task — with room for as many
+    timesteps as steps; None: the full grid."""
     if cfg.t_start is not None:
         return cfg.t_start
     spec = method_spec(cfg.method)
     own = spec.t_start
-    if own is None and task.task in spec.low_start and task.size >= LOW_START_SIZE:
+    if own is None and task.size >= spec.low_start.get(task.task, math.inf):
         own = T_START_PLAIN
     return None if own is None else max(own, (cfg.n_steps or 0) - 1)
 
@@ -204,12 +204,11 @@ def dps_step(cfg, task: TaskConfig) -> DPS:
 # fresh phantoms and CS-MRI. On small images the other methods keep the full grid: the adapted ones adapt on its
 # noisy part (64 px: D3IP from T' = 150 lost 1.7 dB on average over chest CT, MNI T1 and phantoms; 128 px: -0.2 dB).
 T_START_PLAIN = 150
-# On large images the data-consistent start is good enough that MBIR and the adapted methods gain from it too: from
-# an image side of LOW_START_SIZE they start at T_START_PLAIN on the tasks in their spec's ``low_start`` — measured
-# at 256 px (docs/results.md, "Table 2 at the paper's 256 px"): chest CT, 60 views: MBIR +1.6 dB over the full grid,
-# D3IP +1.3, D3IP-mbir +1.3 (2 seeds each for MBIR and D3IP-mbir); MNI T1, ×8: D3IP +2.2, MBIR and D3IP-mbir -0.6
-# (so MRI keeps the full grid for those two).
-LOW_START_SIZE = 256
+# On large images the data-consistent start is good enough that MBIR and the adapted methods gain from it too: each
+# spec's ``low_start`` gives, per task, the image side from which it starts at T_START_PLAIN — measured
+# (docs/results.md, "Table 2 at the paper's 256 px"): chest CT: MBIR +0.3 / +0.7 / +1.6 dB over the full grid at
+# 64 / 128 / 256 px (15 / 30 / 60 views; at 64 px it lost 0.4 on phantoms), D3IP and D3IP-mbir +1.3 at 256 px;
+# MNI T1, ×8, 256 px: D3IP +2.2, MBIR and D3IP-mbir -0.6 (so MRI keeps the full grid for those two).
 # The adaptation window [ζ, T' - ζ] where the sampling start leaves AdaptConfig's ζ no room (T' < 2ζ): the one
 # measured at T' = 150 (ζ = 40: 22 adapted steps of 50).
 ZETA_LOW_START = 40
@@ -236,20 +235,20 @@ register(MethodSpec("dps", "DPS: a gradient step through the network, 1000 steps
 register(MethodSpec("dds", "DDS: proximal CG data consistency per DDIM step", dds_step, "dds", distributed=True,
                     t_start=T_START_PLAIN))
 register(MethodSpec("mbir", "DiffusionMBIR: DDS with ADMM-TV across slices", mbir_step, "mbir", tv=True,
-                    distributed=True, low_start=("sv-ct",)))
+                    distributed=True, low_start={"sv-ct": 128}))
 register(MethodSpec("scd", "SCD: per-slice LoRA adaptation at every step, 1 CG step in the loss, from noise",
                     dds_step, "dds", adapt=scd, table5=_table5("scd"), fixed=SCD_FIXED))
 register(MethodSpec("ddip", "DDIP (Alg. 1): per-slice LoRA adaptation", dds_step, "dds", adapt=ddip_slicewise,
                     table5=_table5("ddip")))
 register(MethodSpec("d3ip", "D3IP (Alg. 2): one LoRA state for the volume, K random slices per step", dds_step,
                     "dds", adapt=d3ip, table5=_table5("d3ip"), distributed=True, replayable=True,
-                    low_start=("sv-ct", "mri3d")))
+                    low_start={"sv-ct": 256, "mri3d": 256}))
 register(MethodSpec("d3ip-mbir", "D3IP with DiffusionMBIR's ADMM-TV and K neighbouring slices (Eq. 15)", mbir_step,
                     "mbir", adapt=d3ip_mbir, table5=_table5("d3ip-mbir"), tv=True, distributed=True,
-                    replayable=True, low_start=("sv-ct",)))
+                    replayable=True, low_start={"sv-ct": 256}))
 register(MethodSpec("d3ip-meta", "D3IP meta (App. B): Reptile over the volume, then per-slice DDIP", dds_step, "dds",
                     adapt=d3ip_meta, table5=_table5("d3ip-meta")))
 
-__all__ = ["ADMM_TV", "LOW_START_SIZE", "LR_TUNED", "MethodSpec", "REGISTRY", "T_START_PLAIN", "TABLE5",
+__all__ = ["ADMM_TV", "LR_TUNED", "MethodSpec", "REGISTRY", "T_START_PLAIN", "TABLE5",
            "ZETA_LOW_START", "adaptation_settings", "mbir_ct_parameters", "mbir_parameters", "method_spec", "names",
            "register", "sampling_start", "tv_parameters"]

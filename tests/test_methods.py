@@ -155,24 +155,25 @@ def test_the_sampling_start_is_the_methods_own_unless_given_and_t_full_is_the_fu
 
 
 def test_large_images_start_mbir_and_the_adapted_methods_low_with_a_window_that_fits():
-    """From LOW_START_SIZE px MBIR and the adapted methods start at T_START_PLAIN on the tasks their spec lists (the
-    measured ones), smaller images and the other tasks keep the full grid; an adapted method whose T' leaves
+    """MBIR and the adapted methods start at T_START_PLAIN on images at least as large as their spec's ``low_start``
+    gives for the task (the measured ones), smaller images and the other tasks keep the full grid; an adapted method whose T' leaves
     AdaptConfig's ζ no room adapts in the window ZETA_LOW_START instead of nowhere; given values and the paper preset
     win."""
     from ddip.adapt import AdaptConfig
-    from ddip.methods import LOW_START_SIZE, REGISTRY, T_START_PLAIN, ZETA_LOW_START, sampling_start
+    from ddip.methods import REGISTRY, T_START_PLAIN, ZETA_LOW_START, sampling_start
     from ddip.priors.schedule import T_DEFAULT
     from ddip.reconstruct import ReconstructConfig, resolved_settings, with_preset
     from ddip.tasks import TaskConfig
 
-    assert REGISTRY["d3ip"].low_start and REGISTRY["mbir"].low_start and not REGISTRY["ddip"].low_start
+    assert REGISTRY["d3ip"].low_start["sv-ct"] == 256 and REGISTRY["mbir"].low_start["sv-ct"] == 128
+    assert "mri3d" not in REGISTRY["mbir"].low_start and not REGISTRY["ddip"].low_start
     for task_name in ("sv-ct", "mri3d", "csmri"):
-        for size in (LOW_START_SIZE // 2, LOW_START_SIZE):
+        for size in (64, 128, 256):
             task = TaskConfig(task=task_name, size=size)
             for name, spec in REGISTRY.items():
                 if not spec.mixes_noise:
                     continue
-                low = size >= LOW_START_SIZE and task_name in spec.low_start
+                low = size >= spec.low_start.get(task_name, 10**6)
                 resolved = resolved_settings(ReconstructConfig(name), task, 8)
                 expected = spec.t_start or (T_START_PLAIN if low else None)
                 assert resolved["sampler"].get("t_start") == expected, (task_name, size, name)
@@ -184,7 +185,7 @@ def test_large_images_start_mbir_and_the_adapted_methods_low_with_a_window_that_
                 assert "t_start" not in resolved_settings(full, task, 8)["sampler"], name
                 paper = resolved_settings(ReconstructConfig(name, **with_preset("paper", name, {})), task, 8)
                 assert "t_start" not in paper["sampler"], name
-    big = TaskConfig(task="sv-ct", size=LOW_START_SIZE)
+    big = TaskConfig(task="sv-ct", size=256)
     assert sampling_start(ReconstructConfig("d3ip", n_steps=300), big) == 299  # room for the steps
     assert resolved_settings(ReconstructConfig("d3ip", t_start=T_DEFAULT), big, 8)["adaptation"]["zeta"] == \
         AdaptConfig.zeta
