@@ -583,8 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             f"{LR_TUNED['csmri']:g}, tuned for 50 steps: with 10 steps 1e-3 is better)")
     p.add_argument("--zeta", type=_zeta,
                    help=f"adapt only for t in [zeta, T' - zeta]; 0 (or none) adapts at every step (default "
-                        f"{AdaptConfig.zeta}, chosen by measurement; {ZETA_LOW_START} where T' < {2 * AdaptConfig.zeta}; the "
-                        f"paper's {PAPER_ZETA} with --preset paper)")
+                        f"{AdaptConfig.zeta}, chosen by measurement; {ZETA_LOW_START} where T' < "
+                        f"{2 * AdaptConfig.zeta}; the paper's {PAPER_ZETA} with --preset paper)")
     p.add_argument("--range-guard", type=_on_off, metavar="{on,off}", default=r.range_guard,
                    help="adapted methods: undo an adaptation step whose data-consistent estimate leaves the prior's "
                         "range (data the operator does not describe exactly make adaptation run away; not in the "

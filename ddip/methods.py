@@ -209,6 +209,7 @@ T_START_PLAIN = 150
 # (docs/results.md, "Table 2 at the paper's 256 px"): chest CT: MBIR +0.3 / +0.7 / +1.6 dB over the full grid at
 # 64 / 128 / 256 px (15 / 30 / 60 views; at 64 px it lost 0.4 on phantoms), D3IP and D3IP-mbir +1.3 at 256 px;
 # MNI T1, ×8, 256 px: D3IP +2.2, MBIR and D3IP-mbir -0.6 (so MRI keeps the full grid for those two).
+
 # The adaptation window [ζ, T' - ζ] where the sampling start leaves AdaptConfig's ζ no room (T' < 2ζ): the one
 # measured at T' = 150 (ζ = 40: 22 adapted steps of 50).
 ZETA_LOW_START = 40
