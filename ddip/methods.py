@@ -207,7 +207,8 @@ T_START_PLAIN = 150
 # On large images the data-consistent start is good enough that MBIR and the adapted methods gain from it too: each
 # spec's ``low_start`` gives, per task, the image side from which it starts at T_START_PLAIN — measured
 # (docs/results.md, "Table 2 at the paper's 256 px"): chest CT: MBIR +0.3 / +0.7 / +1.6 dB over the full grid at
-# 64 / 128 / 256 px (15 / 30 / 60 views; at 64 px it lost 0.4 on phantoms), D3IP and D3IP-mbir +1.3 at 256 px;
+# 64 / 128 / 256 px (15 / 30 / 60 views; at 64 px it lost 0.4 on phantoms), D3IP +1.3 and D3IP-mbir +1.3 / +0.8
+# (two seeds) at 256 px, where at 128 px D3IP lost 0.2 and D3IP-mbir gained 0.25 (noise for an adapted run);
 # MNI T1, ×8, 256 px: D3IP +2.2, MBIR and D3IP-mbir -0.6 (so MRI keeps the full grid for those two).
 
 # The adaptation window [ζ, T' - ζ] where the sampling start leaves AdaptConfig's ζ no room (T' < 2ζ): the one
