@@ -150,8 +150,9 @@ def adaptation_settings(cfg, task: TaskConfig, n_slices: int) -> dict:
 
 def sampling_start(cfg, task: TaskConfig) -> int | None:
     """T' of ``cfg``'s sampler on ``task``: the config's; else the method's own — its spec's ``t_start`` (DDS), or
-    T_START_PLAIN on images at least as large as its spec's ``low_start`` gives for the task — with room for as many
-    timesteps as steps; None: the full grid."""
+    T_START_PLAIN on images at least as large as its spec's ``low_start`` gives for the task (the data's side,
+    ``task.size``, also where ``resize`` samples on the prior's grid) — with room for as many timesteps as steps;
+    None: the full grid."""
     if cfg.t_start is not None:
         return cfg.t_start
     spec = method_spec(cfg.method)
