@@ -142,9 +142,10 @@ def adaptation_settings(cfg, task: TaskConfig, n_slices: int) -> dict:
     k, n_iters, lr = spec.table5[task.task]
     lr = LR_TUNED.get(task.task, lr)
     zeta = spec.fixed.get("zeta", cfg.zeta)
-    if zeta is None:  # AdaptConfig's window, unless the sampling start leaves it no room
+    if zeta is None:  # AdaptConfig's window, unless the sampling start leaves it no room (not even t = ζ adapts)
         start = sampling_start(cfg, task)
-        zeta = AdaptConfig.zeta if start is None or start >= 2 * AdaptConfig.zeta else ZETA_LOW_START
+        zeta = AdaptConfig.zeta if start is None or AdaptConfig().adapts_at(AdaptConfig.zeta, start) \
+            else ZETA_LOW_START
     return {"k": min(cfg.k or k, n_slices), "n_iters": cfg.n_iters or n_iters, "lr": cfg.lr or lr, "zeta": zeta}
 
 
