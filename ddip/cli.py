@@ -585,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"adapt only for t in [zeta, T' - zeta]; 0 (or none) adapts at every step (default "
                         f"{AdaptConfig.zeta}, chosen by measurement; {ZETA_LOW_START} where T' < "
                         f"{2 * AdaptConfig.zeta}; the paper's {PAPER_ZETA} with --preset paper)")
+    p.add_argument("--lora-rank", type=int, default=r.lora_rank,
+                   help=f"rank of the adapted LoRA (default {r.lora_rank}, the paper's; its Fig. 6a finds D3IP's best "
+                        "rank above DDIP's)")
     p.add_argument("--range-guard", type=_on_off, metavar="{on,off}", default=r.range_guard,
                    help="adapted methods: undo an adaptation step whose data-consistent estimate leaves the prior's "
                         "range (data the operator does not describe exactly make adaptation run away; not in the "
