@@ -585,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"adapt only for t in [zeta, T' - zeta]; 0 (or none) adapts at every step (default "
                         f"{AdaptConfig.zeta}, chosen by measurement; {ZETA_LOW_START} where T' < "
                         f"{2 * AdaptConfig.zeta}; the paper's {PAPER_ZETA} with --preset paper)")
+    p.add_argument("--loss-cg-iters", type=int,
+                   help="CG steps of the data consistency inside the adaptation loss (default: as in sampling; the "
+                        "authors' D3IP code for CT and SCD: 1)")
     p.add_argument("--lora-rank", type=int, default=r.lora_rank,
                    help=f"rank of the adapted LoRA (default {r.lora_rank}, the paper's; its Fig. 6a finds D3IP's best "
                         "rank above DDIP's)")

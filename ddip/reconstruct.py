@@ -187,8 +187,10 @@ class ReconstructConfig:
             raise DdipError("max_batch and n_steps must be >= 1")
         if self.k is not None and self.k < 1 or self.n_iters is not None and self.n_iters < 1:
             raise DdipError("k and n_iters must be >= 1")
-        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 1:
-            raise DdipError(f"lora_rank must be a positive integer, got {self.lora_rank!r}")
+        for name in ("lora_rank", "loss_cg_iters"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise DdipError(f"{name} must be a positive integer, got {value!r}")
         for name in ("lr", "tv_lam", "tv_rho"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

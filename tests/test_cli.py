@@ -485,10 +485,11 @@ def test_every_flag_that_sets_a_config_field_is_named_after_it_and_fills_it():
             else:
                 assert action.dest in common | besides[name], (name, action.dest)
     args = build_parser().parse_args(["reconstruct", "m", "--out", "o", "--method", "d3ip", "--steps", "7",
-                                      "--iters", "2", "--zeta", "none", "--range-guard", "off", "--lora-rank", "16"])
+                                      "--iters", "2", "--zeta", "none", "--range-guard", "off", "--lora-rank", "16",
+                                      "--loss-cg-iters", "1"])
     given = config_fields(ReconstructConfig, args)
     assert given["n_steps"] == 7 and given["n_iters"] == 2 and given["zeta"] == 0 and given["range_guard"] is False
-    assert given["lora_rank"] == 16
+    assert given["lora_rank"] == 16 and given["loss_cg_iters"] == 1
     assert "eta" not in given  # not given: left to the config
 
 

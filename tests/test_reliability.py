@@ -224,6 +224,7 @@ def test_measurement_files_with_a_bad_y_are_refused(ct_measurement, tmp_path, ca
     (["--lr", "nan"], "lr must be a positive finite number"),
     (["--k", "0"], "k and n_iters must be >= 1"),
     (["--lora-rank", "0"], "lora_rank must be a positive integer"),
+    (["--loss-cg-iters", "0"], "loss_cg_iters must be a positive integer"),
 ])
 def test_reconstruct_settings_out_of_range_are_one_error(args, message, ct_measurement, tiny_prior, tmp_path,
                                                           capsys):
@@ -231,7 +232,7 @@ def test_reconstruct_settings_out_of_range_are_one_error(args, message, ct_measu
               "--iters", "1", "--quiet"]
     code, err = _cli([*common, *args, "--out", str(tmp_path / "bad")], capsys)
     assert code == 2 and err.startswith("ddip: error:") and message in err and err.count("\n") == 1
-    good = {"--seed": "7", "--lr": "1e-3", "--k": "1", "--lora-rank": "2"}[args[0]]
+    good = {"--seed": "7", "--lr": "1e-3", "--k": "1", "--lora-rank": "2", "--loss-cg-iters": "1"}[args[0]]
     assert _cli([*common, args[0], good, "--out", str(tmp_path / "good")], capsys)[0] == 0
 
 
