@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One call of a lent GPU for the question #27 left open in session 22: from the 256 px default start (T' 150, ζ 40),
-# do the adapted methods' own settings (CG steps in the loss, LoRA rank, ζ, learning rate, L, K) close the gap to the
-# targets — D3IP ≥ DDS + 1.5 and D3IP-mbir ≥ DDS + 3 dB, where the defaults gave +0.77 / +1.87 on CT — and do the
-# gains hold over seeds? Rows of benchmarks/variants.py on the CPU table's 8 slices, in four streams side by side on
-# the one GPU (the 3.6 M network is launch-bound there), each row a JSON line in $WORK/variants/rows.jsonl as soon as it finishes; the most wanted
-# rows come first in each stream, so a short call still answers something.
+# One call of a lent GPU for the question #27 left open in session 22: from the 256 px default start (T' 150, ζ 40), do
+# the adapted methods' own settings (CG steps in the loss, LoRA rank, ζ, learning rate, L, K) close the gap to the
+# targets — D3IP ≥ DDS + 1.5 and D3IP-mbir ≥ DDS + 3 dB, where the defaults gave +0.77 / +1.87 on CT — and do the gains
+# hold over seeds? Rows of benchmarks/variants.py on the CPU table's 8 slices, in four streams side by side on the one
+# GPU (the 3.6 M network is launch-bound there), each row a JSON line in $WORK/variants/rows.jsonl as soon as it
+# finishes; the most wanted rows come first in each stream, so a short call still answers something.
 #
 #   python scripts/gpu_assets.py                                  # here, once (carry .gpu-assets and .whl)
 #   OUT=/some/dir bash scripts/gpu/settings_256.sh               # on the GPU: about TOTAL seconds
