@@ -359,3 +359,19 @@ def test_d3ip_meta_decays_alpha_from_one_to_a_half_and_fine_tunes_every_slice_fr
     assert all(a > b for a, b in zip(spy.alphas, spy.alphas[1:]))
     stage2 = spy.starts[1:]  # the first adapter is stage 1 (Reptile D3IP); then one per slice
     assert len(stage2) == 3 and all(_same(s, report.theta_vol) for s in stage2)
+
+
+def test_the_loss_runs_the_samplers_data_consistency_with_its_own_cg_steps(problem):
+    """``loss_cg_iters`` (``--loss-cg-iters``) changes only the CG steps of the loss's data consistency: the authors'
+    D3IP for CT runs 1, so the loss sees more of the network's own misfit than after the sampler's 20."""
+    from ddip.adapt.adapter import loss_step
+
+    x, op, y = problem
+    dds = DDS()
+    assert loss_step(dds, AdaptConfig()) is dds  # None: as in sampling
+    one = loss_step(dds, AdaptConfig(loss_cg_iters=1))
+    assert one.cg_iters == 1 and dataclasses.replace(one, cg_iters=dds.cg_iters) == dds
+    x0 = x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    assert adaptation_loss(one, x0, y, op) > 10 * adaptation_loss(dds, x0, y, op)  # measured: 500x
+    mbir = loss_step(DiffusionMBIR(), AdaptConfig(loss_cg_iters=2))
+    assert mbir.cg_iters == 2 and mbir.n_admm == AdaptConfig.loss_admm_iters
