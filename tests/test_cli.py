@@ -428,7 +428,7 @@ def test_a_runs_config_json_replays_it_and_every_option_survives_the_round_trip(
             "--cg-iters", "4", "--tv-lambda", "0.02", "--tv-rho", "0.4", "--precision", "bfloat16",
             "--channels-last", "--compile", "--resize", "--normalise", "off", "--units", "window",
             "--display-window", "full", "--checkpoint-every", "9", "--range-guard", "off", "--preset", "paper",
-            "--carry-admm-state", "on"]
+            "--carry-admm-state", "on", "--lora-rank", "8", "--loss-cg-iters", "2"]
     args = parser.parse_args(argv)
     replayable = {a.dest for a in parser._actions if a.option_strings} - NOT_REPLAYED - {"help"}
     assert set(replay_options(args)) == {d.replace("_", "-") for d in replayable}
