@@ -38,6 +38,18 @@ def test_poisson_mask_reaches_the_target_acceleration(size, acc):
     assert centre > 1.5 * mask.float().mean()
 
 
+def test_poisson_mask_always_samples_frequency_zero_and_keeps_sigpys_mask_otherwise():
+    import sigpy.mri
+
+    for seed in (0, 1, 2):  # sigpy's 256² masks at seeds 1 and 2 miss the centre
+        mask = poisson_mask((256, 256), 8, seed=seed)
+        drawn = torch.from_numpy(np.abs(sigpy.mri.poisson((256, 256), 8.0, seed=seed, tol=0.1)) > 0)
+        assert mask[128, 128] and (mask != drawn).sum() == int(not drawn[128, 128])
+    # the DC sample is where fft2c puts frequency zero: a constant image's k-space is there alone
+    k = fft2c(torch.ones(1, 1, 256, 256, dtype=torch.complex64))
+    assert k[0, 0, 128, 128].abs() > 255 and k[0, 0].abs().sum() - k[0, 0, 128, 128].abs() < 1e-2
+
+
 def test_single_coil_operator_is_the_masked_fft_of_every_slice():
     op = mri_single_coil(64, 8, seed=0)
     assert torch.equal(op.mask, poisson_mask((64, 64), 8, seed=0))
