@@ -33,8 +33,8 @@ stream() {
     done
 }
 # the default start is T' 150 with ζ 40 at 256 px; settings below change one thing each (D3IP-mbir's ζ 20 was
-# measured on the CPU in session 23: 40.89 dB, as ζ 40; D3IP's one loss CG step in session 24: 39.12 against 39.51
-# with seed 1; MRI D3IP at lr 1e-3, seed 0: 39.36 against DDS 38.34 — its seed 1 comes first in stream 4)
+# measured on the CPU in session 23: 40.89 dB, as ζ 40; D3IP's one loss CG step and LoRA rank 16 in session 24: 39.12
+# and 38.87 against 39.51 with seed 1; MRI D3IP at lr 1e-3, seed 0: 39.36 against DDS 38.34 — its seed 1 comes first in stream 4)
 stream > "$W/s1.log" 2>&1 <<'EOF' &
 sv-ct-60 d3ip-mbir {"loss_cg_iters":1}
 sv-ct-60 d3ip-mbir {"lora_rank":16}
@@ -44,7 +44,6 @@ sv-ct-60 d3ip-mbir {"n_iters":20}
 sv-ct-60 d3ip-mbir {"lr":0.0003}
 EOF
 stream > "$W/s2.log" 2>&1 <<'EOF' &
-sv-ct-60 d3ip {"lora_rank":16}
 sv-ct-60 d3ip {"lr":0.003}
 sv-ct-60 d3ip {"n_iters":20}
 sv-ct-60 d3ip {"zeta":60}
