@@ -453,6 +453,12 @@ def _strs(text: str) -> tuple[str, ...]:
     return tuple(v for v in text.split(",") if v)
 
 
+def _low_start_lrs() -> str:
+    """The learning rates the registry sets for a low start (T' < 2ζ), for the help texts."""
+    return "; ".join(f"{name} on {task} from T' < {2 * AdaptConfig.zeta}: {lr:g}" for name, spec in REGISTRY.items()
+                     for task, lr in spec.low_start_lr.items())
+
+
 def _zeta(text: str) -> int:
     """The adaptation window ζ: an integer >= 0; 'none' (no window) is 0, adapting at every step."""
     return 0 if text.lower() == "none" else int(text)
@@ -580,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-iters", "--iters", dest="n_iters", type=int,
                    help="adaptation optimiser steps per timestep (default: Table 5)")
     p.add_argument("--lr", type=float, help=f"adaptation learning rate (default: Table 5; CS-MRI "
-                                            f"{LR_TUNED['csmri']:g}, tuned for 50 steps: with 10 steps 1e-3 is better)")
+                                            f"{LR_TUNED['csmri']:g}, tuned for 50 steps: with 10 steps 1e-3 is "
+                                            f"better; {_low_start_lrs()})")
     p.add_argument("--zeta", type=_zeta,
                    help=f"adapt only for t in [zeta, T' - zeta]; 0 (or none) adapts at every step (default "
                         f"{AdaptConfig.zeta}, chosen by measurement; {ZETA_LOW_START} where T' < "
@@ -671,7 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"CG steps of DDS's data consistency in DDS and the adapted methods on it (default "
                         f"{DDS.cg_iters}; the paper's: {PAPER_CG_ITERS}); DDNM and MBIR keep their own")
     p.add_argument("--lr", type=float,
-                   help=f"the adapted methods' learning rate (default: Table 5, CS-MRI {LR_TUNED['csmri']:g})")
+                   help=f"the adapted methods' learning rate (default: Table 5, CS-MRI {LR_TUNED['csmri']:g}; "
+                        f"{_low_start_lrs()})")
     p.add_argument("--device", default=b.device, help=DEVICE_HELP)
     _add_speed(p)
     p.add_argument("--out", default="out/benchmark", help="output folder (default out/benchmark)")

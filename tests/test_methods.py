@@ -157,16 +157,17 @@ def test_the_sampling_start_is_the_methods_own_unless_given_and_t_full_is_the_fu
 def test_large_images_start_mbir_and_the_adapted_methods_low_with_a_window_that_fits():
     """MBIR and the adapted methods start at T_START_PLAIN on images at least as large as their spec's ``low_start``
     gives for the task (the measured ones), smaller images and the other tasks keep the full grid; an adapted method
-    whose T' leaves AdaptConfig's ζ no room adapts in the window ZETA_LOW_START instead of nowhere; given values and
-    the paper preset win."""
+    whose T' leaves AdaptConfig's ζ no room adapts in the window ZETA_LOW_START instead of nowhere, at its spec's
+    ``low_start_lr`` for the task where it has one; given values and the paper preset win."""
     from ddip.adapt import AdaptConfig
-    from ddip.methods import REGISTRY, T_START_PLAIN, ZETA_LOW_START, sampling_start
+    from ddip.methods import LR_TUNED, REGISTRY, T_START_PLAIN, TABLE5, ZETA_LOW_START, sampling_start
     from ddip.priors.schedule import T_DEFAULT
     from ddip.reconstruct import ReconstructConfig, resolved_settings, with_preset
     from ddip.tasks import TaskConfig
 
     assert REGISTRY["d3ip"].low_start["sv-ct"] == 256 and REGISTRY["mbir"].low_start["sv-ct"] == 128
     assert "mri3d" not in REGISTRY["mbir"].low_start and not REGISTRY["ddip"].low_start
+    assert REGISTRY["d3ip"].low_start_lr == {"mri3d": 1e-3} and not REGISTRY["d3ip-mbir"].low_start_lr
     for task_name in ("sv-ct", "mri3d", "csmri"):
         for size in (64, 128, 256):
             task = TaskConfig(task=task_name, size=size)
@@ -180,6 +181,11 @@ def test_large_images_start_mbir_and_the_adapted_methods_low_with_a_window_that_
                 if spec.adapted and "zeta" not in spec.fixed:
                     zeta = ZETA_LOW_START if expected else AdaptConfig.zeta
                     assert resolved["adaptation"]["zeta"] == zeta, (task_name, size, name)
+                    table5 = LR_TUNED.get(task_name, spec.table5[task_name][2])
+                    lr = spec.low_start_lr.get(task_name, table5) if expected else table5
+                    assert resolved["adaptation"]["lr"] == lr, (task_name, size, name)
+                    given = resolved_settings(ReconstructConfig(name, lr=3e-5), task, 8)["adaptation"]["lr"]
+                    assert given == 3e-5, (task_name, size, name)
                     # the window is not empty: the middle of the grid adapts
                     assert AdaptConfig(zeta=zeta).adapts_at((expected or T_DEFAULT) // 2, expected or T_DEFAULT)
                 full = ReconstructConfig(name, t_start=T_DEFAULT)
@@ -194,3 +200,7 @@ def test_large_images_start_mbir_and_the_adapted_methods_low_with_a_window_that_
     small = TaskConfig(task="sv-ct", size=64)  # a start given on a small image gets the window that fits it too
     assert resolved_settings(ReconstructConfig("d3ip", t_start=T_START_PLAIN), small, 8)["adaptation"]["zeta"] == \
         ZETA_LOW_START
+    brain = TaskConfig(task="mri3d", size=256)  # the full grid and the paper preset keep Table 5's rate
+    paper = with_preset("paper", "d3ip", {})
+    for cfg in (ReconstructConfig("d3ip", t_start=T_DEFAULT), ReconstructConfig("d3ip", **paper)):
+        assert resolved_settings(cfg, brain, 8)["adaptation"]["lr"] == TABLE5["mri3d"]["d3ip"][2]
