@@ -35,7 +35,8 @@ stream() {
 # the default start is T' 150 with ζ 40 at 256 px; settings below change one thing each (D3IP-mbir's ζ 20 was
 # measured on the CPU in session 23: 40.89 dB, as ζ 40; D3IP's one loss CG step and LoRA rank 16 in session 24: 39.12
 # and 38.87 against 39.51 with seed 1; MRI D3IP at lr 1e-3, its default there since session 25: 39.36 / 38.90 against
-# DDS 38.34 / 38.26 over seeds 0 / 1, at 3e-3 38.90 with seed 0 — so stream 4 begins with a third seed)
+# DDS 38.34 / 38.26 over seeds 0 / 1, at 3e-3 38.90 with seed 0 — so stream 4 begins with a third seed; MRI
+# D3IP-mbir at lr 1e-3 on the full grid: 35.01 against 35.99 at 1e-5)
 stream > "$W/s1.log" 2>&1 <<'EOF' &
 sv-ct-60 d3ip-mbir {"loss_cg_iters":1}
 sv-ct-60 d3ip-mbir {"lora_rank":16}
